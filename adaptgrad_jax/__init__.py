@@ -1,0 +1,29 @@
+"""adaptgrad-jax: AdaptGrad and other gradient-smoothing explanations as JAX transforms.
+
+The core is a handful of function transforms in the style of ``jax.grad``:
+``adapt_smooth(jax.grad(f), c, n)`` returns ``smoothed(key, x)``.
+"""
+
+from adaptgrad_jax._bounds import check_bounds as check_bounds
+from adaptgrad_jax._sigma import OutOfRange as OutOfRange
+from adaptgrad_jax._sigma import adaptive_sigma as adaptive_sigma
+from adaptgrad_jax._sigma import inherent_noise as inherent_noise
+from adaptgrad_jax._sigma import out_of_range_rate as out_of_range_rate
+from adaptgrad_jax._sigma import smoothgrad_sigma as smoothgrad_sigma
+from adaptgrad_jax._smoothing import adapt_smooth as adapt_smooth
+from adaptgrad_jax._smoothing import gaussian_smooth as gaussian_smooth
+from adaptgrad_jax._smoothing import smooth_grad as smooth_grad
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "OutOfRange",
+    "adapt_smooth",
+    "adaptive_sigma",
+    "check_bounds",
+    "gaussian_smooth",
+    "inherent_noise",
+    "out_of_range_rate",
+    "smooth_grad",
+    "smoothgrad_sigma",
+)

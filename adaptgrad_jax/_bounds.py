@@ -1,0 +1,117 @@
+"""The data domain ``[x_min, x_max]``: validation, broadcasting and the eager check."""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from adaptgrad_jax._typing import Bounds, PyTree
+
+
+def validate_bounds(bounds: Bounds, name: str = "bounds") -> tuple[Any, Any]:
+  """Checks ``bounds`` when a transform is built and returns ``(lower, upper)``.
+
+  Concrete bounds (Python numbers, NumPy or concrete JAX arrays) are checked for
+  ``lower < upper`` elementwise; traced bounds are passed through unchecked.
+  """
+  if not (isinstance(bounds, (tuple, list)) and len(bounds) == 2):
+    raise TypeError(
+        f"{name}={bounds!r} must be a pair (lower, upper), e.g. (0.0, 1.0) for"
+        " images in [0, 1]; each may be a scalar, an array broadcastable to the"
+        " input (e.g. per channel) or a pytree shaped like the input."
+    )
+  lower, upper = bounds
+  lo_leaves, lo_tree = jax.tree.flatten(lower)
+  hi_leaves, hi_tree = jax.tree.flatten(upper)
+  if lo_tree != hi_tree:
+    raise ValueError(
+        f"{name}: lower and upper have different tree structures ({lo_tree} vs"
+        f" {hi_tree}); give both as scalars, arrays or pytrees of one shape."
+    )
+  for lo, hi in zip(lo_leaves, hi_leaves):
+    if isinstance(lo, jax.core.Tracer) or isinstance(hi, jax.core.Tracer):
+      continue
+    lo_np, hi_np = np.asarray(lo), np.asarray(hi)
+    if not (np.all(np.isfinite(lo_np)) and np.all(np.isfinite(hi_np))):
+      raise ValueError(f"{name}=({lower!r}, {upper!r}) must be finite.")
+    try:
+      bad = ~(lo_np < hi_np)
+    except ValueError as err:  # shapes that do not broadcast
+      raise ValueError(
+          f"{name}: lower {lo_np.shape} and upper {hi_np.shape} do not"
+          " broadcast against each other."
+      ) from err
+    if np.any(bad):
+      raise ValueError(
+          f"{name}=({lower!r}, {upper!r}) needs lower < upper everywhere"
+          f" ({int(np.sum(bad))} element(s) violate it); pass the data range,"
+          " e.g. (0.0, 1.0) for images in [0, 1]."
+      )
+  return lower, upper
+
+
+def broadcast_bounds(x: PyTree, bounds: Bounds) -> tuple[PyTree, PyTree]:
+  """Returns ``(lower, upper)`` as pytrees with ``x``'s structure.
+
+  Each of ``lower`` and ``upper`` may be a scalar or array (used for every
+  leaf of ``x``) or a pytree with the structure of ``x``.
+  """
+  lower, upper = bounds
+  structure = jax.tree.structure(x)
+
+  def expand(b, which):
+    if jax.tree.structure(b) == structure:
+      return b
+    if jax.tree.structure(b).num_leaves == 1:
+      return jax.tree.unflatten(structure, [b] * structure.num_leaves)
+    raise ValueError(
+        f"bounds: the {which} bound has tree structure {jax.tree.structure(b)},"
+        f" which matches neither a single array nor the input's {structure}."
+    )
+
+  return expand(lower, "lower"), expand(upper, "upper")
+
+
+def check_bounds(x: PyTree, bounds: Bounds = (0.0, 1.0)) -> None:
+  """Raises if any element of ``x`` lies outside ``bounds``; call it eagerly.
+
+  The smoothing transforms give an element outside its bounds no noise at all
+  (sigma = 0, see :func:`adaptive_sigma`): its distance to the wrong edge is
+  never used. This check makes such inputs loud instead, e.g. an image
+  normalised with the wrong mean and std.
+
+  Args:
+    x: the input, an array or a pytree of arrays (concrete, not traced).
+    bounds: ``(lower, upper)`` as accepted by :func:`adapt_smooth`.
+
+  Raises:
+    ValueError: with the number of offending elements and the range seen.
+
+  Example:
+    >>> import adaptgrad_jax as ag
+    >>> ag.check_bounds(jnp.array([0.0, 0.5, 1.0]), (0.0, 1.0))
+  """
+  lower, upper = broadcast_bounds(x, validate_bounds(bounds))
+  total = 0
+  seen_lo, seen_hi = np.inf, -np.inf
+  for leaf, lo, hi in zip(
+      jax.tree.leaves(x), jax.tree.leaves(lower), jax.tree.leaves(upper)
+  ):
+    leaf = np.asarray(leaf, dtype=np.float64)
+    outside = (leaf < np.asarray(lo)) | (leaf > np.asarray(hi)) | np.isnan(leaf)
+    total += int(np.sum(outside))
+    if leaf.size:
+      seen_lo, seen_hi = min(seen_lo, np.nanmin(leaf)), max(seen_hi, np.nanmax(leaf))
+  if total:
+    raise ValueError(
+        f"{total} input element(s) lie outside bounds=({bounds[0]!r},"
+        f" {bounds[1]!r}) (the input spans [{seen_lo:.4g}, {seen_hi:.4g}]);"
+        " pass the bounds of the space the model sees (after normalisation), or"
+        " clip the input."
+    )
+
+
+def distance_to_bounds(x: jax.Array, lower: Any, upper: Any) -> jax.Array:
+  """``d_i = min(x_i - x_min, x_max - x_i)``, and 0 outside the bounds."""
+  return jnp.maximum(jnp.minimum(x - lower, upper - x), 0)
