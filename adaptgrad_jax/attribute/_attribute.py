@@ -1,0 +1,736 @@
+"""Batch attribution of whole datasets, sharded over a device mesh, streamed to disk."""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import contextlib
+import dataclasses
+import functools
+import itertools
+import os
+import pathlib
+import sys
+import warnings
+from typing import Any, Callable, Iterable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+try:  # jax >= 0.6: meshes carry axis types (jax.make_mesh gives Explicit).
+  from jax.sharding import AxisType
+except ImportError:  # pragma: no cover
+  AxisType = None
+
+from adaptgrad_jax.attribute import _shards
+from adaptgrad_jax.attribute._shards import AttributionResult
+
+ExplainFn = Callable[[Any, jax.Array], jax.Array]
+
+_MAX_INDEX = 2**32  # Example indices are folded into keys as uint32.
+_MAX_PENDING_WRITES = 2  # Shards held in host memory while being written.
+
+
+# ----------------------------------------------------------------------------
+# Noise-sample splitting.
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleMean:
+  """An explanation that is the mean of `n` i.i.d. one-sample explanations.
+
+  Built by :func:`sample_mean`. Calling it, ``explain(key, x)``, returns
+  ``mean_j sample_fn(fold_in(key, j), x)`` over ``j = 0 .. n-1``. Because the
+  sample axis is explicit, :func:`attribute` can shard it over a mesh axis.
+
+  Attributes:
+    sample_fn: ``sample_fn(key, x) -> map``, one noisy sample for one example.
+    n: number of samples averaged.
+  """
+
+  sample_fn: ExplainFn
+  n: int
+
+  def sample_keys(self, key) -> jax.Array:
+    return jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(self.n))
+
+  def __call__(self, key, *example) -> jax.Array:
+    one = lambda k: self.sample_fn(k, *example)
+    return jnp.mean(jax.vmap(one)(self.sample_keys(key)), axis=0)
+
+
+def sample_mean(sample_fn: ExplainFn, n: int) -> SampleMean:
+  """Makes an n-sample Monte-Carlo explanation whose samples can be sharded.
+
+  ``attribute`` treats an ordinary ``explain_fn`` as opaque: it can spread
+  examples over devices but not the noise samples inside one explanation. An
+  explanation built here exposes its sample axis, so ``attribute(...,
+  sample_axis="samples")`` splits the `n` samples of each example over that
+  mesh axis (useful when a batch is too small to fill all devices, or one
+  example's `n` samples do not fit on one device).
+
+  With tuple examples (see :func:`attribute`) both are called with the
+  example unpacked: ``sample_fn(key, *example)``.
+
+  Any estimator that is a plain mean of i.i.d. noisy samples fits: AdaptGrad
+  and SmoothGrad with ``aggregate="mean"`` (the default) and
+  ``include_clean=False``. Build the one-sample function with ``n=1``; the
+  result has the same distribution as the n-sample transform, but draws its
+  noise from ``fold_in(key, j)`` instead of ``split(key, n)``, so it is not
+  bit-identical to it.
+
+  Args:
+    sample_fn: ``sample_fn(key, x) -> map`` drawing ONE noisy sample for one
+      example (no batch dimension), e.g. ``adapt_smooth(grad_fn, 0.95, 1)``.
+    n: number of samples to average, >= 1 (the paper uses 50).
+
+  Returns:
+    A callable :class:`SampleMean`, ``explain(key, x) -> map``.
+
+  Raises:
+    TypeError: `sample_fn` is not callable.
+    ValueError: `n` is not a positive integer.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> grad_fn = jax.grad(lambda x: jnp.sum(jnp.sin(x)))
+    >>> one = lambda key, x: grad_fn(x + 0.1 * jax.random.normal(key, x.shape))
+    >>> explain = sample_mean(one, 8)
+    >>> explain(jax.random.key(0), jnp.zeros(3)).shape
+    (3,)
+  """
+  if not callable(sample_fn):
+    raise TypeError(f"sample_fn={sample_fn!r} must be callable as "
+                    "sample_fn(key, x) -> map")
+  if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+    raise ValueError(f"n={n!r} is the number of noise samples and must be a "
+                     "positive integer; the paper uses 50")
+  return SampleMean(sample_fn, int(n))
+
+
+# ----------------------------------------------------------------------------
+# Helpers: keys, ids, meshes, batches, progress.
+
+
+def _key_record(key) -> dict[str, Any]:
+  key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    if key.shape != ():
+      raise ValueError(f"key has shape {key.shape}; pass one key, e.g. "
+                       "jax.random.key(0)")
+    return {"impl": str(jax.random.key_impl(key)),
+            "data": np.asarray(jax.random.key_data(key)).ravel().tolist()}
+  if key.dtype != jnp.uint32 or key.ndim != 1:
+    raise ValueError(f"key={key!r} is not a PRNG key; pass jax.random.key(seed)"
+                     " (or a raw jax.random.PRNGKey(seed))")
+  return {"impl": "raw", "data": np.asarray(key).ravel().tolist()}
+
+
+def _default_explain_id(fn) -> str:
+  base = fn
+  while isinstance(base, functools.partial):
+    base = base.func
+  if isinstance(base, SampleMean):
+    return f"sample_mean({_default_explain_id(base.sample_fn)}, n={base.n})"
+  name = getattr(base, "__qualname__", None) or type(base).__qualname__
+  module = getattr(base, "__module__", None) or type(base).__module__
+  return f"{module}.{name}"
+
+
+def _is_array(data) -> bool:
+  return hasattr(data, "shape") and hasattr(data, "__getitem__") and hasattr(
+      data, "dtype")
+
+
+def _is_array_data(data) -> bool:
+  """Arrays of examples (leading axis = example), not an iterable of batches."""
+  if isinstance(data, tuple):
+    return bool(data) and all(_is_array(d) for d in data)
+  return _is_array(data)
+
+
+def _parts(batch, what: str) -> tuple[np.ndarray, ...]:
+  """A batch as a tuple of numpy arrays with one common leading length."""
+  parts = tuple(np.asarray(b) for b in (
+      batch if isinstance(batch, tuple) else (batch,)))
+  if not parts:
+    raise ValueError(f"{what} is an empty tuple; pass arrays of examples")
+  for a in parts:
+    if a.ndim < 1:
+      raise ValueError(f"{what} holds a scalar; each array needs a leading "
+                       "example axis")
+  if len({len(a) for a in parts}) > 1:
+    raise ValueError(f"{what} is a tuple of arrays of lengths "
+                     f"{[len(a) for a in parts]}; they must hold the same "
+                     "number of examples")
+  return parts
+
+
+def _describe(shapes, dtypes) -> str:
+  return ", ".join(f"{d}{list(s)}" for s, d in zip(shapes, dtypes))
+
+
+def _local_mesh(mesh: Mesh | None, data_axis: str, sample_axis: str | None
+                ) -> Mesh:
+  if mesh is None:
+    if sample_axis is not None:
+      raise ValueError(
+          f"sample_axis={sample_axis!r} needs a mesh with that axis, e.g. "
+          f"mesh=jax.make_mesh((4, 2), ({data_axis!r}, {sample_axis!r}), "
+          "devices=jax.local_devices())")
+    return Mesh(np.array(jax.local_devices()), (data_axis,))
+  if not isinstance(mesh, Mesh):
+    raise TypeError(f"mesh={mesh!r} must be a jax.sharding.Mesh")
+  if data_axis not in mesh.axis_names:
+    raise ValueError(f"mesh has axes {mesh.axis_names}, but data_axis="
+                     f"{data_axis!r} is not one of them; name the batch axis "
+                     f"{data_axis!r} or pass data_axis=")
+  if sample_axis is not None and sample_axis not in mesh.axis_names:
+    raise ValueError(f"sample_axis={sample_axis!r} is not an axis of the mesh "
+                     f"(axes {mesh.axis_names})")
+  local = set(jax.local_devices())
+  if any(d not in local for d in mesh.devices.flat):
+    raise ValueError(
+        "mesh contains devices of other processes; attribute() runs on this "
+        "process's devices (use attribute_multihost to spread a dataset over "
+        "hosts), e.g. jax.make_mesh(shape, names, devices=jax.local_devices())")
+  # Shardings are given explicitly below; use the mesh's devices and names
+  # with Auto axes whatever axis types (jax.make_mesh: Explicit) it came with.
+  if AxisType is None:  # pragma: no cover
+    return mesh
+  return Mesh(mesh.devices, mesh.axis_names,
+              axis_types=(AxisType.Auto,) * len(mesh.axis_names))
+
+
+def local_mesh(num_devices: int | None = None, *, samples: int = 1,
+               data_axis: str = "data", sample_axis: str = "samples") -> Mesh:
+  """A mesh over this process's devices for :func:`attribute`.
+
+  Args:
+    num_devices: how many of ``jax.local_devices()`` to use (the first ones);
+      None for all. What a ``--devices`` flag sets.
+    samples: size of the `sample_axis` that splits noise samples (see
+      :func:`sample_mean`); 1 gives a mesh with the `data_axis` only.
+    data_axis: name of the axis that splits examples.
+    sample_axis: name of the axis that splits samples.
+
+  Returns:
+    ``Mesh`` of shape ``(num_devices // samples, samples)`` with axes
+    ``(data_axis, sample_axis)``, or ``(num_devices,)`` with ``(data_axis,)``.
+
+  Raises:
+    ValueError: `num_devices` is not in ``[1, len(jax.local_devices())]`` or
+      not divisible by `samples`.
+
+  Example:
+    >>> dict(local_mesh(1).shape)
+    {'data': 1}
+  """
+  local = jax.local_devices()
+  if num_devices is None:
+    num_devices = len(local)
+  if isinstance(num_devices, bool) or not isinstance(
+      num_devices, (int, np.integer)) or not 1 <= num_devices <= len(local):
+    raise ValueError(f"num_devices={num_devices!r} must be an integer in "
+                     f"[1, {len(local)}] (this process has {len(local)} "
+                     f"{local[0].platform} devices)")
+  if isinstance(samples, bool) or not isinstance(
+      samples, (int, np.integer)) or samples < 1 or num_devices % samples:
+    raise ValueError(f"samples={samples!r} must be a positive divisor of "
+                     f"num_devices={num_devices}")
+  devices = np.array(local[:num_devices])
+  if samples == 1:
+    return Mesh(devices, (data_axis,))
+  return Mesh(devices.reshape(num_devices // samples, samples),
+              (data_axis, sample_axis))
+
+
+def _rebatch(batches: Iterable[Any], batch_size: int, lo: int, hi: int | None
+             ) -> Iterator[tuple[int, tuple[np.ndarray, ...]]]:
+  """Re-chunks an iterable of batches into `batch_size` chunks of examples [lo, hi)."""
+  buf: list[tuple[np.ndarray, ...]] = []
+  nbuf = 0
+  pos = 0  # Global index of the next example the iterable yields.
+  start = lo
+  signature = None
+
+  def cat(chunks):
+    if len(chunks) == 1:
+      return chunks[0]
+    return tuple(np.concatenate(p) for p in zip(*chunks))
+
+  for b, batch in enumerate(batches):
+    parts = _parts(batch, f"data batch {b}")
+    sig = ([p.shape[1:] for p in parts], [p.dtype for p in parts])
+    if signature is None:
+      signature = sig
+    elif sig != signature:
+      raise ValueError(
+          f"data batch {b} holds examples of {_describe(*sig)}, earlier "
+          f"batches {_describe(*signature)}; all examples must share one shape "
+          "and dtype (resize or pad them first)")
+    a, z = pos, pos + len(parts[0])
+    pos = z
+    if hi is not None and a >= hi:
+      break
+    keep = slice(max(lo - a, 0), (z if hi is None else min(hi, z)) - a)
+    parts = tuple(p[keep] for p in parts)
+    if not len(parts[0]):
+      continue
+    buf.append(parts)
+    nbuf += len(parts[0])
+    while nbuf >= batch_size:
+      joined = cat(buf)
+      yield start, tuple(p[:batch_size] for p in joined)
+      start += batch_size
+      rest = tuple(p[batch_size:] for p in joined)
+      nbuf = len(rest[0])
+      buf = [rest] if nbuf else []
+  if nbuf:
+    yield start, cat(buf)
+
+
+@contextlib.contextmanager
+def _progress_bar(enabled: bool, total: int | None, description: str):
+  if not enabled:
+    yield lambda n: None
+    return
+  try:
+    from rich import progress as rp
+    from rich.console import Console
+  except ImportError:  # rich is optional: fall back to no bar.
+    yield lambda n: None
+    return
+  columns = [rp.TextColumn("{task.description}"), rp.BarColumn(),
+             rp.MofNCompleteColumn(), rp.TextColumn("examples"),
+             rp.TaskProgressColumn(), rp.TimeElapsedColumn(),
+             rp.TimeRemainingColumn(),
+             rp.TextColumn("{task.fields[rate]}")]
+  with rp.Progress(*columns, console=Console(file=sys.stderr),
+                   transient=False) as bar:
+    task = bar.add_task(description, total=total, rate="")
+
+    def advance(n):
+      bar.advance(task, n)
+      speed = bar.tasks[task].speed
+      if speed:
+        bar.update(task, rate=f"{speed:.1f}/s")
+    yield advance
+
+
+def _explain_batch(explain_fn, mesh: Mesh, data_axis: str,
+                   sample_axis: str | None, key, indices, xs) -> jax.Array:
+  """Maps of a batch: ``vmap(explain_fn)`` with keys ``fold_in(key, index)``."""
+  data_sharding = NamedSharding(mesh, P(data_axis))
+  example_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, indices)
+  if isinstance(explain_fn, SampleMean):
+    keys = jax.vmap(explain_fn.sample_keys)(example_keys)
+    one = lambda k, xs: explain_fn.sample_fn(k, *xs)
+    per_sample = jax.vmap(jax.vmap(one, (0, None)))
+    if sample_axis is None:
+      samples = per_sample(keys, xs)
+    else:
+      both = NamedSharding(mesh, P(data_axis, sample_axis))
+      keys = jax.lax.with_sharding_constraint(keys, both)
+      samples = jax.lax.with_sharding_constraint(per_sample(keys, xs), both)
+    maps = jnp.mean(samples, axis=1)
+  else:
+    maps = jax.vmap(lambda k, xs: explain_fn(k, *xs))(example_keys, xs)
+  return jax.lax.with_sharding_constraint(maps, data_sharding)
+
+
+def _build_step(explain_fn, mesh: Mesh, data_axis: str,
+                sample_axis: str | None):
+  # A fresh jit per call on purpose: explain_fn is traced again, so a closure
+  # over weights that changed since the last call (a model still training) is
+  # seen; one cached program would silently keep the old weights as constants.
+  step = jax.jit(functools.partial(_explain_batch, explain_fn, mesh, data_axis,
+                                   sample_axis))
+  return step, NamedSharding(mesh, P(data_axis))
+
+
+def _check_batch_size(batch_size) -> int:
+  if isinstance(batch_size, bool) or not isinstance(
+      batch_size, (int, np.integer)) or batch_size < 1:
+    raise ValueError(f"batch_size={batch_size!r} is the number of examples per "
+                     "step and shard and must be a positive integer, e.g. 64")
+  return int(batch_size)
+
+
+# ----------------------------------------------------------------------------
+# The driver.
+
+
+def attribute(
+    explain_fn: ExplainFn,
+    key,
+    data,
+    *,
+    out: str | os.PathLike | None = None,
+    batch_size: int = 64,
+    num_examples: int | None = None,
+    mesh: Mesh | None = None,
+    data_axis: str = "data",
+    sample_axis: str | None = None,
+    explain_id: str | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+    resume: bool = True,
+) -> AttributionResult:
+  """Explains every example of a dataset, sharded over devices, streamed to disk.
+
+  Each example ``i`` (its position in `data`, counted from 0) is explained
+  with its own key ``jax.random.fold_in(key, i)``, so the maps do not depend on
+  the number of devices, the batch size, the shard layout or on resuming: the
+  same `key` gives the same map for example ``i`` on 1 CPU or on 8 GPUs (up to
+  float rounding of the explanation's own reductions, ~1e-7 relative).
+
+  Batches of `batch_size` examples are placed on a ``jax.sharding.Mesh`` over
+  this process's devices, split along its `data_axis`, and explained by one
+  jitted ``jax.vmap(explain_fn)``. The computed batch is rounded up to a
+  multiple of the number of devices on the data axis; the last, ragged batch
+  is padded to that same size (repeating its last example, so one program is
+  compiled) and the padding is dropped. While the devices compute batch t the
+  host fetches batch t-1, and two threads hash and write earlier shards.
+
+  With `out`, each batch becomes one shard ``shard-<start>-<stop>.npy``
+  written atomically (temp file, fsync, rename), journaled with its sha256 in
+  ``shards.jsonl``, and summarised in ``manifest.json`` at the end. Calling
+  ``attribute`` again with the same arguments resumes: intact shards are kept
+  (not rewritten), missing, truncated or corrupt ones (size or sha256 mismatch)
+  are recomputed. A run with other settings (key, `explain_id`, shapes,
+  dtypes, `batch_size`, number of examples) is refused. The device count may
+  change between runs.
+
+  Args:
+    explain_fn: ``explain_fn(key, x) -> map`` for ONE example ``x`` (no batch
+      dimension), e.g. ``adapt_smooth(jax.grad(f), 0.95, 50)``; must be
+      jax-traceable and return one array. When examples are tuples (see
+      `data`) it is called as ``explain_fn(key, *example)``, e.g.
+      ``explain_fn(key, image, label)``. A :func:`sample_mean` explanation
+      can in addition shard its noise samples over `sample_axis`.
+    key: a PRNG key (``jax.random.key(seed)`` or a raw ``PRNGKey``).
+    data: either an array of examples with a leading example axis (numpy,
+      ``np.load(..., mmap_mode="r")`` memmaps for data larger than memory, jax
+      arrays, or anything with ``shape``, ``dtype`` and slicing), sliced one
+      batch at a time; or an iterable of batches (arrays with a leading
+      example axis, any sizes), re-chunked into `batch_size` examples. A
+      tuple of such arrays of equal length, e.g. ``(images, labels)``, or an
+      iterable of such tuples, gives tuple examples (a list is read as an
+      iterable of batches).
+    out: directory for shards and manifest (created if missing). None keeps
+      the maps in memory instead.
+    batch_size: examples per device step and per shard, >= 1. Larger batches
+      use devices better but need batch_size x (memory of one explanation).
+    num_examples: the number of examples an iterable yields, for the progress
+      bar and as a check (an array's length is known). Optional.
+    mesh: a ``Mesh`` over this process's devices with axis `data_axis` (and
+      `sample_axis`, if given). Default: all local devices on one axis.
+    data_axis: mesh axis that splits the examples of a batch.
+    sample_axis: mesh axis that splits the `n` noise samples of each example;
+      requires `explain_fn` built by :func:`sample_mean` with `n` divisible by
+      that axis' size.
+    explain_id: a string naming the explanation and model (e.g.
+      ``"adapt_smooth(c=0.95,n=50)/resnet50@v1"``) recorded in the manifest and
+      compared on resume. Default: the function's qualified name, which does
+      not see hyperparameters or weights; give one for long runs.
+    progress: show a rich progress bar on stderr.
+    overwrite: delete an existing output in `out` (only the files this
+      function writes) and start afresh.
+    resume: continue an unfinished (or re-check a finished) output in `out`.
+      With ``resume=False`` an existing output is an error unless `overwrite`.
+
+  Returns:
+    An :class:`AttributionResult` of shape ``(num_examples, *map_shape)``:
+    lazy memory-mapped shards when `out` is given, else in memory.
+
+  Raises:
+    ValueError: a bad `batch_size`, `mesh`, `sample_axis`, `key`, empty data,
+      examples of inconsistent shape or dtype, an explanation that does not
+      return one array, or an existing output with different settings.
+    FileExistsError: `out` is a file, or holds an output and neither `resume`
+      nor `overwrite` is set, or holds foreign files without a manifest.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, numpy as np
+    >>> grad_fn = jax.grad(lambda x: jnp.sum(jnp.sin(x)))
+    >>> explain = lambda key, x: grad_fn(x + 0.1 * jax.random.normal(key, x.shape))
+    >>> xs = np.linspace(0, 1, 30, dtype=np.float32).reshape(10, 3)
+    >>> res = attribute(explain, jax.random.key(0), xs, batch_size=4,
+    ...                 progress=False)
+    >>> res.shape, np.asarray(res).dtype
+    ((10, 3), dtype('float32'))
+    >>> one = explain(jax.random.fold_in(jax.random.key(0), 7), xs[7])
+    >>> bool(jnp.allclose(res[7], one, atol=1e-6))
+    True
+  """
+  return _attribute(explain_fn, key, data, out=out, batch_size=batch_size,
+                    num_examples=num_examples, mesh=mesh, data_axis=data_axis,
+                    sample_axis=sample_axis, explain_id=explain_id,
+                    progress=progress, overwrite=overwrite, resume=resume)
+
+
+def _attribute(explain_fn, key, data, *, out, batch_size, num_examples, mesh,
+               data_axis, sample_axis, explain_id, progress, overwrite, resume,
+               example_range: tuple[int, int | None] | None = None,
+               process: tuple[int, int] = (0, 1)) -> AttributionResult:
+  # ---- Validate Python-level arguments before touching devices or disk.
+  if not callable(explain_fn):
+    raise TypeError(f"explain_fn={explain_fn!r} must be callable as "
+                    "explain_fn(key, x) -> map")
+  batch_size = _check_batch_size(batch_size)
+  key_record = _key_record(key)
+  if num_examples is not None and (
+      isinstance(num_examples, bool) or
+      not isinstance(num_examples, (int, np.integer)) or num_examples < 0):
+    raise ValueError(f"num_examples={num_examples!r} must be a non-negative "
+                     "integer or None")
+  if sample_axis is not None and not isinstance(explain_fn, SampleMean):
+    raise ValueError(
+        f"sample_axis={sample_axis!r} splits noise samples, which an opaque "
+        "explain_fn hides; build it with sample_mean(one_sample_fn, n) (e.g. "
+        "sample_mean(adapt_smooth(grad_fn, 0.95, 1), 50)) or pass "
+        "sample_axis=None")
+  mesh = _local_mesh(mesh, data_axis, sample_axis)
+  if sample_axis is not None and explain_fn.n % mesh.shape[sample_axis]:
+    raise ValueError(
+        f"sample_mean n={explain_fn.n} is not divisible by the mesh's "
+        f"{sample_axis!r} axis of size {mesh.shape[sample_axis]}; choose n or "
+        "the mesh shape so that it is")
+  explain_id = explain_id or _default_explain_id(explain_fn)
+
+  # ---- Describe the data.
+  if _is_array_data(data):
+    if any(len(a.shape) < 1 for a in (
+        data if isinstance(data, tuple) else (data,))):
+      raise ValueError("data holds a scalar; pass arrays with a leading "
+                       "example axis or an iterable of batches")
+    arrays = data if isinstance(data, tuple) else (data,)
+    lengths = [int(a.shape[0]) for a in arrays]
+    if len(set(lengths)) > 1:
+      raise ValueError(f"data is a tuple of arrays of lengths {lengths}; they "
+                       "must hold the same number of examples")
+    total = lengths[0]
+    if num_examples is not None and num_examples != total:
+      raise ValueError(f"num_examples={num_examples} disagrees with the data's "
+                       f"leading axis of length {total}; drop num_examples")
+    shapes = [tuple(a.shape[1:]) for a in arrays]
+    dtypes = [np.dtype(a.dtype) for a in arrays]
+    first = None
+  else:
+    if isinstance(data, (str, bytes, os.PathLike)):
+      raise TypeError(f"data={data!r} is a path; load it first, e.g. "
+                      "np.load(path, mmap_mode='r')")
+    try:
+      iter(data)
+    except TypeError:
+      raise TypeError(f"data of type {type(data).__name__} is neither an array "
+                      "of examples nor an iterable of batches") from None
+    total = num_examples
+    first = None
+  lo, hi = example_range if example_range is not None else (0, total)
+  if hi is not None and hi > _MAX_INDEX:
+    raise ValueError(f"{hi} examples exceed the 2**32 indices that fold_in "
+                     "keys support; split the dataset")
+
+  if _is_array_data(data):
+    def chunks():
+      for start in range(lo, hi, batch_size):
+        stop = min(start + batch_size, hi)
+        yield start, stop, (lambda s=start, e=stop: tuple(
+            np.asarray(a[s:e]) for a in arrays))
+  else:
+    stream = _rebatch(data, batch_size, lo, hi)
+    first = next(stream, None)
+    if first is None:
+      raise ValueError("data yielded no examples (in range "
+                       f"[{lo}, {hi}) for this process)")
+    shapes = [tuple(p.shape[1:]) for p in first[1]]
+    dtypes = [p.dtype for p in first[1]]
+
+    def chunks():
+      for start, parts in itertools.chain([first], stream):
+        yield start, start + len(parts[0]), (lambda p=parts: p)
+
+  if hi is not None and hi <= lo:
+    raise ValueError(f"data has no examples (range [{lo}, {hi})); nothing to "
+                     "attribute")
+
+  # ---- Shapes of the maps, checked once by abstract evaluation.
+  single = jax.eval_shape(explain_fn, key, *(
+      jax.ShapeDtypeStruct(sh, dt) for sh, dt in zip(shapes, dtypes)))
+  if not isinstance(single, jax.ShapeDtypeStruct):
+    raise ValueError(
+        f"explain_fn returned {jax.tree.structure(single)}; it must return one "
+        "array per example (select the map, e.g. lambda k, x: fn(k, x)[0])")
+  map_shape, map_dtype = tuple(single.shape), np.dtype(single.dtype)
+
+  settings = {
+      "format": _shards.FORMAT, "version": _shards.FORMAT_VERSION,
+      "explain_id": explain_id, "key": key_record,
+      # One array per example: its shape and dtype; a tuple: lists of them.
+      "example_shape": (list(shapes[0]) if len(shapes) == 1 else
+                        [list(sh) for sh in shapes]),
+      "input_dtype": (str(dtypes[0]) if len(dtypes) == 1 else
+                      [str(dt) for dt in dtypes]),
+      "map_shape": list(map_shape), "map_dtype": str(map_dtype),
+      "batch_size": batch_size, "num_examples": total,
+      "example_range": [lo, hi],
+      "samples": explain_fn.n if isinstance(explain_fn, SampleMean) else None,
+      "process_index": process[0], "process_count": process[1],
+  }
+
+  # ---- Prepare the output directory: refuse, overwrite or resume.
+  directory = None
+  done: dict[tuple[int, int], dict[str, Any]] = {}
+  if out is not None:
+    directory = pathlib.Path(out)
+    if directory.exists() and not directory.is_dir():
+      raise FileExistsError(f"out={str(out)!r} is a file; pass a directory "
+                            "path (it is created if missing)")
+    directory.mkdir(parents=True, exist_ok=True)
+    old = _shards.read_manifest(directory)
+    if overwrite:
+      _shards.remove_outputs(directory)
+      old = None
+    elif old is None and any(
+        p.name != _shards.JOURNAL for p in directory.iterdir()
+        if not p.name.startswith(".")):
+      raise FileExistsError(
+          f"out={str(out)!r} holds files but no {_shards.MANIFEST}; choose an "
+          "empty or new directory (or overwrite=True to write into it anyway)")
+    elif old is not None:
+      if not resume:
+        raise FileExistsError(
+            f"out={str(out)!r} already holds attributions; pass resume=True to "
+            "continue or re-check them, or overwrite=True to replace them")
+      diffs = _shards.settings_mismatch(old, settings)
+      if diffs:
+        raise ValueError(
+            f"out={str(out)!r} holds a run with other settings, which would "
+            "mix incompatible maps:\n  " + "\n  ".join(diffs) + "\nUse the "
+            "same arguments to resume, another `out`, or overwrite=True.")
+      entries = {}
+      for e in list(old.get("shards", [])) + _shards.read_journal(directory):
+        entries[(e["start"], e["stop"])] = e
+      for (s, e), entry in sorted(entries.items()):
+        problem = _shards.shard_problem(directory, entry, map_shape,
+                                        str(map_dtype))
+        if problem is None:
+          done[(s, e)] = entry
+        else:
+          warnings.warn(f"Redoing shard [{s}, {e}) in {directory}: {problem}",
+                        stacklevel=3)
+    _shards.clean_temporaries(directory)
+    _shards.write_json_atomic(directory / _shards.MANIFEST,
+                              {**settings, "complete": False, "shards": []})
+
+  # ---- Run.
+  step, data_sharding = _build_step(explain_fn, mesh, data_axis, sample_axis)
+  key_on_mesh = jax.device_put(key, NamedSharding(mesh, P()))
+  n_data = mesh.shape[data_axis]
+  compute_batch = -(-batch_size // n_data) * n_data
+  used: list[dict[str, Any]] = []
+  in_memory: list[np.ndarray] = []
+  pending = None  # The batch being computed: (start, stop, maps on device).
+  writes: collections.deque = collections.deque()  # Shards being written.
+  seen = lo
+
+  def collect(keep: int) -> None:
+    """Journals finished shard writes, in order, until <= `keep` remain."""
+    while writes and (len(writes) > keep or writes[0].done()):
+      entry = writes.popleft().result()
+      _shards.append_journal(directory, entry)
+      used.append(entry)
+      advance(entry["stop"] - entry["start"])
+
+  def finish(start, stop, maps_device) -> None:
+    maps = np.asarray(jax.device_get(maps_device))[:stop - start]
+    if directory is None:
+      if hi is None:
+        in_memory.append(maps)
+      else:  # Known size: fill one preallocated array, no final copy.
+        if not in_memory:
+          in_memory.append(np.empty((hi - lo, *map_shape), map_dtype))
+        in_memory[0][start - lo:stop - lo] = maps
+      advance(stop - start)
+    else:  # Hash, write and fsync in a thread while the devices compute.
+      writes.append(writer.submit(_shards.write_shard, directory, start, stop,
+                                  maps))
+      collect(keep=_MAX_PENDING_WRITES)
+
+  desc = ("attribute" if process[1] == 1 else
+          f"attribute [process {process[0]}/{process[1]}]")
+  bar_total = None if hi is None else hi - lo
+  with _progress_bar(progress, bar_total, desc) as advance, \
+       concurrent.futures.ThreadPoolExecutor(2) as writer:
+    try:
+      for start, stop, load in chunks():
+        seen = stop
+        if (start, stop) in done:
+          used.append(done[(start, stop)])
+          advance(stop - start)
+          continue
+        xs = load()
+        got = ([tuple(p.shape[1:]) for p in xs], [p.dtype for p in xs])
+        if got != (shapes, dtypes):
+          raise ValueError(
+              f"examples [{start}, {stop}) are {_describe(*got)}, earlier ones "
+              f"{_describe(shapes, dtypes)}")
+        idx = np.arange(start, stop, dtype=np.uint32)
+        if stop - start < compute_batch:  # Pad by repeating the last example.
+          pad = compute_batch - (stop - start)
+          xs = tuple(np.concatenate([p, np.repeat(p[-1:], pad, axis=0)])
+                     for p in xs)
+          idx = np.concatenate([idx, np.repeat(idx[-1:], pad)])
+        maps = step(key_on_mesh, jax.device_put(idx, data_sharding),
+                    jax.device_put(xs, data_sharding))
+        if pending is not None:
+          finish(*pending)
+        pending = (start, stop, maps)
+      if pending is not None:
+        finish(*pending)
+        pending = None
+      collect(keep=0)
+    except BaseException:
+      # Interrupted (an error, Ctrl-C): keep what is computed, so a resumed
+      # run has less to do, then re-raise.
+      if directory is not None:
+        with contextlib.suppress(BaseException):
+          if pending is not None:
+            finish(*pending)
+        while writes:
+          future = writes.popleft()
+          with contextlib.suppress(BaseException):
+            _shards.append_journal(directory, future.result())
+      raise
+
+  if hi is None:  # An iterable of unknown length is exhausted now.
+    hi = seen
+    if num_examples is not None and hi - lo != num_examples:
+      raise ValueError(f"data yielded {hi - lo} examples, but num_examples="
+                       f"{num_examples}; fix or drop num_examples")
+  elif seen != hi:
+    what = (f"num_examples={num_examples}" if num_examples is not None
+            else f"the range [{lo}, {hi}) of this process")
+    raise ValueError(f"data yielded examples only up to index {seen}, short of "
+                     f"{what}; fix or drop num_examples")
+  if total is None:
+    total = hi
+  settings.update(num_examples=total, example_range=[lo, hi])
+
+  if directory is None:
+    maps = in_memory[0] if len(in_memory) == 1 else np.concatenate(in_memory)
+    return AttributionResult(shape=maps.shape, dtype=maps.dtype,
+                             manifest={**settings, "complete": True},
+                             maps=maps)
+  used.sort(key=lambda e: e["start"])
+  keep = {e["file"] for e in used}
+  for p in directory.glob("shard-*.npy"):  # Stale shards of an older layout.
+    if p.name not in keep:
+      p.unlink()
+  _shards.write_json_atomic(directory / _shards.MANIFEST,
+                            {**settings, "complete": True, "shards": used})
+  return _shards.load_attributions(directory)

@@ -1,0 +1,355 @@
+"""On-disk format of attribution runs: shards, manifest, journal, resume, reading.
+
+An output directory holds
+
+* ``shard-<start>-<stop>.npy``: the maps of examples ``start <= i < stop``
+  (global example indices, zero-padded to 12 digits), one ``.npy`` per batch,
+  written to a temporary file, fsync'ed and atomically renamed;
+* ``shards.jsonl``: a journal with one JSON line per finished shard (file,
+  start, stop, bytes, sha256), appended after the rename, so a crash loses at
+  most the shard being written;
+* ``manifest.json``: the settings of the run (format, explanation id, key,
+  shapes, dtypes, batch size, example range) and ``complete``; rewritten
+  atomically at the start and, with the full shard list, at the end.
+
+A multi-host run writes one such directory per process (``process-00000/``,
+...) and a merged top-level ``manifest.json`` whose shard files are relative
+paths into them. :func:`load_attributions` reads either.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+FORMAT = "adaptgrad-jax/attributions"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+JOURNAL = "shards.jsonl"
+_TMP_PREFIX = ".tmp-"
+
+# Settings that must agree for a run to resume (or merge) an existing output.
+SETTINGS_KEYS = (
+    "explain_id", "key", "example_shape", "input_dtype", "map_shape",
+    "map_dtype", "batch_size", "num_examples", "example_range", "samples",
+    "process_count",
+)
+
+
+def shard_name(start: int, stop: int) -> str:
+  return f"shard-{start:012d}-{stop:012d}.npy"
+
+
+# ----------------------------------------------------------------------------
+# Atomic writes.
+
+
+class _HashingWriter:
+  """A file wrapper that hashes and counts everything written through it."""
+
+  def __init__(self, f):
+    self._f = f
+    self.sha256 = hashlib.sha256()
+    self.nbytes = 0
+
+  def write(self, b) -> int:
+    b = memoryview(b).cast("B")
+    self.sha256.update(b)
+    self.nbytes += len(b)
+    return self._f.write(b)
+
+  def flush(self):
+    self._f.flush()
+
+
+def _fsync_dir(path: pathlib.Path) -> None:
+  try:
+    fd = os.open(path, os.O_RDONLY)
+  except OSError:  # Not supported on every platform/filesystem.
+    return
+  try:
+    os.fsync(fd)
+  except OSError:
+    pass
+  finally:
+    os.close(fd)
+
+
+def write_json_atomic(path: pathlib.Path, obj: Any) -> None:
+  tmp = path.with_name(f"{_TMP_PREFIX}{path.name}.{os.getpid()}")
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1)
+    f.write("\n")
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+  _fsync_dir(path.parent)
+
+
+def write_shard(directory: pathlib.Path, start: int, stop: int,
+                maps: np.ndarray) -> dict[str, Any]:
+  """Writes one shard atomically and returns its journal entry."""
+  name = shard_name(start, stop)
+  tmp = directory / f"{_TMP_PREFIX}{name}.{os.getpid()}"
+  with open(tmp, "wb") as f:
+    w = _HashingWriter(f)
+    np.lib.format.write_array(w, np.ascontiguousarray(maps),
+                              allow_pickle=False)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, directory / name)
+  return {"file": name, "start": int(start), "stop": int(stop),
+          "bytes": w.nbytes, "sha256": w.sha256.hexdigest()}
+
+
+def append_journal(directory: pathlib.Path, entry: Mapping[str, Any]) -> None:
+  with open(directory / JOURNAL, "a") as f:
+    f.write(json.dumps(entry, sort_keys=True) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def read_journal(directory: pathlib.Path) -> list[dict[str, Any]]:
+  """Journal entries; a truncated or garbled line (a crash mid-append) is skipped."""
+  path = directory / JOURNAL
+  if not path.exists():
+    return []
+  entries = []
+  with open(path) as f:
+    for line in f:
+      try:
+        entry = json.loads(line)
+      except json.JSONDecodeError:
+        continue
+      if isinstance(entry, dict) and {"file", "start", "stop", "sha256",
+                                      "bytes"} <= entry.keys():
+        entries.append(entry)
+  return entries
+
+
+def file_sha256(path: pathlib.Path) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 22), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def shard_problem(directory: pathlib.Path, entry: Mapping[str, Any],
+                  map_shape: Sequence[int] | None = None,
+                  map_dtype: str | None = None) -> str | None:
+  """Returns why a journaled shard is unusable, or None if it is intact."""
+  path = directory / entry["file"]
+  if not path.is_file():
+    return f"{entry['file']} is missing"
+  size = path.stat().st_size
+  if size != entry["bytes"]:
+    return f"{entry['file']} has {size} bytes, the journal says {entry['bytes']}"
+  if file_sha256(path) != entry["sha256"]:
+    return f"{entry['file']} fails its sha256 check"
+  if map_shape is not None:
+    arr = np.load(path, mmap_mode="r")
+    want = (entry["stop"] - entry["start"], *map_shape)
+    if arr.shape != want or (map_dtype and str(arr.dtype) != map_dtype):
+      return (f"{entry['file']} holds {arr.dtype}{list(arr.shape)}, expected "
+              f"{map_dtype}{list(want)}")
+  return None
+
+
+def clean_temporaries(directory: pathlib.Path) -> None:
+  for p in directory.glob(f"{_TMP_PREFIX}*"):
+    p.unlink(missing_ok=True)
+
+
+def remove_outputs(directory: pathlib.Path) -> None:
+  """Deletes the files this module writes (and nothing else) under `directory`."""
+  for pattern in ("shard-*.npy", JOURNAL, MANIFEST, f"{_TMP_PREFIX}*"):
+    for p in directory.glob(pattern):
+      p.unlink()
+  for sub in directory.glob("process-*"):
+    if sub.is_dir():
+      remove_outputs(sub)
+      try:
+        sub.rmdir()
+      except OSError:
+        pass
+
+
+def read_manifest(directory: pathlib.Path) -> dict[str, Any] | None:
+  path = directory / MANIFEST
+  if not path.exists():
+    return None
+  try:
+    manifest = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(
+        f"{path} is not valid JSON ({e}); it is not an adaptgrad-jax output or "
+        "it was damaged. Pass overwrite=True to start afresh.") from e
+  if manifest.get("format") != FORMAT:
+    raise ValueError(
+        f"{path} is not an adaptgrad-jax attribution manifest (format="
+        f"{manifest.get('format')!r}); choose another `out` directory.")
+  return manifest
+
+
+def settings_mismatch(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+  """Human-readable differences between the settings of two runs."""
+  diffs = []
+  for k in SETTINGS_KEYS:
+    a, b = old.get(k), new.get(k)
+    # num_examples may be unknown (None) for an iterator until it is exhausted.
+    if k == "num_examples" and (a is None or b is None):
+      continue
+    if k == "example_range" and (a is None or b is None or
+                                 a[1] is None or b[1] is None):
+      if a is not None and b is not None and a[0] != b[0]:
+        diffs.append(f"{k}: existing {a}, requested {b}")
+      continue
+    if a != b:
+      diffs.append(f"{k}: existing {a!r}, requested {b!r}")
+  return diffs
+
+
+# ----------------------------------------------------------------------------
+# Reading.
+
+
+@dataclasses.dataclass(frozen=True)
+class AttributionResult:
+  """Attribution maps of a dataset, in memory or lazily read from shards.
+
+  Index it like an array (``result[i]``, ``result[a:b]``), take ``len``, or
+  call ``np.asarray(result)`` to load everything. Shards on disk are opened
+  as read-only memory maps only when indexed, so a result larger than memory
+  can be read piece by piece with :meth:`iter_shards`.
+
+  Attributes:
+    shape: ``(num_examples, *map_shape)``.
+    dtype: dtype of the maps.
+    path: the output directory, or None for an in-memory result.
+    manifest: the run's manifest (settings and shard list); for an in-memory
+      result the settings only.
+    shards: ``(start, stop, file)`` per shard, sorted; files are absolute.
+  """
+
+  shape: tuple[int, ...]
+  dtype: np.dtype
+  path: pathlib.Path | None = None
+  manifest: Mapping[str, Any] = dataclasses.field(default_factory=dict,
+                                                  repr=False)
+  shards: tuple[tuple[int, int, pathlib.Path], ...] = dataclasses.field(
+      default=(), repr=False)
+  maps: np.ndarray | None = dataclasses.field(default=None, repr=False)
+
+  def __len__(self) -> int:
+    return self.shape[0]
+
+  def _open(self, file: pathlib.Path) -> np.ndarray:
+    return np.load(file, mmap_mode="r")
+
+  def iter_shards(self) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Yields ``(start, stop, maps)`` per shard, maps memory-mapped read-only."""
+    if self.maps is not None:
+      yield 0, len(self), self.maps
+      return
+    for start, stop, file in self.shards:
+      yield start, stop, self._open(file)
+
+  def __getitem__(self, idx) -> np.ndarray:
+    if self.maps is not None:
+      return self.maps[idx]
+    n = len(self)
+    if isinstance(idx, (int, np.integer)):
+      i = int(idx) + n if idx < 0 else int(idx)
+      if not 0 <= i < n:
+        raise IndexError(f"index {idx} is out of range for {n} examples")
+      for start, stop, file in self.shards:
+        if start <= i < stop:
+          return np.asarray(self._open(file)[i - start])
+    if isinstance(idx, slice):
+      lo, hi, step = idx.indices(n)
+      if step != 1:
+        return self[lo:hi][::step]
+      parts = [np.asarray(self._open(f)[max(lo, s) - s:min(hi, e) - s])
+               for s, e, f in self.shards if s < hi and e > lo]
+      if not parts:
+        return np.empty((0, *self.shape[1:]), self.dtype)
+      return np.concatenate(parts)
+    # Fancy indexing: load what is needed, index by index.
+    idx = np.asarray(idx)
+    if idx.dtype == bool:
+      idx = np.flatnonzero(idx)
+    return np.stack([self[int(i)] for i in idx.ravel()]).reshape(
+        *idx.shape, *self.shape[1:])
+
+  def __array__(self, dtype=None, copy=None) -> np.ndarray:
+    out = self.maps if self.maps is not None else self[0:len(self)]
+    return np.asarray(out, dtype=dtype)
+
+
+def _entries_for(manifest: Mapping[str, Any], directory: pathlib.Path
+                 ) -> list[tuple[int, int, pathlib.Path]]:
+  return sorted((int(s["start"]), int(s["stop"]), directory / s["file"])
+                for s in manifest["shards"])
+
+
+def load_attributions(out: str | os.PathLike, *, verify: bool = False
+                      ) -> AttributionResult:
+  """Opens the output of a finished :func:`attribute` run lazily.
+
+  Args:
+    out: the output directory passed to ``attribute`` (or the top directory of
+      an ``attribute_multihost`` run, after its merge step).
+    verify: also check every shard's size and sha256 against the manifest
+      (reads all data once).
+
+  Returns:
+    An :class:`AttributionResult` whose indexing reads memory-mapped shards.
+
+  Raises:
+    FileNotFoundError: `out` has no ``manifest.json``.
+    ValueError: the run is not complete (resume it by calling ``attribute``
+      again with the same arguments), shards do not tile the example range, or
+      ``verify=True`` finds a damaged shard.
+  """
+  directory = pathlib.Path(out)
+  manifest = read_manifest(directory)
+  if manifest is None:
+    procs = sorted(directory.glob("process-*/" + MANIFEST))
+    hint = (" It holds per-process outputs: run merge_process_outputs(out) "
+            "first." if procs else "")
+    raise FileNotFoundError(
+        f"out={str(out)!r} has no {MANIFEST}; it is not the output of a "
+        f"finished attribute() run.{hint}")
+  if not manifest.get("complete"):
+    raise ValueError(
+        f"The attribution run in {str(out)!r} is not complete; call attribute() "
+        "again with the same arguments to resume it.")
+  shards = _entries_for(manifest, directory)
+  lo, hi = manifest["example_range"]
+  pos = lo
+  for start, stop, file in shards:
+    if start != pos:
+      raise ValueError(f"{directory / MANIFEST}: shards do not tile "
+                       f"[{lo}, {hi}): gap or overlap at example {pos}")
+    pos = stop
+  if pos != hi:
+    raise ValueError(f"{directory / MANIFEST}: shards end at {pos}, not {hi}")
+  if verify:
+    for s in manifest["shards"]:
+      problem = shard_problem(directory, s, manifest["map_shape"],
+                              manifest["map_dtype"])
+      if problem:
+        raise ValueError(f"Damaged output in {str(out)!r}: {problem}. Call "
+                         "attribute() again with the same arguments to redo it.")
+  return AttributionResult(
+      shape=(hi - lo, *manifest["map_shape"]),
+      dtype=np.dtype(manifest["map_dtype"]),
+      path=directory, manifest=manifest,
+      shards=tuple((s - lo, e - lo, f) for s, e, f in shards))
