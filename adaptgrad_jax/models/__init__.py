@@ -1,0 +1,118 @@
+"""Flax NNX ports of torchvision classifiers and the paper's MNIST MLP.
+
+All models take NHWC float inputs ``(B, H, W, C)`` and return logits
+``(B, classes)``. Their attribute paths mirror torchvision's parameter names, so
+torchvision checkpoints load with `load_state_dict` (see `_loading.py` for the
+convention). Call ``model.eval()`` before explaining: batch norm then uses its
+running statistics and dropout is off.
+"""
+
+from adaptgrad_jax.models._efficientnet import EfficientNetLite as EfficientNetLite
+from adaptgrad_jax.models._efficientnet import MBConvBlock as MBConvBlock
+from adaptgrad_jax.models._efficientnet import efficientnet_lite0 as efficientnet_lite0
+from adaptgrad_jax.models._efficientnet import efficientnet_lite0_checkpoint as efficientnet_lite0_checkpoint
+from adaptgrad_jax.models._efficientnet import pretrained_efficientnet_lite0 as pretrained_efficientnet_lite0
+from adaptgrad_jax.models._imagenet import EFFICIENTNET_LITE_BOUNDS as EFFICIENTNET_LITE_BOUNDS
+from adaptgrad_jax.models._imagenet import IMAGENET_BOUNDS as IMAGENET_BOUNDS
+from adaptgrad_jax.models._imagenet import IMAGENET_MEAN as IMAGENET_MEAN
+from adaptgrad_jax.models._imagenet import IMAGENET_STD as IMAGENET_STD
+from adaptgrad_jax.models._imagenet import PHOTOS as PHOTOS
+from adaptgrad_jax.models._imagenet import imagenet_classes as imagenet_classes
+from adaptgrad_jax.models._imagenet import imagenet_synsets as imagenet_synsets
+from adaptgrad_jax.models._imagenet import load_photo as load_photo
+from adaptgrad_jax.models._imagenet import preprocess_efficientnet_lite as preprocess_efficientnet_lite
+from adaptgrad_jax.models._imagenet import preprocess_imagenet as preprocess_imagenet
+from adaptgrad_jax.models._inception import BasicConv2d as BasicConv2d
+from adaptgrad_jax.models._inception import INCEPTION_V3_MIN_SIZE as INCEPTION_V3_MIN_SIZE
+from adaptgrad_jax.models._inception import Inception3 as Inception3
+from adaptgrad_jax.models._inception import InceptionA as InceptionA
+from adaptgrad_jax.models._inception import InceptionAux as InceptionAux
+from adaptgrad_jax.models._inception import InceptionB as InceptionB
+from adaptgrad_jax.models._inception import InceptionC as InceptionC
+from adaptgrad_jax.models._inception import InceptionD as InceptionD
+from adaptgrad_jax.models._inception import InceptionE as InceptionE
+from adaptgrad_jax.models._inception import inception_v3 as inception_v3
+from adaptgrad_jax.models._loading import LoadResult as LoadResult
+from adaptgrad_jax.models._loading import build_model as build_model
+from adaptgrad_jax.models._loading import load_state_dict as load_state_dict
+from adaptgrad_jax.models._loading import load_weights as load_weights
+from adaptgrad_jax.models._loading import state_dict_from_model as state_dict_from_model
+from adaptgrad_jax.models._mlp import MLP as MLP
+from adaptgrad_jax.models._mlp import mlp as mlp
+from adaptgrad_jax.models._resnet import BasicBlock as BasicBlock
+from adaptgrad_jax.models._resnet import Bottleneck as Bottleneck
+from adaptgrad_jax.models._resnet import ResNet as ResNet
+from adaptgrad_jax.models._resnet import resnet101 as resnet101
+from adaptgrad_jax.models._resnet import resnet152 as resnet152
+from adaptgrad_jax.models._resnet import resnet18 as resnet18
+from adaptgrad_jax.models._resnet import resnet34 as resnet34
+from adaptgrad_jax.models._resnet import resnet50 as resnet50
+from adaptgrad_jax.models._resnet import resnext50_32x4d as resnext50_32x4d
+from adaptgrad_jax.models._resnet import wide_resnet50_2 as wide_resnet50_2
+from adaptgrad_jax.models._vgg import VGG as VGG
+from adaptgrad_jax.models._vgg import adaptive_avg_pool as adaptive_avg_pool
+from adaptgrad_jax.models._vgg import max_pool as max_pool
+from adaptgrad_jax.models._vgg import vgg11 as vgg11
+from adaptgrad_jax.models._vgg import vgg11_bn as vgg11_bn
+from adaptgrad_jax.models._vgg import vgg13 as vgg13
+from adaptgrad_jax.models._vgg import vgg13_bn as vgg13_bn
+from adaptgrad_jax.models._vgg import vgg16 as vgg16
+from adaptgrad_jax.models._vgg import vgg16_bn as vgg16_bn
+from adaptgrad_jax.models._vgg import vgg19 as vgg19
+from adaptgrad_jax.models._vgg import vgg19_bn as vgg19_bn
+
+__all__ = [
+  "BasicBlock",
+  "BasicConv2d",
+  "Bottleneck",
+  "EFFICIENTNET_LITE_BOUNDS",
+  "EfficientNetLite",
+  "IMAGENET_BOUNDS",
+  "IMAGENET_MEAN",
+  "IMAGENET_STD",
+  "INCEPTION_V3_MIN_SIZE",
+  "Inception3",
+  "InceptionA",
+  "InceptionAux",
+  "InceptionB",
+  "InceptionC",
+  "InceptionD",
+  "InceptionE",
+  "LoadResult",
+  "MBConvBlock",
+  "MLP",
+  "PHOTOS",
+  "ResNet",
+  "VGG",
+  "adaptive_avg_pool",
+  "build_model",
+  "efficientnet_lite0",
+  "efficientnet_lite0_checkpoint",
+  "imagenet_classes",
+  "imagenet_synsets",
+  "inception_v3",
+  "load_photo",
+  "load_state_dict",
+  "load_weights",
+  "max_pool",
+  "mlp",
+  "preprocess_efficientnet_lite",
+  "preprocess_imagenet",
+  "pretrained_efficientnet_lite0",
+  "resnet101",
+  "resnet152",
+  "resnet18",
+  "resnet34",
+  "resnet50",
+  "resnext50_32x4d",
+  "state_dict_from_model",
+  "vgg11",
+  "vgg11_bn",
+  "vgg13",
+  "vgg13_bn",
+  "vgg16",
+  "vgg16_bn",
+  "vgg19",
+  "vgg19_bn",
+  "wide_resnet50_2",
+]

@@ -1,0 +1,395 @@
+"""MLP, VGG and ResNet against reference PyTorch modules with torchvision's names, and the loader."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from adaptgrad_jax import models
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+# ---------------------------------------------------------------------------
+# Reference architectures, written to torchvision's definitions and parameter names.
+
+
+class TorchMLP(nn.Module):
+  def __init__(self, hidden=200, num_classes=10):
+    super().__init__()
+    self.fc1 = nn.Linear(784, hidden)
+    self.fc2 = nn.Linear(hidden, num_classes)
+
+  def forward(self, x):
+    return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+
+VGG_CONFIGS = {
+  "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+  "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+}
+
+
+class TorchVGG(nn.Module):
+  def __init__(self, config, batch_norm, num_classes=1000, hidden=4096):
+    super().__init__()
+    layers, cin = [], 3
+    for v in config:
+      if v == "M":
+        layers.append(nn.MaxPool2d(2, 2))
+      else:
+        layers += [nn.Conv2d(cin, v, 3, padding=1)] + ([nn.BatchNorm2d(v)] if batch_norm else []) + [nn.ReLU()]
+        cin = v
+    self.features = nn.Sequential(*layers)
+    self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+    self.classifier = nn.Sequential(
+      nn.Linear(cin * 49, hidden), nn.ReLU(), nn.Dropout(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(),
+      nn.Linear(hidden, num_classes),
+    )
+
+  def forward(self, x):
+    return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+def _shortcut(cin, cout, stride):
+  if stride == 1 and cin == cout:
+    return None
+  return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+
+class TorchBasicBlock(nn.Module):
+  expansion = 1
+
+  def __init__(self, cin, planes, stride, groups=1, base_width=64):
+    super().__init__()
+    self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
+    self.bn1 = nn.BatchNorm2d(planes)
+    self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+    self.bn2 = nn.BatchNorm2d(planes)
+    self.downsample = _shortcut(cin, planes, stride)
+
+  def forward(self, x):
+    out = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+    return torch.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class TorchBottleneck(nn.Module):
+  expansion = 4
+
+  def __init__(self, cin, planes, stride, groups=1, base_width=64):
+    super().__init__()
+    width = int(planes * base_width / 64) * groups
+    self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+    self.bn1 = nn.BatchNorm2d(width)
+    self.conv2 = nn.Conv2d(width, width, 3, stride, 1, groups=groups, bias=False)
+    self.bn2 = nn.BatchNorm2d(width)
+    self.conv3 = nn.Conv2d(width, planes * 4, 1, bias=False)
+    self.bn3 = nn.BatchNorm2d(planes * 4)
+    self.downsample = _shortcut(cin, planes * 4, stride)
+
+  def forward(self, x):
+    out = torch.relu(self.bn1(self.conv1(x)))
+    out = torch.relu(self.bn2(self.conv2(out)))
+    out = self.bn3(self.conv3(out))
+    return torch.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class TorchResNet(nn.Module):
+  def __init__(self, block, layers, num_classes=1000, groups=1, base_width=64):
+    super().__init__()
+    self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+    self.bn1 = nn.BatchNorm2d(64)
+    self.maxpool = nn.MaxPool2d(3, 2, 1)
+    cin = 64
+    for i, (planes, n) in enumerate(zip((64, 128, 256, 512), layers)):
+      blocks = []
+      for j in range(n):
+        blocks.append(block(cin, planes, 2 if i > 0 and j == 0 else 1, groups, base_width))
+        cin = planes * block.expansion
+      setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+    self.avgpool = nn.AdaptiveAvgPool2d(1)
+    self.fc = nn.Linear(cin, num_classes)
+
+  def forward(self, x):
+    x = self.maxpool(torch.relu(self.bn1(self.conv1(x))))
+    x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+    return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+RESNETS = {
+  "resnet18": (TorchBasicBlock, (2, 2, 2, 2), {}),
+  "resnet50": (TorchBottleneck, (3, 4, 6, 3), {}),
+  "resnet34": (TorchBasicBlock, (3, 4, 6, 3), {}),
+  "resnext50_32x4d": (TorchBottleneck, (3, 4, 6, 3), {"groups": 32, "base_width": 4}),
+  "wide_resnet50_2": (TorchBottleneck, (3, 4, 6, 3), {"base_width": 128}),
+}
+
+# ---------------------------------------------------------------------------
+# Helpers.
+
+
+def _randomize(module, seed=0):
+  """Random weights with a stable scale and non-trivial batch-norm statistics."""
+  gen = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, tensor in module.state_dict().items():
+      if name.endswith("num_batches_tracked"):
+        continue
+      if name.endswith("running_var"):
+        tensor.copy_(torch.rand(tensor.shape, generator=gen) + 0.5)
+      elif name.endswith("weight") and tensor.ndim == 1:  # batch-norm gamma
+        tensor.copy_(torch.rand(tensor.shape, generator=gen) * 0.5 + 0.5)
+      elif tensor.ndim == 1:  # biases, beta, running_mean
+        tensor.copy_(torch.randn(tensor.shape, generator=gen) * 0.1)
+      else:
+        fan_in = tensor[0].numel()
+        tensor.copy_(torch.randn(tensor.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
+  return module.eval()
+
+
+def _random_weights(build, seed=0, **kwargs):
+  """Random torch-named weights for a model, from its abstract shapes (no random init to compile)."""
+  abstract = nnx.eval_shape(lambda: build(rngs=nnx.Rngs(0), **kwargs))
+  gen = np.random.default_rng(seed)
+  return {
+    k: (gen.uniform(0.5, 1.5, v.shape) if "running_var" in k else gen.normal(size=v.shape) * 0.1).astype(np.float32)
+    for k, v in models.state_dict_from_model(abstract).items()
+  }
+
+
+def _state_dict(module):
+  return {k: v.numpy() for k, v in module.state_dict().items()}
+
+
+def _assert_close(actual, expected, rtol=1e-4):
+  actual, expected = np.asarray(actual), np.asarray(expected)
+  assert actual.shape == expected.shape
+  scale = np.abs(expected).max()
+  assert scale > 0
+  np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale)
+
+
+def _compare(flax_model, torch_module, x_nhwc, seed=0):
+  """Logits and input gradients of a random projection of the logits agree.
+
+  The reference runs in float64 (torch's float32 CPU kernels alone drift by ~1e-3
+  relative in the deeper VGG gradients); ours in float32, jitted.
+  """
+  torch_module = torch_module.double()
+  x_t = torch.tensor(np.moveaxis(x_nhwc, -1, 1) if x_nhwc.ndim == 4 else x_nhwc, dtype=torch.float64)
+  x_t.requires_grad_()
+  logits_t = torch_module(x_t)
+  w = np.random.default_rng(seed).normal(size=logits_t.shape).astype(np.float32)
+  (logits_t * torch.tensor(w, dtype=torch.float64)).sum().backward()
+  grad_t = x_t.grad.numpy()
+  if x_nhwc.ndim == 4:
+    grad_t = np.moveaxis(grad_t, 1, -1)
+
+  flax_model.eval()
+
+  @nnx.jit
+  def grad_and_logits(model, x):
+    def projected(x):
+      logits = model(x)
+      return (logits * w).sum(), logits
+
+    return jax.grad(projected, has_aux=True)(x)
+
+  grad, logits = grad_and_logits(flax_model, jnp.asarray(x_nhwc))
+  assert logits.dtype == grad.dtype == jnp.float32
+  _assert_close(logits, logits_t.detach().numpy())
+  _assert_close(grad, grad_t)
+
+
+# ---------------------------------------------------------------------------
+# Models against torch.
+
+
+@pytest.mark.parametrize("shape", [(3, 28, 28), (3, 28, 28, 1), (3, 784)])
+def test_mlp_matches_torch(shape, rng):
+  ref = _randomize(TorchMLP())
+  model = models.mlp(weights=_state_dict(ref), rngs=nnx.Rngs(0))
+  x = rng.uniform(size=shape).astype(np.float32)
+  _compare(model, ref, x)
+
+
+def test_mlp_rejects_wrong_input_size():
+  model = models.mlp(weights=_random_weights(models.mlp), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="expects 784"):
+    model(jnp.zeros((2, 32, 32, 3)))
+
+
+@pytest.mark.parametrize(
+  "name,batch_norm,size",
+  [("vgg11", False, 36), ("vgg11", True, 64), ("vgg16", False, 32), ("vgg16", True, 64)],
+)
+def test_vgg_matches_torch(name, batch_norm, size, rng):
+  # Full conv widths, narrow classifier (hidden=64) to keep the test fast; 36 x 36 exercises
+  # torch's floor mode (9 -> 4), 64 x 64 a 2 x 2 -> 7 x 7 adaptive pool and the flatten permutation.
+  ref = _randomize(TorchVGG(VGG_CONFIGS[name], batch_norm, num_classes=10, hidden=64))
+  build = getattr(models, name + ("_bn" if batch_norm else ""))
+  model = build(weights=_state_dict(ref), num_classes=10, hidden=64, rngs=nnx.Rngs(0))
+  _compare(model, ref, rng.uniform(size=(2, size, size, 3)).astype(np.float32))
+
+
+@pytest.mark.parametrize("name,size", [("resnet18", 57), ("resnet50", 64)])
+def test_resnet_matches_torch(name, size, rng):
+  block, layers, kwargs = RESNETS[name]
+  ref = _randomize(TorchResNet(block, layers, num_classes=10, **kwargs))
+  model = getattr(models, name)(weights=_state_dict(ref), num_classes=10, rngs=nnx.Rngs(0))
+  _compare(model, ref, rng.uniform(size=(2, size, size, 3)).astype(np.float32))
+
+
+def _torch_full_size(name):
+  with torch.device("meta"):
+    if name.startswith("vgg"):
+      return TorchVGG(VGG_CONFIGS[name.removesuffix("_bn")], name.endswith("_bn"))
+    block, layers, kwargs = RESNETS[name]
+    return TorchResNet(block, layers, **kwargs)
+
+
+@pytest.mark.parametrize(
+  "name", ["vgg11", "vgg16_bn", "resnet18", "resnet34", "resnext50_32x4d", "wide_resnet50_2"]
+)
+def test_full_size_names_and_shapes_match_torchvision(name):
+  abstract = nnx.eval_shape(lambda: getattr(models, name)(rngs=nnx.Rngs(0)))
+  ours = {k: tuple(v.shape) for k, v in models.state_dict_from_model(abstract).items()}
+  theirs = {
+    k: tuple(v.shape) for k, v in _torch_full_size(name).state_dict().items() if not k.endswith("num_batches_tracked")
+  }
+  assert ours == theirs
+
+
+@pytest.mark.parametrize("size,out", [(1, 7), (2, 7), (5, 7), (9, 7), (7, 7), (13, 3), (10, 1), (6, (2, 5))])
+def test_adaptive_avg_pool_matches_torch(size, out, rng):
+  x = rng.normal(size=(2, size, size + 1, 3)).astype(np.float32)
+  expected = nn.functional.adaptive_avg_pool2d(torch.tensor(x).permute(0, 3, 1, 2), out).permute(0, 2, 3, 1)
+  _assert_close(models.adaptive_avg_pool(jnp.asarray(x), out), expected.numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("size", [8, 9, 15])
+@pytest.mark.parametrize("window,stride,padding", [(2, 2, 0), (3, 3, 0), (3, 2, 1), (3, 2, 0)])
+def test_max_pool_matches_torch_with_gradients(size, window, stride, padding, rng):
+  x = rng.normal(size=(2, size, size + 2, 4)).astype(np.float32)
+  x_t = torch.tensor(x).permute(0, 3, 1, 2).requires_grad_()
+  y_t = nn.functional.max_pool2d(x_t, window, stride, padding).permute(0, 2, 3, 1)
+  w = rng.normal(size=y_t.shape).astype(np.float32)
+  (y_t * torch.tensor(w)).sum().backward()
+
+  def f(x):
+    return (models.max_pool(x, window, stride, padding) * w).sum()
+
+  y = models.max_pool(jnp.asarray(x), window, stride, padding)
+  np.testing.assert_array_equal(y, y_t.detach().numpy())
+  np.testing.assert_allclose(jax.grad(f)(jnp.asarray(x)), x_t.grad.permute(0, 2, 3, 1).numpy(), rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# Modes, the loader and its errors (torch only as the reference above).
+
+
+def test_eval_mode_turns_off_dropout_and_uses_running_stats(rng):
+  def make(*, rngs):
+    return models.VGG([8, "M", 16, "M"], batch_norm=True, num_classes=5, hidden=16, rngs=rngs)
+
+  weights = _random_weights(make)
+  model = models.build_model(lambda rngs: make(rngs=rngs), weights, nnx.Rngs(0))
+  x = jnp.asarray(rng.uniform(size=(2, 32, 32, 3)).astype(np.float32))
+  model.eval()
+  assert model.features[1].use_running_average and model.classifier[2].deterministic
+  np.testing.assert_array_equal(model(x), model(x))
+  model.train()
+  a, b = model(x), model(x)
+  assert not np.allclose(a, b)  # dropout draws fresh masks (from rngs) in train mode
+
+
+def test_load_then_export_is_the_identity():
+  weights = _random_weights(models.resnet18, num_classes=7)
+  model = models.resnet18(weights=weights, num_classes=7, rngs=nnx.Rngs(0))
+  exported = models.state_dict_from_model(model)
+  assert exported.keys() == weights.keys()
+  for k in weights:
+    np.testing.assert_array_equal(exported[k], weights[k], err_msg=k)
+  assert exported["conv1.weight"].shape == (64, 3, 7, 7) and exported["fc.weight"].shape == (7, 512)
+
+
+def test_vgg_flatten_permutation_round_trips():
+  state = _random_weights(models.vgg11, num_classes=3, hidden=8)
+  model = models.vgg11(num_classes=3, hidden=8, weights=state, rngs=nnx.Rngs(1))
+  exported = models.state_dict_from_model(model)["classifier.0.weight"]
+  np.testing.assert_array_equal(exported, state["classifier.0.weight"])
+  # torch's input index c * 49 + h * 7 + w is our row (h * 7 + w) * 512 + c.
+  kernel = np.asarray(model.classifier[0].kernel[...])
+  np.testing.assert_array_equal(state["classifier.0.weight"][:, 5 * 49 + 2 * 7 + 3], kernel[(2 * 7 + 3) * 512 + 5])
+
+
+@pytest.mark.parametrize("groups", [1, 4, 8])
+def test_grouped_and_depthwise_conv_layout(groups, rng):
+  class Net(nnx.Module):
+    def __init__(self, rngs):
+      self.conv = nnx.Conv(8, 16, (3, 5), feature_group_count=groups, padding=((1, 1), (2, 2)), rngs=rngs)
+
+  ref = nn.Conv2d(8, 16, (3, 5), padding=(1, 2), groups=groups)
+  net = nnx.eval_shape(lambda: Net(nnx.Rngs(0)))  # load_state_dict fills an abstract model too
+  models.load_state_dict(net, {"conv." + k: v for k, v in _state_dict(ref).items()})
+  x = rng.normal(size=(2, 6, 7, 8)).astype(np.float32)
+  expected = ref(torch.tensor(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).detach().numpy()
+  _assert_close(net.conv(jnp.asarray(x)), expected)
+
+
+def test_weights_from_path(tmp_path, rng):
+  weights = _random_weights(models.mlp)
+  np.savez(tmp_path / "mlp.npz", **weights)
+  a = models.mlp(weights=weights, rngs=nnx.Rngs(0))
+  b = models.mlp(weights=str(tmp_path / "mlp.npz"), rngs=nnx.Rngs(1))
+  x = jnp.asarray(rng.uniform(size=(2, 784)).astype(np.float32))
+  np.testing.assert_array_equal(a(x), b(x))
+
+
+def test_loader_lists_missing_unexpected_and_misshaped_together():
+  before = _random_weights(models.resnet18, num_classes=4)
+  model = models.resnet18(weights=before, num_classes=4, rngs=nnx.Rngs(0))
+  state = dict(before)
+  del state["layer2.0.downsample.1.running_var"], state["fc.bias"]
+  state["layer1.0.conv3.weight"] = np.zeros((64, 64, 1, 1), np.float32)
+  state["fc.weight"] = np.zeros((1000, 512), np.float32)
+  state["bn1.weight"] = np.zeros((65,), np.float32)
+  state["bn1.num_batches_tracked"] = np.array(3)  # ignored, as torch's counter
+  with pytest.raises(ValueError) as info:
+    models.load_state_dict(model, state)
+  message = str(info.value)
+  for expected in [
+    "missing keys (2)", "layer2.0.downsample.1.running_var", "fc.bias",
+    "unexpected keys (1): layer1.0.conv3.weight",
+    "mis-shaped keys (2)", "fc.weight: checkpoint (1000, 512), model expects (4, 512)", "bn1.weight",
+  ]:
+    assert expected in message
+  assert "num_batches_tracked" not in message
+  after = models.state_dict_from_model(model)  # nothing was copied
+  assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_loader_non_strict_returns_missing_and_unexpected():
+  model = models.mlp(weights=_random_weights(models.mlp, seed=0), rngs=nnx.Rngs(0))
+  state = _random_weights(models.mlp, seed=1)
+  del state["fc2.bias"]
+  state["head.weight"] = np.zeros(3)
+  result = models.load_state_dict(model, state, strict=False)
+  assert result == models.LoadResult(["fc2.bias"], ["head.weight"])
+  np.testing.assert_array_equal(model.fc1.kernel[...], state["fc1.weight"].T)
+  with pytest.raises(ValueError, match="mis-shaped"):
+    models.load_state_dict(model, {"fc1.weight": np.zeros((3, 3))}, strict=False)
+
+
+def test_loader_hints_at_a_prefix():
+  state = _random_weights(models.mlp)
+  model = models.mlp(weights=state, rngs=nnx.Rngs(0))
+  state = {"module." + k: v for k, v in state.items()}
+  with pytest.raises(ValueError, match="prefixed by 'module.'"):
+    models.load_state_dict(model, state)
+
+
+def test_weights_argument_type_is_checked():
+  with pytest.raises(TypeError, match="weights=list"):
+    models.mlp(weights=[1, 2], rngs=nnx.Rngs(0))
