@@ -4,7 +4,14 @@ The core is a handful of function transforms in the style of ``jax.grad``:
 ``adapt_smooth(jax.grad(f), c, n)`` returns ``smoothed(key, x)``.
 """
 
+from adaptgrad_jax._attribution import completeness_gap as completeness_gap
+from adaptgrad_jax._attribution import explain_batch as explain_batch
+from adaptgrad_jax._attribution import gradient_x_input as gradient_x_input
+from adaptgrad_jax._attribution import integrated_gradients as integrated_gradients
+from adaptgrad_jax._attribution import is_stochastic as is_stochastic
 from adaptgrad_jax._bounds import check_bounds as check_bounds
+from adaptgrad_jax._noisegrad import fusion_grad as fusion_grad
+from adaptgrad_jax._noisegrad import noise_grad as noise_grad
 from adaptgrad_jax._sigma import OutOfRange as OutOfRange
 from adaptgrad_jax._sigma import adaptive_sigma as adaptive_sigma
 from adaptgrad_jax._sigma import inherent_noise as inherent_noise
@@ -21,8 +28,15 @@ __all__ = (
     "adapt_smooth",
     "adaptive_sigma",
     "check_bounds",
+    "completeness_gap",
+    "explain_batch",
+    "fusion_grad",
     "gaussian_smooth",
+    "gradient_x_input",
     "inherent_noise",
+    "integrated_gradients",
+    "is_stochastic",
+    "noise_grad",
     "out_of_range_rate",
     "smooth_grad",
     "smoothgrad_sigma",

@@ -1,0 +1,665 @@
+"""Gradient x Input and Integrated Gradients as transforms of a gradient function.
+
+Both take a gradient function and return a function, so they compose with the
+smoothing transforms: ``integrated_gradients(adapt_smooth(jax.grad(f)))`` is
+A-IG and ``gradient_x_input(smooth_grad(jax.grad(f)))`` is S-GI (Zhou et al.,
+Section 5.1.3).
+
+The calling convention, shared by every transform of the package:
+
+* a *stochastic* function takes a PRNG key first, ``fn(key, *args)``; the
+  smoothing transforms and :func:`noise_grad` return one;
+* a *deterministic* transform keeps the signature of the function it wraps:
+  ``gradient_x_input(jax.grad(f))`` is called as ``gi(x)``;
+* a deterministic transform of a stochastic function is stochastic:
+  ``integrated_gradients(adapt_smooth(g))`` is called as ``ig(key, x)``.
+
+Whether a function is stochastic is read from its signature: its first
+parameter is named ``key`` (what :func:`adapt_smooth` and friends set). Pass
+``stochastic=True`` or ``False`` to override the detection, e.g. for your own
+``lambda rng, x: ...``. ``argnums`` always counts the arguments *after* the
+key, as in :func:`adapt_smooth`.
+"""
+
+import functools
+import inspect
+from typing import Any, Callable, Literal, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from adaptgrad_jax import _sigma
+from adaptgrad_jax._bounds import broadcast_bounds, validate_bounds
+from adaptgrad_jax._smoothing import map_samples, replace_arg
+from adaptgrad_jax._smoothing import validate_batch_size, validate_count
+from adaptgrad_jax._smoothing import validate_grad_fn
+from adaptgrad_jax._typing import Bounds, GradFn, KeyArray, PyTree
+
+IGMethod = Literal[
+    "riemann_left",
+    "riemann_right",
+    "riemann_middle",
+    "riemann_trapezoid",
+    "gauss_legendre",
+]
+IG_METHODS = (
+    "riemann_left",
+    "riemann_right",
+    "riemann_middle",
+    "riemann_trapezoid",
+    "gauss_legendre",
+)
+Baseline = Union[float, jax.typing.ArrayLike, PyTree, str, Callable[[PyTree], PyTree]]
+BASELINE_NAMES = ("black", "white")
+
+
+# ----------------------------------------------------------------------------
+# The calling convention: stochastic (leading key) or deterministic.
+
+
+def is_stochastic(fn: Callable[..., Any]) -> bool:
+  """True if ``fn``'s first parameter is named ``key``: ``fn(key, *args)``.
+
+  This is the signature :func:`adapt_smooth`, :func:`smooth_grad`,
+  :func:`noise_grad` and the transforms of this module give the functions
+  they return; ``jax.jit`` of such a function keeps it.
+
+  Example:
+    >>> import adaptgrad_jax as ag
+    >>> g = jax.grad(lambda x: jnp.sum(x ** 2))
+    >>> ag.is_stochastic(g), ag.is_stochastic(ag.smooth_grad(g))
+    (False, True)
+  """
+  try:
+    params = list(inspect.signature(fn).parameters.values())
+  except (TypeError, ValueError):
+    return False
+  return bool(params) and params[0].name == "key" and params[0].kind in (
+      inspect.Parameter.POSITIONAL_ONLY,
+      inspect.Parameter.POSITIONAL_OR_KEYWORD,
+  )
+
+
+def resolve_stochastic(fn: Callable[..., Any], stochastic: Optional[bool]) -> bool:
+  """``stochastic`` if given (a bool), else :func:`is_stochastic` of ``fn``."""
+  if stochastic is None:
+    return is_stochastic(fn)
+  if not isinstance(stochastic, (bool, np.bool_)):
+    raise TypeError(
+        f"stochastic={stochastic!r} must be None (read it from the signature:"
+        " a first parameter named 'key'), True (grad_fn is called as"
+        " grad_fn(key, *args)) or False."
+    )
+  return bool(stochastic)
+
+
+def validate_argnums(grad_fn, argnums, stochastic: bool, name: str = "grad_fn") -> int:
+  """Checks ``argnums`` (counted after the key for a stochastic ``grad_fn``)."""
+  if isinstance(argnums, bool) or not isinstance(argnums, (int, np.integer)) or argnums < 0:
+    raise ValueError(
+        f"argnums={argnums!r} must be a non-negative int: the index of the"
+        f" positional argument of {name} (after the key, if it takes one) that"
+        " holds the input (0 for grad_fn(x, ...))."
+    )
+  argnums = int(argnums)
+  try:
+    validate_grad_fn(grad_fn, argnums + int(stochastic), name)
+  except ValueError:
+    where = " after its key" if stochastic else ""
+    raise ValueError(
+        f"argnums={argnums} is out of range: {name} has no positional argument"
+        f" {argnums}{where}. argnums counts the arguments after the key, as in"
+        " adapt_smooth."
+    ) from None
+  return argnums
+
+
+def _signature(fn: Callable[..., Any], stochastic: bool) -> inspect.Signature:
+  """``fn``'s signature; for a stochastic ``fn`` its first parameter is ``key``."""
+  key = inspect.Parameter("key", inspect.Parameter.POSITIONAL_ONLY)
+  try:
+    signature = inspect.signature(fn)
+  except (TypeError, ValueError):
+    params = [
+        inspect.Parameter("args", inspect.Parameter.VAR_POSITIONAL),
+        inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD),
+    ]
+    return inspect.Signature(([key] if stochastic else []) + params)
+  params = list(signature.parameters.values())
+  if not stochastic or is_stochastic(fn):
+    return signature
+  # stochastic=True overrides a function whose key is named otherwise
+  # (``lambda rng, x: ...``): name it ``key`` so the result is detected.
+  if params and params[0].kind in (
+      inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD
+  ):
+    params = params[1:]
+  params = [p.replace(kind=inspect.Parameter.POSITIONAL_ONLY)
+            if p.kind == inspect.Parameter.POSITIONAL_ONLY else p for p in params]
+  return inspect.Signature([key] + params)
+
+
+def wrap_like(wrapper, wrapped, name: str, stochastic: bool):
+  """Gives ``wrapper`` ``wrapped``'s metadata and signature (key included).
+
+  Unlike ``functools.wraps`` it drops ``__wrapped__`` and sets
+  ``__signature__``, so ``jax.jit`` and :func:`is_stochastic` read the
+  right arguments.
+  """
+  functools.update_wrapper(wrapper, wrapped)
+  del wrapper.__wrapped__
+  wrapper.__signature__ = _signature(wrapped, stochastic)
+  wrapped_name = getattr(wrapped, "__name__", type(wrapped).__name__)
+  wrapper.__name__ = f"{name}({wrapped_name})"
+  wrapper.__qualname__ = wrapper.__name__
+  return wrapper
+
+
+def split_key_args(call_args: tuple, stochastic: bool, argnums: int, name: str):
+  """``(key, args)`` from a call, with a clear error if the input is missing."""
+  if stochastic:
+    if not call_args:
+      raise TypeError(
+          f"{name} wraps a stochastic function: call it as fn(key, x, ...)."
+      )
+    key, args = call_args[0], call_args[1:]
+  else:
+    key, args = None, call_args
+  if len(args) <= argnums:
+    how = "fn(key, x, ...)" if stochastic else "fn(x, ...)"
+    raise TypeError(
+        f"{name} reads the input from positional argument argnums={argnums}"
+        f"{' after the key' if stochastic else ''}, but was called with"
+        f" {len(args)} such argument(s); pass the input positionally: {how}."
+    )
+  return key, args
+
+
+def _structure_error(what: str, grad, x, argnums: int) -> ValueError:
+  return ValueError(
+      f"{what}: the gradient has tree structure {jax.tree.structure(grad)} but"
+      f" argument argnums={argnums} has {jax.tree.structure(x)}; grad_fn must"
+      " return the gradient with respect to that argument (e.g."
+      " jax.grad(f, argnums=argnums))."
+  )
+
+
+def _multiply(grad: PyTree, x: PyTree, argnums: int, what: str) -> PyTree:
+  if jax.tree.structure(grad) != jax.tree.structure(x):
+    raise _structure_error(what, grad, x, argnums)
+
+  def times(g, leaf):
+    g = jnp.asarray(g)
+    dtype = _sigma.compute_dtype(g.dtype)
+    return (g.astype(dtype) * jnp.asarray(leaf).astype(dtype)).astype(g.dtype)
+
+  return jax.tree.map(times, grad, x)
+
+
+# ----------------------------------------------------------------------------
+# Gradient x Input.
+
+
+def gradient_x_input(
+    grad_fn: GradFn,
+    *,
+    argnums: int = 0,
+    stochastic: Optional[bool] = None,
+) -> Callable[..., Any]:
+  """Gradient x Input: the gradient times the input, elementwise.
+
+  ``GI(x) = grad_fn(x) * x`` (Shrikumar et al.), for every leaf of a pytree
+  input. With a stochastic ``grad_fn`` (one taking a key first, as returned
+  by :func:`smooth_grad` or :func:`adapt_smooth`) it is the paper's S-GI or
+  A-GI: the *smoothed gradient* times the clean input, ``SG(x) * x``. (The
+  other order, ``smooth_grad(gradient_x_input(g))``, averages
+  ``(x + eps) * g(x + eps)`` over noisy inputs, as Captum's
+  ``NoiseTunnel(InputXGradient)``; it works too.)
+
+  Args:
+    grad_fn: ``jax.grad(f)`` or a stochastic gradient function
+      ``grad_fn(key, *args)``.
+    argnums: the positional argument (after the key, if any) that is the
+      input; ``grad_fn`` must return the gradient with respect to it, with the
+      same tree structure.
+    stochastic: whether ``grad_fn`` takes a leading key; None reads it from the
+      signature (see :func:`is_stochastic`).
+
+  Returns:
+    A function with ``grad_fn``'s signature (key included if it has one)
+    returning the attribution in the gradient's dtype.
+
+  Raises:
+    TypeError, ValueError: a non-callable ``grad_fn`` or a bad ``argnums``
+      (at build time); a gradient whose tree structure differs from the
+      input's (at call time).
+
+  Example:
+    >>> import adaptgrad_jax as ag
+    >>> w = jnp.array([1.0, -2.0, 3.0])
+    >>> gi = ag.gradient_x_input(jax.grad(lambda x: jnp.dot(w, x)))
+    >>> gi(jnp.array([2.0, 1.0, 0.5]))
+    Array([ 2. , -2. ,  1.5], dtype=float32)
+
+  References:
+    Shrikumar et al., "Not Just a Black Box: Learning Important Features
+    Through Propagating Activation Differences", 2016; Zhou et al.
+    (AdaptGrad), NeurIPS 2025, Section 5.1.3 (GI, S-GI, A-GI).
+  """
+  stochastic = resolve_stochastic(grad_fn, stochastic)
+  argnums = validate_argnums(grad_fn, argnums, stochastic)
+  name = "gradient_x_input"
+
+  def gi(*call_args, **kwargs):
+    _, args = split_key_args(call_args, stochastic, argnums, name)
+    grad = grad_fn(*call_args, **kwargs)
+    return _multiply(grad, args[argnums], argnums, name)
+
+  return wrap_like(gi, grad_fn, name, stochastic)
+
+
+# ----------------------------------------------------------------------------
+# Integrated Gradients.
+
+
+def quadrature(method: str, n_steps: int) -> tuple[np.ndarray, np.ndarray]:
+  """Nodes ``alpha_k`` in [0, 1] and weights ``w_k`` (summing to 1), float64.
+
+  ``riemann_left`` / ``right`` / ``middle`` use ``n_steps`` equal cells of
+  width ``1/n_steps`` and their left ends, right ends or midpoints;
+  ``riemann_trapezoid`` puts ``n_steps`` nodes on ``linspace(0, 1)``
+  (both ends included, so ``n_steps >= 2``) with weights ``1/(n_steps-1)``,
+  halved at the ends (Captum's trapezoid halves the end weights of ``1/n``
+  instead, so its weights sum to ``(n-1)/n``); ``gauss_legendre`` maps the
+  Gauss-Legendre nodes on [-1, 1] to [0, 1], exact for polynomial
+  integrands of degree ``2 n_steps - 1``.
+  """
+  n = n_steps
+  if method == "riemann_left":
+    return np.arange(n) / n, np.full(n, 1.0 / n)
+  if method == "riemann_right":
+    return (np.arange(n) + 1.0) / n, np.full(n, 1.0 / n)
+  if method == "riemann_middle":
+    return (np.arange(n) + 0.5) / n, np.full(n, 1.0 / n)
+  if method == "riemann_trapezoid":
+    weights = np.full(n, 1.0 / (n - 1))
+    weights[[0, -1]] /= 2
+    return np.linspace(0.0, 1.0, n), weights
+  if method == "gauss_legendre":
+    nodes, weights = np.polynomial.legendre.leggauss(n)
+    return (nodes + 1.0) / 2.0, weights / 2.0
+  raise ValueError(_method_message(method))
+
+
+def _method_message(method) -> str:
+  return (
+      f"method={method!r} is not an integration rule; use one of {IG_METHODS}"
+      " ('riemann_trapezoid' is the default, 'gauss_legendre' converges"
+      " fastest on smooth models)."
+  )
+
+
+def _validate_method(method, n_steps: int) -> str:
+  if not isinstance(method, str) or method not in IG_METHODS:
+    raise ValueError(_method_message(method))
+  if method == "riemann_trapezoid" and n_steps < 2:
+    raise ValueError(
+        f"n_steps={n_steps} is too small for method='riemann_trapezoid', whose"
+        " nodes include both ends of the path; use n_steps >= 2, or"
+        " method='riemann_middle' for a single step."
+    )
+  return method
+
+
+def validate_baseline(baseline, bounds) -> tuple[Any, Any]:
+  """Checks ``baseline`` at build time; returns ``(baseline, bounds)``."""
+  if isinstance(baseline, str):
+    if baseline not in BASELINE_NAMES:
+      raise ValueError(
+          f"baseline={baseline!r} is not a named baseline; use 'black' (the"
+          " lower bound of `bounds`) or 'white' (the upper bound), a number,"
+          " an array, or a callable of x."
+      )
+    return baseline, validate_bounds((0.0, 1.0) if bounds is None else bounds)
+  if bounds is not None:
+    bounds = validate_bounds(bounds)
+  if callable(baseline):
+    return baseline, bounds
+  for leaf in jax.tree.leaves(baseline):
+    if isinstance(leaf, jax.core.Tracer):
+      continue
+    try:
+      value = np.asarray(leaf)
+    except (TypeError, ValueError):
+      value = None
+    if value is None or not (
+        np.issubdtype(value.dtype, np.number) or value.dtype == np.bool_
+    ):
+      raise TypeError(
+          f"baseline={baseline!r} must be a number, an array (or a pytree like"
+          " the input), 'black', 'white' or a callable of x."
+      )
+  if not jax.tree.leaves(baseline):
+    raise ValueError(
+        f"baseline={baseline!r} has no arrays; pass e.g. 0.0 (a black image"
+        " in [0, 1]) or an array shaped like the input."
+    )
+  return baseline, bounds
+
+
+def resolve_baseline(baseline, x: PyTree, bounds) -> PyTree:
+  """The baseline as a pytree with ``x``'s structure, shapes and dtypes."""
+  structure = jax.tree.structure(x)
+  if isinstance(baseline, str):
+    lower, upper = broadcast_bounds(x, bounds)
+    value = lower if baseline == "black" else upper
+    what = f"baseline={baseline!r} (from bounds)"
+  elif callable(baseline):
+    value = baseline(x)
+    what = "baseline(x)"
+  else:
+    value = baseline
+    what = "baseline"
+  value_structure = jax.tree.structure(value)
+  if value_structure != structure:
+    if value_structure.num_leaves != 1:
+      raise ValueError(
+          f"{what} has tree structure {value_structure}, which matches neither"
+          f" a single array nor the input's {structure}; pass one array (used"
+          " for every leaf) or a pytree like the input."
+      )
+    value = jax.tree.unflatten(structure, jax.tree.leaves(value) * structure.num_leaves)
+
+  def fit(b, leaf):
+    b, leaf = jnp.asarray(b), jnp.asarray(leaf)
+    try:
+      shape = jnp.broadcast_shapes(b.shape, leaf.shape)
+    except ValueError:
+      shape = None
+    if shape != leaf.shape:
+      raise ValueError(
+          f"{what} has shape {b.shape}, which does not broadcast to the"
+          f" input's shape {leaf.shape}; pass a scalar, an array of shape"
+          f" {leaf.shape}, or one that broadcasts to it (e.g. per channel)."
+      )
+    return jnp.broadcast_to(b, leaf.shape).astype(leaf.dtype)
+
+  return jax.tree.map(fit, value, x)
+
+
+def integrated_gradients(
+    grad_fn: GradFn,
+    n_steps: int = 50,
+    *,
+    baseline: Baseline = 0.0,
+    method: IGMethod = "riemann_trapezoid",
+    bounds: Optional[Bounds] = None,
+    batch_size: Optional[int] = None,
+    argnums: int = 0,
+    stochastic: Optional[bool] = None,
+) -> Callable[..., Any]:
+  r"""Integrated Gradients: the gradient integrated along a straight path.
+
+  ``IG_i(x) = (x_i - b_i) \int_0^1 grad_fn(b + a (x - b))_i da``
+  (Sundararajan et al., Eq. 1) for a baseline ``b``, by the quadrature rule
+  ``method``: ``(x - b) * sum_k w_k grad_fn(b + a_k (x - b))``. For
+  ``grad_fn = jax.grad(f)`` the attributions add up to ``f(x) - f(b)``
+  up to the quadrature error (*completeness*; see :func:`completeness_gap`).
+
+  With a stochastic ``grad_fn`` (``grad_fn(key, *args)``, e.g.
+  ``adapt_smooth(jax.grad(f))``) it is the paper's A-IG or S-IG: the
+  returned function takes a key, and step ``k`` calls ``grad_fn`` with
+  ``jax.random.fold_in(key, k)``, so every point of the path gets its own
+  noise (never the same noise at every step).
+
+  Baselines. The paper's IG(B) and IG(W) integrate from a black and a white
+  image. A black image is all zeros *in pixel space*, which after
+  normalisation (``(0 - mean) / std``) is the lower bound of the data domain;
+  a white image is the upper bound. ``baseline="black"`` and ``"white"``
+  therefore take the lower and upper bound of ``bounds``, the same
+  ``(x_min, x_max)`` (after normalisation, per channel if need be) that
+  :func:`adapt_smooth` uses; for images in [0, 1] they are 0 and 1.
+
+  Args:
+    grad_fn: ``jax.grad(f)`` for a scalar ``f`` of one example, or a
+      stochastic gradient function ``grad_fn(key, *args)``.
+    n_steps: the number of points on the path (gradient evaluations); Captum
+      uses 50.
+    baseline: the start of the path: a number (0.0, a black image in
+      [0, 1]), an array broadcastable to the input, a pytree like the input,
+      ``"black"`` (lower bound of ``bounds``), ``"white"`` (upper bound), or
+      a callable ``baseline(x)`` (e.g. a blurred copy of x).
+    method: ``"riemann_trapezoid"`` (default), ``"riemann_left"``,
+      ``"riemann_right"``, ``"riemann_middle"`` or ``"gauss_legendre"``
+      (Gauss-Legendre nodes on [0, 1], computed once at build time; the most
+      accurate for smooth models). See :func:`quadrature`.
+    bounds: ``(x_min, x_max)`` for the named baselines, each a scalar, a
+      per-channel array or a pytree like the input; default ``(0.0, 1.0)``.
+      Unused by other baselines.
+    batch_size: evaluate this many path points at a time (bounded memory);
+      None evaluates all ``n_steps`` in one ``jax.vmap``; ``"auto"`` picks
+      the largest chunk that fits the memory budget, as in
+      :func:`adapt_smooth`. The result does not depend on it.
+    argnums: the positional argument (after the key, if any) holding the
+      input; ``grad_fn`` must return the gradient with respect to it.
+    stochastic: whether ``grad_fn`` takes a leading key; None reads it from
+      the signature (see :func:`is_stochastic`).
+
+  Returns:
+    ``ig(*args)`` with ``grad_fn``'s signature (``ig(key, *args)`` if
+    ``grad_fn`` is stochastic), returning the attributions in the gradient's
+    dtype. Sums over steps are accumulated in at least float32.
+
+  Raises:
+    ValueError, TypeError: at build time, for n_steps < 1 (or < 2 with the
+      trapezoid rule), an unknown method or baseline name, bad bounds, a bad
+      argnums or batch_size; at trace time, for a baseline whose shape does
+      not broadcast to the input's.
+
+  Example:
+    >>> import adaptgrad_jax as ag
+    >>> f = lambda x: jnp.sum(x ** 3)
+    >>> ig = jax.jit(ag.integrated_gradients(jax.grad(f), 8, method="gauss_legendre"))
+    >>> x = jnp.array([1.0, 2.0])
+    >>> ig(x).round(4)  # x_i^3: exact for a polynomial, up to rounding
+    Array([1., 8.], dtype=float32)
+    >>> a_ig = jax.jit(ag.integrated_gradients(
+    ...     ag.adapt_smooth(jax.grad(f), 0.95, 4), 8, baseline="black"))
+    >>> a_ig(jax.random.key(0), jnp.array([0.5, 0.25])).shape
+    (2,)
+
+  References:
+    Sundararajan et al., "Axiomatic Attribution for Deep Networks", ICML
+    2017; Zhou et al. (AdaptGrad), NeurIPS 2025, Section 5.1.3 (IG(B),
+    IG(W) and their S- and A- combinations).
+  """
+  stochastic = resolve_stochastic(grad_fn, stochastic)
+  argnums = validate_argnums(grad_fn, argnums, stochastic)
+  n_steps = validate_count(
+      n_steps, "n_steps",
+      "it is the number of points on the path from the baseline to x (Captum"
+      " uses 50).",
+  )
+  method = _validate_method(method, n_steps)
+  baseline, bounds = validate_baseline(baseline, bounds)
+  batch_size = validate_batch_size(batch_size)
+  alphas, weights = quadrature(method, n_steps)
+  name = "integrated_gradients"
+
+  def ig(*call_args, **kwargs):
+    key, args = split_key_args(call_args, stochastic, argnums, name)
+    x = args[argnums]
+    base = resolve_baseline(baseline, x, bounds)
+    compute = jax.tree.map(lambda leaf: _sigma.compute_dtype(jnp.asarray(leaf).dtype), x)
+    base_c = jax.tree.map(lambda b, d: b.astype(d), base, compute)
+    diff = jax.tree.map(lambda leaf, b, d: jnp.asarray(leaf).astype(d) - b, x, base_c, compute)
+    alpha_table = jnp.asarray(alphas, jnp.float32)
+    weight_table = jnp.asarray(weights, jnp.float32)
+
+    def gradient_at(step):
+      alpha = alpha_table[step]
+      point = jax.tree.map(
+          lambda b, dx, leaf: (b + alpha.astype(dx.dtype) * dx).astype(jnp.asarray(leaf).dtype),
+          base_c, diff, x,
+      )
+      new_args = replace_arg(args, argnums, point)
+      if stochastic:
+        return grad_fn(jax.random.fold_in(key, step), *new_args, **kwargs)
+      return grad_fn(*new_args, **kwargs)
+
+    def weighted(step):
+      grad = gradient_at(step)
+      w = weight_table[step]
+      return jax.tree.map(
+          lambda g: w.astype(_sigma.compute_dtype(g.dtype)) * g.astype(_sigma.compute_dtype(g.dtype)),
+          grad,
+      ), None
+
+    steps = jnp.arange(n_steps, dtype=jnp.int32)
+    like = jax.eval_shape(gradient_at, steps[0])
+    if jax.tree.structure(like) != jax.tree.structure(x):
+      raise _structure_error(name, like, x, argnums)
+    total, _ = map_samples(
+        weighted, steps, batch_size,
+        lambda values: jax.tree.map(lambda v: jnp.sum(v, axis=0), values),
+    )
+    return jax.tree.map(
+        lambda s, dx, g: (s * dx.astype(s.dtype)).astype(g.dtype), total, diff, like
+    )
+
+  return wrap_like(ig, grad_fn, name, stochastic)
+
+
+def completeness_gap(
+    f: Callable[[PyTree], jax.Array],
+    attributions: Union[PyTree, Callable[..., PyTree]],
+    x: PyTree,
+    baseline: Baseline = 0.0,
+    *,
+    bounds: Optional[Bounds] = None,
+    key: Optional[KeyArray] = None,
+) -> jax.Array:
+  """``sum(IG) - (f(x) - f(baseline))``: how far IG is from completeness.
+
+  Integrated Gradients of ``jax.grad(f)`` satisfy completeness, the
+  attributions summing to ``f(x) - f(baseline)``, up to the error of the
+  quadrature rule; this gap measures that error (Captum's ``delta`` from
+  ``return_convergence_delta``). Divide by ``|f(x) - f(baseline)|`` for a
+  relative gap. For S-IG / A-IG the gap is not expected to vanish: a smoothed
+  gradient is not the gradient of ``f``.
+
+  Args:
+    f: the scalar function of one input (no batch dimension) whose gradient
+      was integrated.
+    attributions: the attributions (a pytree like ``x``), or the IG function
+      itself, called as ``ig(x)`` or, if stochastic, ``ig(key, x)``.
+    x: the input.
+    baseline: the baseline the attributions used, in any form
+      :func:`integrated_gradients` accepts.
+    bounds: ``(x_min, x_max)`` for ``baseline="black"`` / ``"white"``;
+      default ``(0.0, 1.0)``.
+    key: the key for a stochastic IG function.
+
+  Returns:
+    The gap, a scalar float array.
+
+  Example:
+    >>> import adaptgrad_jax as ag
+    >>> f = lambda x: jnp.sum(jnp.sin(x))
+    >>> ig = ag.integrated_gradients(jax.grad(f), 32)
+    >>> gap = jax.jit(lambda x: ag.completeness_gap(f, ig, x))(jnp.array([0.3, 0.9]))
+    >>> bool(abs(gap) < 1e-3)
+    True
+  """
+  baseline, bounds = validate_baseline(baseline, bounds)
+  if callable(attributions):
+    if is_stochastic(attributions):
+      if key is None:
+        raise TypeError(
+            "attributions is a stochastic function fn(key, x); pass key=..."
+            " (or pass the attributions it returned)."
+        )
+      attributions = attributions(key, x)
+    else:
+      attributions = attributions(x)
+  base = resolve_baseline(baseline, x, bounds)
+  total = sum(
+      jnp.sum(jnp.asarray(a).astype(_sigma.compute_dtype(jnp.asarray(a).dtype)))
+      for a in jax.tree.leaves(attributions)
+  )
+  return total - (f(x) - f(base))
+
+
+# ----------------------------------------------------------------------------
+# Batches.
+
+
+def explain_batch(
+    explainer: Callable[..., Any],
+    key: Optional[KeyArray],
+    xs: PyTree,
+    targets: Optional[jax.typing.ArrayLike] = None,
+    *,
+    shared: tuple = (),
+    stochastic: Optional[bool] = None,
+) -> Any:
+  """Applies a one-example explainer to a batch, one key per example.
+
+  Every transform here explains ONE example (no batch dimension). This is
+  the ``jax.vmap`` recipe for a batch: example ``i`` is explained by
+  ``explainer(keys[i], xs[i], *shared, targets[i])`` with ``keys =
+  jax.random.split(key, len(xs))`` (no key for a deterministic explainer,
+  whose ``key`` argument is ignored and may be None). ``shared`` arguments
+  (e.g. the model parameters for NoiseGrad) are the same for every example;
+  ``targets`` (e.g. from ``flax_adapters.resolve_targets``) go last.
+
+  Args:
+    explainer: e.g. ``jax.jit(ag.adapt_smooth(jax.grad(f)))`` with
+      ``f(x, target)``.
+    key: a PRNG key for a stochastic explainer, else None.
+    xs: a batch (leading axis) or a pytree of batches.
+    targets: per-example targets (leading axis), or None if the explainer
+      takes none.
+    shared: positional arguments passed unbatched, between x and the target.
+    stochastic: whether the explainer takes a key; None reads its signature.
+
+  Returns:
+    The explanations, stacked along a leading batch axis.
+
+  Example:
+    >>> import adaptgrad_jax as ag
+    >>> f = lambda x, t: jnp.sin(x)[t]
+    >>> explain = ag.smooth_grad(jax.grad(f), 0.1, 8)
+    >>> xs, ts = jnp.zeros((4, 3)), jnp.array([0, 1, 2, 0])
+    >>> batched = jax.jit(lambda key, xs, ts: ag.explain_batch(explain, key, xs, ts))
+    >>> batched(jax.random.key(0), xs, ts).shape
+    (4, 3)
+  """
+  if not callable(explainer):
+    raise TypeError(f"explainer={explainer!r} is not callable.")
+  stochastic = resolve_stochastic(explainer, stochastic)
+  if not isinstance(shared, tuple):
+    raise TypeError(f"shared={shared!r} must be a tuple of positional arguments.")
+  leaves = jax.tree.leaves(xs)
+  if not leaves:
+    raise ValueError("xs has no arrays; pass a batch with a leading axis.")
+  size = jnp.shape(leaves[0])[0] if jnp.ndim(leaves[0]) else None
+  if size is None:
+    raise ValueError(f"xs has shape {jnp.shape(leaves[0])}; it needs a leading batch axis.")
+  if targets is not None and jnp.shape(targets)[:1] != (size,):
+    raise ValueError(
+        f"targets has shape {jnp.shape(targets)} but xs has {size} examples;"
+        " pass one target per example (e.g. flax_adapters.resolve_targets)."
+    )
+
+  def one(k, x, t):
+    args = (x,) + shared + (() if t is None else (t,))
+    return explainer(k, *args) if stochastic else explainer(*args)
+
+  if stochastic:
+    if key is None:
+      raise TypeError("the explainer is stochastic: pass a PRNG key, e.g. jax.random.key(0).")
+    keys = jax.random.split(key, size)
+    return jax.vmap(one, in_axes=(0, 0, None if targets is None else 0))(keys, xs, targets)
+  return jax.vmap(lambda x, t: one(None, x, t), in_axes=(0, None if targets is None else 0))(xs, targets)
