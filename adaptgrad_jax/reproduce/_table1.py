@@ -1,0 +1,387 @@
+"""Table 1 of the paper: Consistency and Invariance on MNIST MLPs.
+
+Three 784-200-10 MLPs are trained on MNIST: one on the true labels, one on
+randomly permuted labels (Adebayo et al.'s data randomisation test) and one on
+inputs shifted by +1 (Kindermans et al.'s input invariance test). Every model
+explains its OWN predicted class on the same test digits (the shifted model on
+``x + 1``), with Grad, SG, AG, NG, S-NG and A-NG, and the maps are compared
+with the mean absolute Spearman correlation of the paper's code
+(:func:`adaptgrad_jax.metrics.consistency`, :func:`~adaptgrad_jax.metrics.invariance`).
+
+The input-shifted model lives on [1, 2]. AdaptGrad's sigma must be measured to
+the edges of THAT domain (``bounds=(1, 2)``, ``shifted_bounds="own"``). The
+released code kept ``(0, 1)`` for it, so its sigma was ``x / (sqrt(2)
+erfinv(c))`` for the shifted pixel ``x + 1``: the distance to the lower edge
+only, large on the digit strokes that sit next to the upper edge 2.
+``shifted_bounds="released"`` reproduces that reading, ``"both"`` measures
+the two.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import erfinv
+
+from adaptgrad_jax import _noisegrad
+from adaptgrad_jax import _smoothing
+from adaptgrad_jax._attribution import explain_batch
+from adaptgrad_jax.reproduce import _report
+
+__all__ = (
+    "METHODS",
+    "PAPER_TABLE1",
+    "Table1Config",
+    "Table1Result",
+    "released_sigma",
+    "table1",
+    "table1_explainers",
+)
+
+METHODS = ("Grad", "SG", "AG", "NG", "S-NG", "A-NG")
+
+PAPER_TABLE1 = {
+    "consistency": dict(zip(METHODS, (0.0209, 0.0189, 0.0203, 0.0209, 0.0190, 0.0202))),
+    "invariance": dict(zip(METHODS, (0.3483, 0.3625, 0.3480, 0.3483, 0.3615, 0.3485))),
+}
+"""Zhou et al. (AdaptGrad), Table 1 (lower Consistency is better, higher Invariance is better)."""
+
+SHIFTED_BOUNDS = ("own", "released", "both")
+
+
+@dataclasses.dataclass(frozen=True)
+class Table1Config:
+  """Settings of the Table 1 reproduction (defaults: the paper and its code).
+
+  Attributes:
+    epochs: training epochs of each MLP (paper: 20).
+    learning_rate: SGD learning rate (paper: 0.01).
+    batch_size: training mini-batch (paper code: 32).
+    hidden: hidden units (paper: 200).
+    train_size: number of training digits (None: all 60,000).
+    num_examples: test digits explained (paper code: 1,000 drawn with
+      replacement; here 300 drawn without replacement, to fit 10 minutes on
+      two CPU cores).
+    n: noise samples of SG and AG (paper: 50).
+    m: parameter samples of NG (paper code: 50; here 10: NoiseGrad draws a
+      fresh copy of the 159,010 MLP parameters per sample and example, the
+      dominant cost on CPU).
+    alpha: SmoothGrad's noise level (paper: 0.2).
+    c: AdaptGrad's confidence level (paper: 0.95).
+    sigma_rule: AdaptGrad's sigma rule (``"two_sided"``, the released code's).
+    ng_sigma: NoiseGrad's multiplicative noise level (paper code: 0.2).
+    shifted_bounds: ``"own"`` (the shifted model's [1, 2]), ``"released"``
+      (the released code's [0, 1] reading) or ``"both"``.
+    methods: the subset of :data:`METHODS` to measure (all by default).
+    chunk: test digits explained per jitted call (memory: NoiseGrad draws
+      ``chunk x param_batch`` parameter copies at a time).
+    param_batch: parameter samples of NG evaluated at a time.
+    seed: the PRNG seed of everything (initialisation, shuffling, labels,
+      test digits, noise).
+  """
+  epochs: int = 20
+  learning_rate: float = 0.01
+  batch_size: int = 32
+  hidden: int = 200
+  train_size: int | None = None
+  num_examples: int = 300
+  n: int = 50
+  m: int = 10
+  alpha: float = 0.2
+  c: float = 0.95
+  sigma_rule: str = "two_sided"
+  ng_sigma: float = 0.2
+  shifted_bounds: str = "own"
+  methods: tuple[str, ...] = METHODS
+  chunk: int = 25
+  param_batch: int = 10
+  seed: int = 0
+
+  def __post_init__(self):
+    if self.shifted_bounds not in SHIFTED_BOUNDS:
+      raise ValueError(
+          f"shifted_bounds={self.shifted_bounds!r} is not one of {SHIFTED_BOUNDS};"
+          " 'own' uses the shifted model's bounds (1, 2), 'released' the (0, 1)"
+          " of the released code.")
+    unknown = set(self.methods) - set(METHODS)
+    if unknown or not self.methods:
+      raise ValueError(f"methods={self.methods!r}: choose a non-empty subset of {METHODS}.")
+    for name in ("epochs", "batch_size", "hidden", "num_examples", "n", "m", "chunk",
+                 "param_batch"):
+      if int(getattr(self, name)) < 1:
+        raise ValueError(f"{name}={getattr(self, name)!r} must be >= 1.")
+
+
+QUICK_TABLE1 = Table1Config(epochs=3, train_size=10000, num_examples=64, n=10, m=3)
+
+
+class Table1Result(NamedTuple):
+  """What :func:`table1` returns.
+
+  Attributes:
+    consistency: method -> mean |Spearman| between the true-label and the
+      random-label model's maps (lower is better).
+    invariance: method -> mean |Spearman| between the plain model's maps of x
+      and the shifted model's maps of x + 1 (higher is better).
+    invariance_released: AG and A-NG Invariance with the released code's
+      (0, 1) bounds for the shifted model (None unless measured).
+    accuracy: model -> test accuracy ("plain", "random_label", "shifted").
+    config: the settings (a dict).
+    seconds: wall time of "training" and "explaining".
+  """
+  consistency: dict[str, float]
+  invariance: dict[str, float]
+  invariance_released: dict[str, float] | None
+  accuracy: dict[str, float]
+  config: dict[str, Any]
+  seconds: dict[str, float]
+
+  def rows(self) -> list[list[Any]]:
+    """Rows of (metric, *method values): ours, then the paper's."""
+    rows = [["Consistency (ours) ↓", *(self.consistency.get(m) for m in METHODS)],
+            ["Consistency (paper)", *(PAPER_TABLE1["consistency"][m] for m in METHODS)],
+            [f"Invariance (ours, shifted bounds {self._primary_bounds()}) ↑",
+             *(self.invariance.get(m) for m in METHODS)]]
+    if self.invariance_released is not None:
+      rows.append(["Invariance (ours, released (0, 1) bounds) ↑",
+                   *(self.invariance_released.get(m) for m in METHODS)])
+    rows.append(["Invariance (paper)", *(PAPER_TABLE1["invariance"][m] for m in METHODS)])
+    return rows
+
+  def _primary_bounds(self) -> str:
+    return "(0, 1)" if self.config["shifted_bounds"] == "released" else "(1, 2)"
+
+  def settings_line(self) -> str:
+    c = self.config
+    acc = ", ".join(f"{k} {v:.2%}" for k, v in self.accuracy.items())
+    return (f"MLP 784-{c['hidden']}-10, SGD lr {c['learning_rate']}, batch {c['batch_size']}, "
+            f"{c['epochs']} epochs on {c['train_size_used']} digits; test accuracy: {acc}. "
+            f"{c['num_examples']} test digits, each model explaining its own predicted class; "
+            f"SG alpha {c['alpha']}, AG c {c['c']} ({c['sigma_rule']}), n {c['n']}; "
+            f"NG m {c['m']}, sigma {c['ng_sigma']} (S-NG / A-NG: m x n = "
+            f"{c['m'] * c['n']} gradients); seed {c['seed']}. "
+            f"Training {self.seconds['training']:.0f} s, explaining "
+            f"{self.seconds['explaining']:.0f} s.")
+
+  def to_markdown(self) -> str:
+    return (_report.markdown_table(["", *METHODS], self.rows()) + "\n\n" + self.settings_line())
+
+  def to_dict(self) -> dict[str, Any]:
+    return {"consistency": self.consistency, "invariance": self.invariance,
+            "invariance_released_bounds": self.invariance_released,
+            "paper": PAPER_TABLE1, "accuracy": self.accuracy, "config": self.config,
+            "seconds": self.seconds}
+
+  def print(self) -> None:
+    _report.print_rich_table("Table 1: Consistency and Invariance (MNIST MLPs)",
+                             ["", *METHODS], self.rows(), caption=self.settings_line())
+
+
+def released_sigma(c: float, bounds: tuple[float, float] = (0.0, 1.0)) -> Callable[[jax.Array], jax.Array]:
+  """The released code's AdaptGrad sigma, ``min(|x - lo|, |x - hi|) / (sqrt(2) erfinv(c))``.
+
+  Unlike :func:`adaptgrad_jax.adaptive_sigma` it is not zero outside the
+  bounds: for the shifted model's pixel ``x + 1`` and bounds (0, 1) it gives
+  ``x / (sqrt(2) erfinv(c))``, the reading of the released code.
+  """
+  lo, hi = bounds
+  scale = 1.0 / (math.sqrt(2.0) * float(erfinv(jnp.float32(c))))
+
+  def sigma_fn(x):
+    return jnp.minimum(jnp.abs(x - lo), jnp.abs(x - hi)) * scale
+
+  return sigma_fn
+
+
+def table1_explainers(
+    grad_fn: Callable[..., Any], config: Table1Config, bounds: tuple[float, float],
+    *, released: bool = False,
+) -> dict[str, Callable[..., Any]]:
+  """The six Table 1 explainers, each ``explainer(key, x, params, target)``.
+
+  Args:
+    grad_fn: ``jax.grad(f)`` of ``f(x, params, target)`` for one flat digit.
+    config: the settings (n, m, alpha, c, NoiseGrad's sigma).
+    bounds: the model's input domain, for SmoothGrad's and AdaptGrad's sigma.
+    released: use the released code's AdaptGrad sigma (:func:`released_sigma`)
+      with bounds (0, 1) instead of ``adapt_smooth(..., bounds=bounds)``.
+
+  Returns:
+    A dict method name -> explainer.
+  """
+  sg = _smoothing.smooth_grad(grad_fn, config.alpha, config.n, bounds=bounds)
+  if released:
+    ag = _smoothing.gaussian_smooth(grad_fn, released_sigma(config.c), config.n,
+                                    name="adapt_smooth_released")
+  else:
+    ag = _smoothing.adapt_smooth(grad_fn, config.c, config.n, bounds=bounds,
+                                 sigma_rule=config.sigma_rule)
+
+  def ng(inner):
+    return _noisegrad.noise_grad(inner, config.m, sigma=config.ng_sigma,
+                                 batch_size=min(config.param_batch, config.m))
+
+  def grad(key, x, params, target):
+    del key
+    return grad_fn(x, params, target)
+
+  return {"Grad": grad, "SG": sg, "AG": ag, "NG": ng(grad_fn), "S-NG": ng(sg), "A-NG": ng(ag)}
+
+
+def _explain(explainers, methods, key, xs, params, targets, chunk, cache):
+  """Maps of every method for every example, (num_examples, 784) each.
+
+  ``cache`` holds the jitted batch functions by ``(id(explainers), name)``,
+  so models that share an architecture and bounds compile once.
+  """
+  out = {}
+  for i, name in enumerate(methods):
+    fn = cache.get((id(explainers), name))
+    if fn is None:
+      fn = jax.jit(lambda k, x, p, t, e=explainers[name]: explain_batch(e, k, x, t, shared=(p,)))
+      cache[(id(explainers), name)] = fn
+    method_key = jax.random.fold_in(key, i)
+    parts = []
+    for start in range(0, xs.shape[0], chunk):
+      parts.append(np.asarray(fn(jax.random.fold_in(method_key, start), xs[start:start + chunk],
+                                 params, targets[start:start + chunk])))
+    out[name] = np.concatenate(parts)
+  return out
+
+
+def _load_mnist(mnist: Any):
+  from adaptgrad_jax import datasets  # pylint: disable=import-outside-toplevel
+  if mnist is None or isinstance(mnist, (str, bytes)) or hasattr(mnist, "__fspath__"):
+    return datasets.mnist(mnist)
+  return mnist
+
+
+def table1(
+    config: Table1Config = Table1Config(),
+    *,
+    mnist: Any = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+) -> Table1Result:
+  """Trains the three MLPs and measures Table 1's Consistency and Invariance.
+
+  Args:
+    config: the settings (:class:`Table1Config`; the defaults are the
+      paper's).
+    mnist: a path to MNIST (an .npz or a directory of IDX files), a
+      :class:`adaptgrad_jax.datasets.MNIST`, or None for
+      ``datasets.mnist()``'s lookup (``$ADAPTGRAD_JAX_MNIST``, the cache).
+    progress: show training progress bars.
+    log: where to report progress lines (None: silent).
+
+  Returns:
+    A :class:`Table1Result`.
+
+  Raises:
+    FileNotFoundError: MNIST is not found (the message says how to get it).
+
+  Example:
+    >>> from adaptgrad_jax import reproduce, datasets
+    >>> cfg = reproduce.Table1Config(epochs=1, train_size=2000, num_examples=8,
+    ...                              n=4, m=2, learning_rate=0.1)
+    >>> res = reproduce.table1(cfg, mnist=datasets.mnist_embedded(), progress=False, log=None)
+    >>> sorted(res.consistency) == sorted(reproduce.METHODS)
+    True
+
+  References:
+    Zhou et al., "AdaptGrad", NeurIPS 2025, Sec. 5.1 and Table 1; Adebayo et
+    al. 2018 (data randomisation); Kindermans et al. 2019 (input shift).
+  """
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from adaptgrad_jax import flax_adapters, metrics, models, training  # pylint: disable=import-outside-toplevel
+
+  say = log or (lambda _: None)
+  data = _load_mnist(mnist)
+  x_train = np.asarray(data.x_train, np.float32).reshape(len(data.x_train), -1)
+  y_train = np.asarray(data.y_train, np.int32)
+  if config.train_size is not None:
+    x_train, y_train = x_train[:config.train_size], y_train[:config.train_size]
+  x_test = np.asarray(data.x_test, np.float32).reshape(len(data.x_test), -1)
+  y_test = np.asarray(data.y_test, np.int32)
+  if x_train.shape[1] != 784 or x_train.min() < 0 or x_train.max() > 1:
+    raise ValueError(
+        f"mnist images have {x_train.shape[1]} pixels in [{x_train.min()}, {x_train.max()}];"
+        " pass MNIST as datasets.mnist() returns it (28 x 28 in [0, 1]).")
+
+  key = jax.random.key(config.seed)
+  k_init, k_train, k_idx, k_explain = jax.random.split(key, 4)
+  kinds = ("plain", "random_label", "shifted")
+  shift = {"plain": 0.0, "random_label": 0.0, "shifted": 1.0}
+  trainers = {"plain": training.train_classifier,
+              "random_label": training.train_random_label_classifier,
+              "shifted": training.train_shifted_classifier}
+
+  start = time.perf_counter()
+  trained, accuracy = {}, {}
+  for i, kind in enumerate(kinds):
+    model = models.mlp(hidden=config.hidden, rngs=nnx.Rngs(jax.random.fold_in(k_init, i)))
+    trainers[kind](model, x_train, y_train, epochs=config.epochs,
+                   learning_rate=config.learning_rate, batch_size=config.batch_size,
+                   key=jax.random.fold_in(k_train, i), progress=progress,
+                   description=f"training {kind}")
+    trained[kind] = model
+    accuracy[kind] = training.evaluate(model, x_test + shift[kind], y_test)
+    say(f"{kind} model: test accuracy {accuracy[kind]:.2%}")
+  train_seconds = time.perf_counter() - start
+
+  start = time.perf_counter()
+  num = min(config.num_examples, x_test.shape[0])
+  idx = np.sort(np.asarray(jax.random.choice(k_idx, x_test.shape[0], (num,), replace=False)))
+  xs = jnp.asarray(x_test[idx])
+  maps, maps_released = {}, None
+  bounds = {"plain": (0.0, 1.0), "random_label": (0.0, 1.0), "shifted": (1.0, 2.0)}
+  # One scalar function for the three models (same architecture, parameters
+  # passed as an argument), so explainers with the same bounds compile once.
+  f, _ = flax_adapters.nnx_param_fn(trained["plain"])
+  g = jax.grad(f)
+  by_bounds: dict[Any, Any] = {}
+  cache: dict[Any, Any] = {}
+
+  def explainers_for(b, released=False):
+    if (b, released) not in by_bounds:
+      by_bounds[(b, released)] = table1_explainers(g, config, b, released=released)
+    return by_bounds[(b, released)]
+
+  for i, kind in enumerate(kinds):
+    _, params = flax_adapters.nnx_param_fn(trained[kind])
+    inputs = xs + shift[kind]
+    targets = flax_adapters.resolve_targets(trained[kind], inputs, "predicted")
+    own = not (kind == "shifted" and config.shifted_bounds == "released")
+    maps[kind] = _explain(explainers_for(bounds[kind], not own), config.methods,
+                          jax.random.fold_in(k_explain, i), inputs, params, targets,
+                          config.chunk, cache)
+    say(f"{kind} model explained ({time.perf_counter() - start:.0f} s)")
+    if kind == "shifted" and config.shifted_bounds == "both":
+      maps_released = _explain(explainers_for(bounds[kind], True),
+                               tuple(m for m in ("AG", "A-NG") if m in config.methods),
+                               jax.random.fold_in(k_explain, 7), inputs, params, targets,
+                               config.chunk, cache)
+      say(f"shifted model, released bounds, explained ({time.perf_counter() - start:.0f} s)")
+  explain_seconds = time.perf_counter() - start
+
+  consistency = {m: float(metrics.consistency(maps["plain"][m], maps["random_label"][m]))
+                 for m in config.methods}
+  invariance = {m: float(metrics.invariance(maps["plain"][m], maps["shifted"][m]))
+                for m in config.methods}
+  invariance_released = None
+  if maps_released is not None:
+    invariance_released = {m: float(metrics.invariance(maps["plain"][m], maps_released[m]))
+                           for m in maps_released}
+    invariance_released.update({m: invariance[m] for m in config.methods
+                                if m not in maps_released})
+  cfg = dataclasses.asdict(config)
+  cfg["methods"] = list(config.methods)
+  cfg.update(train_size_used=int(x_train.shape[0]), num_examples=int(num))
+  return Table1Result(consistency, invariance, invariance_released, accuracy, cfg,
+                      {"training": train_seconds, "explaining": explain_seconds})
