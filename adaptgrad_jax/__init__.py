@@ -20,13 +20,17 @@ from adaptgrad_jax._sigma import smoothgrad_sigma as smoothgrad_sigma
 from adaptgrad_jax._smoothing import adapt_smooth as adapt_smooth
 from adaptgrad_jax._smoothing import gaussian_smooth as gaussian_smooth
 from adaptgrad_jax._smoothing import smooth_grad as smooth_grad
+from adaptgrad_jax._strategy import AutoBatchSize as AutoBatchSize
+from adaptgrad_jax._strategy import auto_batch_size as auto_batch_size
 
 __version__ = "0.1.0"
 
 __all__ = (
+    "AutoBatchSize",
     "OutOfRange",
     "adapt_smooth",
     "adaptive_sigma",
+    "auto_batch_size",
     "check_bounds",
     "completeness_gap",
     "explain_batch",

@@ -10,16 +10,18 @@ copies with :func:`jax.vmap`, and the results are aggregated.
 
 import functools
 import inspect
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, Literal, Optional, Union
 
 import jax
 import jax.numpy as jnp
 
 from adaptgrad_jax import _sigma
+from adaptgrad_jax import _strategy
 from adaptgrad_jax._bounds import validate_bounds
 from adaptgrad_jax._typing import Bounds, GradFn, KeyArray, PyTree
 
 Aggregate = Literal["mean", "mean_sq", "var"]
+BatchSize = Union[None, int, str, "_strategy.AutoBatchSize"]
 AGGREGATES = ("mean", "mean_sq", "var")
 
 
@@ -72,14 +74,24 @@ def validate_count(value, name: str, hint: str) -> int:
   return value
 
 
-def validate_batch_size(batch_size) -> Optional[int]:
-  if batch_size is None:
-    return None
+def validate_batch_size(batch_size):
+  """Checks ``batch_size``: None, an int >= 1, ``"auto"`` or an `AutoBatchSize`."""
+  if batch_size is None or isinstance(batch_size, _strategy.AutoBatchSize):
+    return batch_size
+  if isinstance(batch_size, str):
+    if batch_size == "auto":
+      return batch_size
+    raise ValueError(
+        f"batch_size={batch_size!r} is not supported; pass an int >= 1, None"
+        " (all samples in one vmap) or 'auto' (the largest chunk that fits the"
+        f" memory budget, ${_strategy.MEMORY_BUDGET_ENV} or a share of the"
+        " device's memory)."
+    )
   return validate_count(
       batch_size,
       "batch_size",
       "it is the number of noise samples evaluated at once (None for all of"
-      " them in one vmap).",
+      " them in one vmap, 'auto' to fit a memory budget).",
   )
 
 
@@ -156,34 +168,46 @@ def _tree_add(a, b):
 def map_samples(
     fn: Callable[[KeyArray], Any],
     keys: KeyArray,
-    batch_size: Optional[int],
+    batch_size: Any,
     reduce: Callable[[Any], Any],
 ) -> tuple[Any, Any]:
   """Evaluates ``fn`` on every key, ``batch_size`` keys at a time, and reduces.
 
   ``fn(key) -> (value, extra)``. ``reduce`` turns values stacked along a
   leading axis into partial sums (a pytree that adds up); ``extra`` is
-  stacked over all keys in order. With ``batch_size=None`` everything is one
-  :func:`jax.vmap`; otherwise a :func:`jax.lax.scan` over chunks of
-  ``batch_size`` keys carries the running sums, so memory grows with
-  ``batch_size``, not with the number of keys, and each key sees the same
-  computation whatever the chunking.
+  stacked over all keys in order. The execution strategy comes from
+  :func:`adaptgrad_jax._strategy.plan`: ``batch_size=None`` (or >= the number
+  of keys) is one :func:`jax.vmap`; otherwise a :func:`jax.lax.scan` over
+  chunks of ``batch_size`` keys carries the running sums (on CPU with
+  convolution kernels made canonical, see
+  :func:`adaptgrad_jax._strategy.canonicalize_convolutions`). Memory then
+  grows with ``batch_size``, not with the number of keys, and each key sees
+  the same computation whatever the chunking. ``"auto"`` or an
+  ``AutoBatchSize`` is first turned into the largest chunk that fits the
+  memory budget.
   """
   n = keys.shape[0]
-  if batch_size is None or batch_size >= n:
+  batch_size = _strategy.resolve_batch_size(fn, keys, batch_size)
+  plan = _strategy.plan(n, batch_size)
+  if plan.strategy == "vmap":
     values, extra = jax.vmap(fn)(keys)
     return reduce(values), extra
-  full, rest = divmod(n, batch_size)
-  chunks = keys[: full * batch_size].reshape((full, batch_size) + keys.shape[1:])
+  batch_size = plan.batch_size
 
   def chunk_sums(chunk_keys):
     values, extra = jax.vmap(fn)(chunk_keys)
     return reduce(values), extra
 
+  full, rest = divmod(n, batch_size)
+  chunks = keys[: full * batch_size].reshape((full, batch_size) + keys.shape[1:])
   first_sums, first_extra = chunk_sums(chunks[0])
+  scanned_chunk = (
+      _strategy.canonicalize_convolutions(chunk_sums)
+      if plan.canonical_convolutions else chunk_sums
+  )
 
   def body(carry, chunk_keys):
-    sums, extra = chunk_sums(chunk_keys)
+    sums, extra = scanned_chunk(chunk_keys)
     return jax.tree.map(jnp.add, carry, sums), extra
 
   sums, extras = jax.lax.scan(body, first_sums, chunks[1:])
@@ -266,7 +290,7 @@ def gaussian_smooth(
     sigma_fn: Callable[[PyTree], PyTree],
     n: int = 50,
     *,
-    batch_size: Optional[int] = None,
+    batch_size: BatchSize = None,
     argnums: int = 0,
     has_aux: bool = False,
     aggregate: Aggregate = "mean",
@@ -284,7 +308,8 @@ def gaussian_smooth(
     sigma_fn: maps the argument being perturbed to its noise scale.
     n: the number of noise samples N.
     batch_size: evaluate the samples this many at a time (bounded memory);
-      None evaluates all n in one vmap. The result does not depend on it.
+      None evaluates all n in one vmap, ``"auto"`` fits a memory budget. The
+      result does not depend on it.
     argnums: which positional argument of ``grad_fn`` to perturb.
     has_aux: ``grad_fn`` returns ``(gradient, aux)``; the smoothed function
       then returns ``(smoothed_gradient, aux)`` with aux stacked over the
@@ -345,7 +370,7 @@ def adapt_smooth(
     *,
     bounds: Bounds = (0.0, 1.0),
     sigma_rule: _sigma.SigmaRule = "two_sided",
-    batch_size: Optional[int] = None,
+    batch_size: BatchSize = None,
     argnums: int = 0,
     has_aux: bool = False,
     aggregate: Aggregate = "mean",
@@ -382,8 +407,10 @@ def adapt_smooth(
       ``"eq13"`` (Eq. 13 as printed) or ``"exact"`` (solves Eq. 14); see
       :func:`adaptive_sigma`.
     batch_size: evaluate this many noise samples at a time to bound memory;
-      None (default) evaluates all n in one vmap. The result does not depend
-      on it (sample j always gets the same noise).
+      None (default) evaluates all n in one vmap; ``"auto"`` (or
+      :func:`auto_batch_size` with an explicit budget) picks the largest chunk
+      that fits the memory budget. The result does not depend on it (sample j
+      always gets the same noise, with the default threefry keys).
     argnums: which positional argument of ``grad_fn`` to perturb.
     has_aux: ``grad_fn`` returns ``(gradient, aux)`` (as ``jax.grad(f,
       has_aux=True)``); aux comes back stacked over the samples.
@@ -432,7 +459,7 @@ def smooth_grad(
     *,
     bounds: Bounds = (0.0, 1.0),
     sigma: Optional[PyTree] = None,
-    batch_size: Optional[int] = None,
+    batch_size: BatchSize = None,
     argnums: int = 0,
     has_aux: bool = False,
     aggregate: Aggregate = "mean",

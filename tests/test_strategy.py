@@ -1,0 +1,171 @@
+"""Tests of the execution strategies, canonical convolutions and batch_size="auto"."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import adaptgrad_jax as ag
+from adaptgrad_jax import _strategy
+
+
+def _conv_net(x, w1, w2):
+  """A tiny NHWC convnet with HWIO kernels; x is one image (no batch axis)."""
+  dn = ("NHWC", "HWIO", "NHWC")
+  y = jax.lax.conv_general_dilated(x[None], w1, (1, 1), "SAME", dimension_numbers=dn)
+  y = jax.nn.relu(y)
+  y = jax.lax.conv_general_dilated(y, w2, (2, 2), "SAME", dimension_numbers=dn)
+  return jnp.sum(jnp.tanh(y))
+
+
+@pytest.fixture
+def conv_params(getkey):
+  return (
+      0.3 * jax.random.normal(getkey(), (3, 3, 2, 4)),
+      0.3 * jax.random.normal(getkey(), (3, 3, 4, 3)),
+  )
+
+
+# ----------------------------------------------------------------------------
+# Budgets.
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("2GiB", 2 * 2**30), ("500MB", 500 * 10**6), ("1.5g", int(1.5 * 2**30)), ("64 KiB", 65536), (4096, 4096), ("10", 10)],
+)
+def test_parse_bytes(text, expected):
+  assert _strategy.parse_bytes(text) == expected
+
+
+@pytest.mark.parametrize("bad, error", [("lots", ValueError), ("2 parsecs", ValueError), (0, ValueError), (True, TypeError)])
+def test_parse_bytes_errors(bad, error):
+  with pytest.raises(error, match="budget="):
+    _strategy.parse_bytes(bad)
+
+
+def test_default_budget_reads_environment(monkeypatch):
+  monkeypatch.setenv(_strategy.MEMORY_BUDGET_ENV, "3MiB")
+  assert _strategy.default_memory_budget() == 3 * 2**20
+  monkeypatch.delenv(_strategy.MEMORY_BUDGET_ENV)
+  assert _strategy.default_memory_budget("cpu") > 2**20
+
+
+def test_auto_batch_size_validation():
+  assert _strategy.auto_batch_size("1MiB", max_batch_size=4) == (2**20, 4)
+  with pytest.raises(ValueError, match="max_batch_size=0"):
+    _strategy.auto_batch_size(max_batch_size=0)
+  with pytest.raises(ValueError, match="batch_size='fast'"):
+    ag.adapt_smooth(jax.grad(jnp.sum), 0.95, 8, batch_size="fast")
+
+
+# ----------------------------------------------------------------------------
+# Plans and batch-size choice.
+
+
+@pytest.mark.parametrize(
+    "n, batch_size, backend, expected",
+    [
+        (50, None, "cpu", ("vmap", 50, False)),
+        (50, 64, "gpu", ("vmap", 50, False)),
+        (50, 20, "cpu", ("scan", 20, True)),
+        (50, 5, "cpu", ("scan", 5, True)),
+        (50, 5, "gpu", ("scan", 5, False)),
+    ],
+)
+def test_plan(n, batch_size, backend, expected):
+  assert tuple(_strategy.plan(n, batch_size, backend)) == expected
+
+
+def test_choose_batch_size_fits_budget():
+  estimate = _strategy.MemoryEstimate(fixed=1000, per_sample=100, source="xla")
+  assert _strategy.choose_batch_size(50, estimate, 1000 + 7 * 100 + 50, backend="gpu") == 7
+  assert _strategy.choose_batch_size(50, estimate, 10, backend="gpu") == 1  # nothing fits: one at a time
+  assert _strategy.choose_batch_size(5, estimate, 10**9, backend="gpu") == 5  # never above n
+  assert _strategy.choose_batch_size(50, estimate, 10**9, backend="gpu", max_batch_size=3) == 3
+
+
+def test_estimate_memory_grows_with_the_chunk(conv_params):
+  x = jnp.full((8, 8, 2), 0.5)
+  grad = jax.grad(_conv_net)
+  fn = lambda k: grad(x + 0.1 * jax.random.normal(k, x.shape), *conv_params)
+  keys = jax.random.split(jax.random.key(0), 10)
+  estimate = _strategy.estimate_memory(fn, keys)
+  assert estimate.source in ("xla", "jaxpr")
+  # At least the noisy input and its gradient per sample.
+  assert estimate.per_sample >= 2 * x.size * 4
+  small = _strategy.choose_batch_size(10, estimate, estimate.fixed + 3 * estimate.per_sample, backend="gpu")
+  assert small == 3
+
+
+# ----------------------------------------------------------------------------
+# Canonical convolutions.
+
+
+def _kernel_labels(hlo_text):
+  return set(re.findall(r"dim_labels=\w+_(\w+)->", hlo_text))
+
+
+def test_canonicalize_convolutions_same_values_and_canonical_kernels(conv_params, getkey):
+  x = jax.random.uniform(getkey(), (8, 8, 2))
+  grad = jax.grad(_conv_net)
+  # The input gradient of a convolution comes from JAX with swapped kernel features ("01oi").
+  assert "01oi" in _kernel_labels(jax.jit(grad).lower(x, *conv_params).as_text(dialect="hlo"))
+  canonical = _strategy.canonicalize_convolutions(grad)
+  np.testing.assert_allclose(canonical(x, *conv_params), grad(x, *conv_params), rtol=1e-6, atol=1e-7)
+  assert _kernel_labels(jax.jit(canonical).lower(x, *conv_params).as_text(dialect="hlo")) == {"01io"}
+
+
+def test_scan_strategy_matches_vmap_and_compiles_canonical_convolutions(conv_params, getkey):
+  x = jax.random.uniform(getkey(), (8, 8, 2))
+  key = getkey()
+  grad = jax.grad(_conv_net)
+  reference = jax.jit(ag.adapt_smooth(grad, 0.95, 24))(key, x, *conv_params)
+  chunked = jax.jit(ag.adapt_smooth(grad, 0.95, 24, batch_size=4))  # 6 chunks: a scan
+  np.testing.assert_allclose(chunked(key, x, *conv_params), reference, rtol=2e-5, atol=1e-7)
+  hlo = chunked.lower(key, x, *conv_params).compile().as_text()
+  if jax.default_backend() == "cpu":
+    assert "01oi" not in _kernel_labels(hlo)
+
+
+def test_second_order_through_canonical_scan(conv_params, getkey):
+  x = jax.random.uniform(getkey(), (4, 4, 2))
+  key = getkey()
+  grad = jax.grad(_conv_net)
+
+  def loss(x, batch_size):
+    smoothed = ag.adapt_smooth(grad, 0.95, 6, batch_size=batch_size)
+    return jnp.sum(smoothed(key, x, *conv_params) ** 2)
+
+  np.testing.assert_allclose(
+      jax.grad(loss)(x, 2), jax.grad(loss)(x, None), rtol=1e-4, atol=1e-7
+  )
+
+
+@pytest.mark.parametrize("batch_size", ["auto", _strategy.auto_batch_size("40KiB", max_batch_size=3)])
+def test_auto_batch_size_gives_the_same_result(batch_size, conv_params, getkey):
+  x = jax.random.uniform(getkey(), (6, 6, 2))
+  key = getkey()
+  grad = jax.grad(_conv_net)
+  reference = ag.adapt_smooth(grad, 0.95, 10)(key, x, *conv_params)
+  auto = jax.jit(ag.adapt_smooth(grad, 0.95, 10, batch_size=batch_size))
+  np.testing.assert_allclose(auto(key, x, *conv_params), reference, rtol=2e-5, atol=1e-7)
+
+
+def test_auto_batch_size_bounds_memory(getkey, monkeypatch):
+  # With a budget that fits about a dozen samples, XLA's memory no longer grows with n.
+  budget = 100 * 2**10
+  monkeypatch.setenv(_strategy.MEMORY_BUDGET_ENV, str(budget))
+  f = lambda x: jnp.sum(jnp.tanh(x @ x.T))
+  x = jax.random.uniform(getkey(), (24, 24))
+
+  def temp_bytes(n, batch_size):
+    smoothed = jax.jit(ag.smooth_grad(jax.grad(f), 0.1, n, batch_size=batch_size))
+    return smoothed.lower(getkey(), x).compile().memory_analysis().temp_size_in_bytes
+
+  auto_48, auto_192 = temp_bytes(48, "auto"), temp_bytes(192, "auto")
+  assert auto_48 < 0.5 * temp_bytes(48, None)
+  assert auto_192 <= 1.1 * auto_48
+  assert auto_192 <= 1.5 * budget
