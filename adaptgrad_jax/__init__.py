@@ -22,6 +22,8 @@ from adaptgrad_jax._smoothing import gaussian_smooth as gaussian_smooth
 from adaptgrad_jax._smoothing import smooth_grad as smooth_grad
 from adaptgrad_jax._strategy import AutoBatchSize as AutoBatchSize
 from adaptgrad_jax._strategy import auto_batch_size as auto_batch_size
+from adaptgrad_jax._strategy import cpu_compiler_options as cpu_compiler_options
+from adaptgrad_jax._strategy import rewrite_convolutions as rewrite_convolutions
 
 __version__ = "0.1.0"
 
@@ -33,6 +35,7 @@ __all__ = (
     "auto_batch_size",
     "check_bounds",
     "completeness_gap",
+    "cpu_compiler_options",
     "explain_batch",
     "fusion_grad",
     "gaussian_smooth",
@@ -42,6 +45,7 @@ __all__ = (
     "is_stochastic",
     "noise_grad",
     "out_of_range_rate",
+    "rewrite_convolutions",
     "smooth_grad",
     "smoothgrad_sigma",
 )

@@ -178,9 +178,9 @@ def map_samples(
   stacked over all keys in order. The execution strategy comes from
   :func:`adaptgrad_jax._strategy.plan`: ``batch_size=None`` (or >= the number
   of keys) is one :func:`jax.vmap`; otherwise a :func:`jax.lax.scan` over
-  chunks of ``batch_size`` keys carries the running sums (on CPU with
-  convolution kernels made canonical, see
-  :func:`adaptgrad_jax._strategy.canonicalize_convolutions`). Memory then
+  chunks of ``batch_size`` keys carries the running sums. On CPU, either
+  way evaluates ``fn`` through :func:`adaptgrad_jax.rewrite_convolutions`
+  (convolutions in the forms XLA:CPU runs fastest). Memory then
   grows with ``batch_size``, not with the number of keys, and each key sees
   the same computation whatever the chunking. ``"auto"`` or an
   ``AutoBatchSize`` is first turned into the largest chunk that fits the
@@ -189,25 +189,22 @@ def map_samples(
   n = keys.shape[0]
   batch_size = _strategy.resolve_batch_size(fn, keys, batch_size)
   plan = _strategy.plan(n, batch_size)
-  if plan.strategy == "vmap":
-    values, extra = jax.vmap(fn)(keys)
-    return reduce(values), extra
-  batch_size = plan.batch_size
 
   def chunk_sums(chunk_keys):
     values, extra = jax.vmap(fn)(chunk_keys)
     return reduce(values), extra
 
+  if plan.rewrite_convolutions:
+    chunk_sums = _strategy.rewrite_convolutions(chunk_sums)
+  if plan.strategy == "vmap":
+    return chunk_sums(keys)
+  batch_size = plan.batch_size
   full, rest = divmod(n, batch_size)
   chunks = keys[: full * batch_size].reshape((full, batch_size) + keys.shape[1:])
   first_sums, first_extra = chunk_sums(chunks[0])
-  scanned_chunk = (
-      _strategy.canonicalize_convolutions(chunk_sums)
-      if plan.canonical_convolutions else chunk_sums
-  )
 
   def body(carry, chunk_keys):
-    sums, extra = scanned_chunk(chunk_keys)
+    sums, extra = chunk_sums(chunk_keys)
     return jax.tree.map(jnp.add, carry, sums), extra
 
   sums, extras = jax.lax.scan(body, first_sums, chunks[1:])

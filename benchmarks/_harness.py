@@ -172,9 +172,10 @@ def _memory(compiled) -> Optional[dict[str, int]]:
   return out
 
 
-def _compile(fn, *args) -> tuple[Any, float]:
+def _compile(fn, *args, xla_defaults: bool = False) -> tuple[Any, float]:
+  """Lowers and compiles ``fn``; with ``ag.cpu_compiler_options()`` unless ``xla_defaults``."""
   start = time.perf_counter()
-  compiled = jax.jit(fn).lower(*args).compile()
+  compiled = jax.jit(fn).lower(*args).compile(compiler_options={} if xla_defaults else ag.cpu_compiler_options())
   return compiled, time.perf_counter() - start
 
 
@@ -190,17 +191,23 @@ def limit_fn(grad_fn: Callable[..., Any], n: int) -> Callable[..., Any]:
   return limit
 
 
-def prepare_jax(workload: Workload, method: str, n: int, key: jax.Array, batch_size: Any = None) -> Prepared:
-  """Compiles a JAX method; ``method`` is ``limit``, ``adapt_smooth`` or ``jax_loop``."""
+def prepare_jax(
+  workload: Workload, method: str, n: int, key: jax.Array, batch_size: Any = None, xla_defaults: bool = False
+) -> Prepared:
+  """Compiles a JAX method; ``method`` is ``limit``, ``adapt_smooth`` or ``jax_loop``.
+
+  Every method is compiled with ``ag.cpu_compiler_options()`` (``{}`` off
+  CPU) unless ``xla_defaults``.
+  """
   grad_fn = jax.grad(workload.logit)
   x = jnp.asarray(workload.x)
   state = workload.state
   if method == "limit":
-    compiled, compile_s = _compile(limit_fn(grad_fn, n), key, x, state)
+    compiled, compile_s = _compile(limit_fn(grad_fn, n), key, x, state, xla_defaults=xla_defaults)
     return Prepared(lambda: compiled(key, x, state), compile_s, _memory(compiled))
   if method == "adapt_smooth":
     smoothed = ag.adapt_smooth(grad_fn, C, n, bounds=BOUNDS, batch_size=batch_size)
-    compiled, compile_s = _compile(smoothed, key, x, state)
+    compiled, compile_s = _compile(smoothed, key, x, state, xla_defaults=xla_defaults)
     return Prepared(lambda: compiled(key, x, state), compile_s, _memory(compiled))
   if method == "jax_loop":
 
@@ -209,7 +216,7 @@ def prepare_jax(workload: Workload, method: str, n: int, key: jax.Array, batch_s
 
     keys = jax.random.split(key, n)
     sigma = jax.jit(sigma_of)(x)
-    compiled, compile_s = _compile(step, keys[0], x, sigma, state)
+    compiled, compile_s = _compile(step, keys[0], x, sigma, state, xla_defaults=xla_defaults)
 
     def run():
       total = compiled(keys[0], x, sigma, state)
@@ -320,6 +327,7 @@ def measure(
   min_seconds: float = 0.0,
   key_impl: Optional[str] = None,
   seed: int = 0,
+  xla_defaults: bool = False,
 ) -> dict[str, Any]:
   """Prepares and times one (method, n, batch_size); returns a JSON-able record plus ``result``."""
   rss_before, _ = rss_bytes()
@@ -327,7 +335,7 @@ def measure(
     prepared = prepare_torch(workload, method, n, seed, batch_size)
   else:
     key = jax.random.key(seed, impl=key_impl) if key_impl else jax.random.key(seed)
-    prepared = prepare_jax(workload, method, n, key, batch_size)
+    prepared = prepare_jax(workload, method, n, key, batch_size, xla_defaults)
   cuda = method.startswith("torch") and torch_device() == "cuda"
   if cuda:
     import torch  # pylint: disable=import-outside-toplevel
@@ -342,6 +350,7 @@ def measure(
     "method": method,
     "batch_size": batch_size if batch_size is None or isinstance(batch_size, (int, str)) else str(batch_size),
     "key_impl": key_impl or "threefry2x32",
+    "xla_defaults": xla_defaults,
     "compile_s": prepared.compile_s,
     "xla_memory": prepared.memory,
     "rss_before_bytes": rss_before,
@@ -354,10 +363,12 @@ def measure(
   return record
 
 
-def method_label(method: str, batch_size: Any = None, key_impl: Optional[str] = None) -> str:
+def method_label(method: str, batch_size: Any = None, key_impl: Optional[str] = None, xla_defaults: bool = False) -> str:
   label = method
   if method == "adapt_smooth" or (method == "torch_batched" and batch_size is not None):
     label += f"[{batch_size}]"
+  if xla_defaults:
+    label += "[xla defaults]"
   if key_impl:
     label += f"<{key_impl}>"
   return label
@@ -375,6 +386,7 @@ def environment() -> dict[str, Any]:
     "backend": jax.default_backend(),
     "devices": [str(d) for d in jax.devices()],
     "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "jax_compiler_options": ag.cpu_compiler_options(),
     "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
   }
   try:

@@ -270,8 +270,74 @@ def exp_flags(rows):
       rows.append({"section": "flags", "model": model, "variant": flags or "(none)", "ms": ms})
 
 
+# (name, input H = W, in features, out features, kernel, stride, groups): layers of ResNet-50, VGG16 and
+# EfficientNet-Lite0 at 64 x 64, batch 20.
+_CONV_CASES = [
+  ("small output (ResNet-50 layer4 3x3)", 2, 512, 512, 3, 1, 1),
+  ("strided, cotangent < kernel (layer4 3x3/2)", 4, 512, 512, 3, 2, 1),
+  ("1x1 (layer3)", 4, 1024, 256, 1, 1, 1),
+  ("1x1 /2 (layer4 downsample)", 4, 1024, 2048, 1, 2, 1),
+  ("depthwise 3x3 (Lite0)", 32, 32, 32, 3, 1, 32),
+  ("depthwise 5x5/2 (Lite0)", 16, 144, 144, 5, 2, 144),
+  ("depthwise 5x5 (Lite0)", 4, 672, 672, 5, 1, 672),
+  ("3x3 (VGG16 block 2)", 32, 64, 64, 3, 1, 1),
+  ("3x3 (ResNet-50 layer1)", 16, 64, 64, 3, 1, 1),
+  ("3x3 (VGG16 block 4)", 8, 512, 512, 3, 1, 1),
+]
+
+
+def exp_convs(rows, batch=20):
+  """The input gradient of one convolution: as JAX emits it, rewritten, with and without compiler options."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  import adaptgrad_jax as ag  # pylint: disable=import-outside-toplevel
+
+  rng = np.random.default_rng(0)
+  options = ag.cpu_compiler_options()
+  for name, size, cin, cout, k, stride, groups in _CONV_CASES:
+    x = jnp.asarray(rng.normal(size=(batch, size, size, cin)).astype(np.float32))
+    w = jnp.asarray(0.05 * rng.normal(size=(k, k, cin // groups, cout)).astype(np.float32))
+
+    def loss(x, w, stride=stride, groups=groups, k=k):
+      y = jax.lax.conv_general_dilated(x, w, (stride, stride), [(k // 2, k // 2)] * 2,
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+      return jnp.sum(jnp.sin(y))
+
+    grad = jax.grad(loss)
+    for variant, fn, opts in [
+      ("as emitted, XLA defaults", grad, {}),
+      ("rewrite_convolutions, XLA defaults", ag.rewrite_convolutions(grad), {}),
+      ("as emitted, cpu_compiler_options", grad, options),
+      ("rewrite_convolutions, cpu_compiler_options", ag.rewrite_convolutions(grad), options),
+    ]:
+      compiled = jax.jit(fn).lower(x, w).compile(compiler_options=opts)
+      rows.append({"section": "convs", "model": name, "variant": variant, "ms": _best_ms(lambda: compiled(x, w), 5)})
+    rows.append({"section": "convs", "model": name, "variant": "PyTorch (oneDNN)", "ms": _torch_conv_grad_ms(
+      np.asarray(x), np.asarray(w), stride, k // 2, groups)})
+
+
+def _torch_conv_grad_ms(x, w, stride, pad, groups) -> float:
+  import torch  # pylint: disable=import-outside-toplevel
+
+  tx = torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1))).requires_grad_(True)
+  tw = torch.from_numpy(np.ascontiguousarray(np.transpose(w, (3, 2, 0, 1))))
+
+  def run():
+    y = torch.nn.functional.conv2d(tx, tw, stride=stride, padding=pad, groups=groups)
+    return torch.autograd.grad(torch.sin(y).sum(), tx)
+
+  run()
+  times = []
+  for _ in range(5):
+    start = time.perf_counter()
+    run()
+    times.append(time.perf_counter() - start)
+  return 1000 * min(times)
+
+
 SECTIONS = {"batch": exp_batch, "strategies": exp_strategies, "layout": exp_layout, "dtype": exp_dtype,
-            "donation": exp_donation, "prng": exp_prng, "flags": exp_flags}
+            "donation": exp_donation, "prng": exp_prng, "flags": exp_flags, "convs": exp_convs}
 
 
 def markdown(rows, env) -> str:
@@ -283,7 +349,10 @@ def markdown(rows, env) -> str:
     part = [r for r in rows if r["section"] == section]
     if not part:
       continue
-    lines += [f"## {section}", "", "| model | variant | ms | note |", "|---|---|---:|---|"]
+    lines += [f"## {section}", ""]
+    if part[0].get("measured_utc"):
+      lines += [f"Measured {part[0]['measured_utc']} UTC, load average {part[0]['load_average']} at the start.", ""]
+    lines += ["| model | variant | ms | note |", "|---|---|---:|---|"]
     for r in part:
       note = r.get("note", "")
       if "ms_per_sample" in r:
@@ -310,11 +379,22 @@ def main(argv=None) -> int:
   rows: list[dict[str, Any]] = []
   for name in (args.only.split(",") if args.only else SECTIONS):
     start = time.perf_counter()
+    load = os.getloadavg()[0]
+    first = len(rows)
     SECTIONS[name](rows)
+    for r in rows[first:]:
+      r.update(measured_utc=time.strftime("%Y-%m-%d %H:%M", time.gmtime()), load_average=round(load, 2))
     print(f"{name}: {time.perf_counter() - start:.0f} s", flush=True)
   env["load_average_end"] = os.getloadavg()
   os.makedirs(args.out, exist_ok=True)
-  with open(os.path.join(args.out, f"{args.tag}.json"), "w", encoding="utf-8") as f:
+  path = os.path.join(args.out, f"{args.tag}.json")
+  if os.path.exists(path):  # keep the sections not run this time
+    with open(path, encoding="utf-8") as f:
+      previous = json.load(f)
+    ran = {r["section"] for r in rows}
+    rows = [r for r in previous.get("rows", []) if r["section"] not in ran] + rows
+    env = {**previous.get("environment", {}), "latest": env}
+  with open(path, "w", encoding="utf-8") as f:
     json.dump({"environment": env, "rows": rows}, f, indent=1)
   text = markdown(rows, env)
   with open(os.path.join(args.out, f"{args.tag}.md"), "w", encoding="utf-8") as f:

@@ -61,11 +61,20 @@ PRESETS: dict[str, dict[str, Any]] = {
   },
 }
 
-SAME_NOISE = ("adapt_smooth", "jax_loop")  # methods whose noise is split(key, n)[j]: equal results
+SAME_NOISE = ("adapt_smooth", "jax_loop")
+
+
+def jax_backend_is_cpu() -> bool:
+  import jax  # pylint: disable=import-outside-toplevel
+
+  return jax.default_backend() == "cpu"  # methods whose noise is split(key, n)[j]: equal results
 
 
 def method_configs(batch_sizes, with_torch: bool, key_impls=()) -> list[dict[str, Any]]:
-  configs = [{"method": "limit"}, {"method": "adapt_smooth", "batch_size": None}]
+  configs = [{"method": "limit"}]
+  if jax_backend_is_cpu():
+    configs.append({"method": "limit", "xla_defaults": True})  # what cpu_compiler_options gives
+  configs.append({"method": "adapt_smooth", "batch_size": None})
   configs += [{"method": "adapt_smooth", "batch_size": b} for b in batch_sizes]
   configs.append({"method": "jax_loop"})
   if with_torch:
@@ -102,6 +111,7 @@ def run_worker(job: dict[str, Any], emit) -> None:
         record = _harness.measure(
           workload, config["method"], n, batch_size=batch_size, repeats=job["repeats"],
           min_seconds=job["min_seconds"], key_impl=config.get("key_impl"),
+          xla_defaults=config.get("xla_defaults", False),
         )
       except Exception as err:  # pylint: disable=broad-except
         emit({"model": job["model"], "size": job["size"], "n": n, "method": config["method"],
@@ -111,7 +121,8 @@ def run_worker(job: dict[str, Any], emit) -> None:
       result = record.pop("result")
       record["result_norm"] = float(np.linalg.norm(result))
       if job.get("save_dir"):
-        label = _harness.method_label(config["method"], batch_size, config.get("key_impl"))
+        label = _harness.method_label(config["method"], batch_size, config.get("key_impl"),
+                                      config.get("xla_defaults", False))
         path = os.path.join(job["save_dir"], f"{job['model']}-{n}-{label}.npy".replace("/", "_"))
         np.save(path, result)
         record["result_path"] = path
@@ -187,7 +198,8 @@ def _label(record) -> str:
   from benchmarks._harness import method_label  # pylint: disable=import-outside-toplevel
 
   impl = record.get("key_impl")
-  return method_label(record["method"], record.get("batch_size"), None if impl in (None, "threefry2x32") else impl)
+  return method_label(record["method"], record.get("batch_size"), None if impl in (None, "threefry2x32") else impl,
+                      record.get("xla_defaults", False))
 
 
 def _add_derived(records: list[dict[str, Any]]) -> None:
@@ -238,6 +250,14 @@ def markdown(records: list[dict[str, Any]], env: dict[str, Any], title: str) -> 
     "before them (high-water mark reset before each method; not measured with --in-process); cos = cosine similarity with `adapt_smooth[None]`'s "
     "result (1 means identical noise, MC noise otherwise)."
   )
+  options = env.get("jax_compiler_options")
+  if options is not None:
+    lines.append("")
+    lines.append(
+      "JAX methods are compiled with `compiler_options=ag.cpu_compiler_options()` = "
+      f"`{json.dumps(options)}`" + ("; `limit[xla defaults]` is the limit compiled with XLA's default options."
+                                    if options else ".")
+    )
   lines += ["", "## Targets (issue 7.3), measured in this run", ""] + targets(records)
   models = []
   for r in records:

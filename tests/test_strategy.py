@@ -1,4 +1,4 @@
-"""Tests of the execution strategies, canonical convolutions and batch_size="auto"."""
+"""Tests of the execution strategies, the convolution rewrites and batch_size="auto"."""
 
 import re
 
@@ -68,7 +68,7 @@ def test_auto_batch_size_validation():
 @pytest.mark.parametrize(
     "n, batch_size, backend, expected",
     [
-        (50, None, "cpu", ("vmap", 50, False)),
+        (50, None, "cpu", ("vmap", 50, True)),
         (50, 64, "gpu", ("vmap", 50, False)),
         (50, 20, "cpu", ("scan", 20, True)),
         (50, 5, "cpu", ("scan", 5, True)),
@@ -101,24 +101,97 @@ def test_estimate_memory_grows_with_the_chunk(conv_params):
 
 
 # ----------------------------------------------------------------------------
-# Canonical convolutions.
+# Convolution rewrites.
 
 
 def _kernel_labels(hlo_text):
   return set(re.findall(r"dim_labels=\w+_(\w+)->", hlo_text))
 
 
-def test_canonicalize_convolutions_same_values_and_canonical_kernels(conv_params, getkey):
+def test_rewrite_convolutions_same_values_and_canonical_kernels(conv_params, getkey):
   x = jax.random.uniform(getkey(), (8, 8, 2))
   grad = jax.grad(_conv_net)
   # The input gradient of a convolution comes from JAX with swapped kernel features ("01oi").
   assert "01oi" in _kernel_labels(jax.jit(grad).lower(x, *conv_params).as_text(dialect="hlo"))
-  canonical = _strategy.canonicalize_convolutions(grad)
-  np.testing.assert_allclose(canonical(x, *conv_params), grad(x, *conv_params), rtol=1e-6, atol=1e-7)
-  assert _kernel_labels(jax.jit(canonical).lower(x, *conv_params).as_text(dialect="hlo")) == {"01io"}
+  rewritten = _strategy.rewrite_convolutions(grad)
+  np.testing.assert_allclose(rewritten(x, *conv_params), grad(x, *conv_params), rtol=1e-6, atol=1e-7)
+  assert _kernel_labels(jax.jit(rewritten).lower(x, *conv_params).as_text(dialect="hlo")) == {"01io"}
 
 
-def test_scan_strategy_matches_vmap_and_compiles_canonical_convolutions(conv_params, getkey):
+# (lhs, rhs, out layouts), input shape, kernel shape, strides, padding, lhs dilation, rhs dilation, groups.
+_CONV_CASES = {
+    # Output smaller than the kernel: patches and a dot.
+    "small_output": (("NHWC", "HWIO", "NHWC"), (3, 2, 2, 8), (3, 3, 8, 5), (1, 1), ((1, 1), (1, 1)), (1, 1), (1, 1), 1),
+    "small_output_nchw": (("NCHW", "OIHW", "NCHW"), (3, 8, 2, 3), (5, 8, 3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), (1, 1), 1),
+    "small_output_strided": (("NHWC", "HWIO", "NHWC"), (3, 4, 5, 8), (5, 3, 8, 5), (2, 1), ((2, 1), (0, 2)), (1, 1), (1, 1), 1),
+    "small_output_negative_pad": (("NHWC", "HWIO", "NHWC"), (3, 6, 6, 8), (7, 7, 8, 5), (1, 1), ((3, 3), (-1, 3)), (1, 1), (1, 1), 1),
+    "small_output_1d": (("NWC", "WIO", "NWC"), (3, 2, 8), (3, 8, 5), (1,), ((1, 1),), (1,), (1,), 1),
+    "small_output_3d": (("NDHWC", "DHWIO", "NDHWC"), (2, 2, 3, 2, 4), (3, 3, 3, 4, 5), (1, 1, 1), ((1, 1),) * 3, (1, 1, 1), (1, 1, 1), 1),
+    "small_output_permuted_out": (("NHWC", "OIHW", "CNHW"), (3, 2, 2, 8), (5, 8, 3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), (1, 1), 1),
+    # Input gradient of a strided convolution with a cotangent smaller than the kernel.
+    "dilated_small_input": (("NHWC", "HWIO", "NHWC"), (3, 2, 2, 8), (3, 3, 8, 5), (1, 1), ((1, 2), (1, 2)), (2, 2), (1, 1), 1),
+    # 1 x 1: one dot.
+    "pointwise": (("NHWC", "HWIO", "NHWC"), (3, 4, 4, 8), (1, 1, 8, 5), (1, 1), ((0, 0), (0, 0)), (1, 1), (1, 1), 1),
+    "pointwise_strided_padded": (("NCHW", "OIHW", "NCHW"), (3, 8, 5, 4), (5, 8, 1, 1), (2, 1), ((1, 0), (0, 2)), (1, 1), (1, 1), 1),
+    "pointwise_dilated_oi": (("NHWC", "HWOI", "NHWC"), (3, 4, 4, 8), (1, 1, 5, 8), (1, 1), ((0, 1), (0, 1)), (2, 2), (1, 1), 1),
+    "pointwise_cropped": (("NHWC", "HWIO", "NHWC"), (3, 5, 5, 8), (1, 1, 8, 5), (1, 1), ((-1, 0), (0, -1)), (1, 1), (1, 1), 1),
+    # Depthwise: a sum of shifted slices.
+    "depthwise": (("NHWC", "HWIO", "NHWC"), (3, 6, 6, 8), (3, 3, 1, 8), (1, 1), ((1, 1), (1, 1)), (1, 1), (1, 1), 8),
+    "depthwise_strided_5x5": (("NHWC", "HWIO", "NHWC"), (3, 7, 7, 8), (5, 5, 1, 8), (2, 2), ((2, 2), (2, 2)), (1, 1), (1, 1), 8),
+    "depthwise_nchw_rhs_dilation": (("NCHW", "OIHW", "NCHW"), (3, 4, 7, 6), (12, 1, 3, 3), (1, 2), ((1, 0), (2, 1)), (1, 1), (2, 1), 4),
+    "depthwise_multiplier": (("NHWC", "HWIO", "NHWC"), (3, 7, 7, 8), (3, 3, 1, 16), (1, 1), ((1, 1), (1, 1)), (1, 1), (1, 1), 8),
+    "depthwise_lhs_dilation": (("NHWC", "HWIO", "NHWC"), (3, 4, 4, 8), (3, 3, 1, 8), (1, 1), ((1, 2), (1, 2)), (2, 2), (1, 1), 8),
+    # Left to XLA (kernel transposed only).
+    "regular": (("NHWC", "HWIO", "NHWC"), (3, 6, 6, 8), (3, 3, 8, 5), (1, 1), ((1, 1), (1, 1)), (1, 1), (1, 1), 1),
+    "grouped": (("NHWC", "HWIO", "NHWC"), (3, 6, 6, 8), (3, 3, 4, 6), (1, 1), ((1, 1), (1, 1)), (1, 1), (1, 1), 2),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_CONV_CASES))
+def test_rewrite_convolutions_values_and_gradients(case, getkey):
+  layouts, x_shape, w_shape, strides, padding, lhs_dilation, rhs_dilation, groups = _CONV_CASES[case]
+  x = jax.random.normal(getkey(), x_shape)
+  w = jax.random.normal(getkey(), w_shape)
+  dn = jax.lax.conv_dimension_numbers(x_shape, w_shape, layouts)
+
+  def conv(x, w):
+    return jax.lax.conv_general_dilated(
+        x, w, strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+        dimension_numbers=dn, feature_group_count=groups)
+
+  rewritten = jax.jit(_strategy.rewrite_convolutions(conv))
+  np.testing.assert_allclose(rewritten(x, w), jax.jit(conv)(x, w), rtol=1e-5, atol=1e-5)
+  grad = jax.grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w))), argnums=(0, 1))
+  for got, want in zip(jax.jit(_strategy.rewrite_convolutions(grad))(x, w), jax.jit(grad)(x, w)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+  # The forward convolution is really replaced (or, for the last two, kept).
+  hlo = rewritten.lower(x, w).as_text(dialect="hlo")
+  assert ("convolution(" in hlo) == (case in ("regular", "grouped", "dilated_small_input"))
+
+
+def test_rewrite_convolutions_keeps_dtype_and_preferred_element_type(getkey):
+  x = jax.random.normal(getkey(), (2, 2, 2, 4), jnp.bfloat16)
+  w = jax.random.normal(getkey(), (3, 3, 4, 3), jnp.bfloat16)
+  dn = ("NHWC", "HWIO", "NHWC")
+  for kwargs in ({}, {"preferred_element_type": jnp.float32}):
+    conv = lambda x, w, kw=kwargs: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn, **kw)
+    got, want = _strategy.rewrite_convolutions(conv)(x, w), conv(x, w)
+    assert got.dtype == want.dtype
+    np.testing.assert_allclose(np.float32(got), np.float32(want), rtol=5e-2, atol=5e-2)
+
+
+def test_cpu_compiler_options(conv_params, getkey):
+  assert ag.cpu_compiler_options("gpu") == {}
+  options = ag.cpu_compiler_options("cpu")
+  assert options == _strategy.CPU_COMPILER_OPTIONS  # jaxlib 0.10 accepts them
+  x = jax.random.uniform(getkey(), (8, 8, 2))
+  grad = jax.grad(_conv_net)
+  compiled = jax.jit(grad).lower(x, *conv_params).compile(compiler_options=options)
+  np.testing.assert_allclose(compiled(x, *conv_params), grad(x, *conv_params), rtol=1e-5, atol=1e-6)
+  assert _strategy._options_accepted((("xla_cpu_no_such_option", "1"),)) is False
+
+
+def test_scan_strategy_matches_vmap_and_compiles_canonical_kernels(conv_params, getkey):
   x = jax.random.uniform(getkey(), (8, 8, 2))
   key = getkey()
   grad = jax.grad(_conv_net)
@@ -130,7 +203,7 @@ def test_scan_strategy_matches_vmap_and_compiles_canonical_convolutions(conv_par
     assert "01oi" not in _kernel_labels(hlo)
 
 
-def test_second_order_through_canonical_scan(conv_params, getkey):
+def test_second_order_through_rewritten_scan(conv_params, getkey):
   x = jax.random.uniform(getkey(), (4, 4, 2))
   key = getkey()
   grad = jax.grad(_conv_net)
