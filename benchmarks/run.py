@@ -75,6 +75,8 @@ def method_configs(batch_sizes, with_torch: bool, key_impls=()) -> list[dict[str
   if jax_backend_is_cpu():
     configs.append({"method": "limit", "xla_defaults": True})  # what cpu_compiler_options gives
   configs.append({"method": "adapt_smooth", "batch_size": None})
+  if jax_backend_is_cpu():
+    configs.append({"method": "adapt_smooth", "batch_size": None, "xla_defaults": True})
   configs += [{"method": "adapt_smooth", "batch_size": b} for b in batch_sizes]
   configs.append({"method": "jax_loop"})
   if with_torch:
