@@ -332,7 +332,8 @@ def targets(records: list[dict[str, Any]]) -> list[str]:
                    + ")")
   parts = []
   for (m, n, label), r in sorted(ok.items()):
-    if label.startswith("adapt_smooth[") and label not in ("adapt_smooth[None]", "adapt_smooth[auto]"):
+    if (label.startswith("adapt_smooth[") and label not in ("adapt_smooth[None]", "adapt_smooth[auto]")
+        and "xla defaults" not in label):
       mem = (r.get("xla_memory") or {}).get("total")
       full = (get(m, n, "adapt_smooth[None]") or {}).get("xla_memory") or {}
       if mem and full.get("total"):
