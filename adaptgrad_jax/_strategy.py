@@ -683,11 +683,12 @@ def cpu_compiler_options(backend: Optional[str] = None) -> dict[str, str]:
   """XLA compiler options that make convolutional networks faster on CPU; ``{}`` elsewhere.
 
   jaxlib 0.10's XLA:CPU sends convolutions to YNNPACK by default, which on
-  this project's 2-core AVX-512 Xeon is 1.4-2.4x slower than XLA's Eigen
+  this project's 2-core AVX-512 Xeon is up to 2.4x slower than XLA's Eigen
   convolutions for the 3 x 3 layers of VGG and ResNet (forward and input
   gradient). These options keep YNNPACK for dots and reductions and give
-  convolutions back to Eigen: VGG16's smoothed gradient at 64 x 64, n = 50,
-  went from 2844 to 2001 ms. Pass them when compiling::
+  convolutions back to Eigen: in one benchmark run, VGG16's limit program at
+  64 x 64 went from 4210 to 2949 ms (n = 50) and from 836 to 658 ms
+  (n = 10). Pass them when compiling::
 
     smoothed = jax.jit(ag.adapt_smooth(jax.grad(f)), compiler_options=ag.cpu_compiler_options())
 

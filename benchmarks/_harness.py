@@ -282,6 +282,27 @@ def _block(value):
   return jax.block_until_ready(value) if isinstance(value, jax.Array) else value
 
 
+def cpu_jiffies() -> Optional[tuple[int, int]]:
+  """(stolen, total) CPU time of the whole machine in jiffies, from Linux's /proc/stat; None elsewhere.
+
+  "Steal" is time the hypervisor gave our virtual CPUs to other guests: on a
+  shared virtual machine it is the noise no repeat count removes, so every
+  record carries the stolen share of its timed calls.
+  """
+  try:
+    with open("/proc/stat", encoding="ascii") as stat:
+      fields = [int(v) for v in stat.readline().split()[1:]]
+  except (OSError, ValueError):
+    return None
+  return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
+def steal_fraction(start: Optional[tuple[int, int]], end: Optional[tuple[int, int]]) -> Optional[float]:
+  if start is None or end is None or end[1] <= start[1]:
+    return None
+  return (end[0] - start[0]) / (end[1] - start[1])
+
+
 def rss_bytes() -> tuple[int, int]:
   """(current RSS, peak RSS) of this process in bytes (Linux /proc, else getrusage)."""
   current = peak = 0
@@ -341,7 +362,9 @@ def measure(
     import torch  # pylint: disable=import-outside-toplevel
 
     torch.cuda.reset_peak_memory_stats()
+  jiffies = cpu_jiffies()
   timing = time_calls(prepared.run, repeats=repeats, min_seconds=min_seconds)
+  steal = steal_fraction(jiffies, cpu_jiffies())
   _, peak = rss_bytes()
   record = {
     "model": workload.name,
@@ -356,6 +379,7 @@ def measure(
     "rss_before_bytes": rss_before,
     "rss_peak_bytes": peak,
     "torch_cuda_peak_bytes": torch.cuda.max_memory_allocated() if cuda else None,
+    "steal_fraction": steal,
     **{k: v for k, v in timing.items() if k != "result"},
   }
   record["samples_per_s"] = n / record["median_s"]

@@ -230,6 +230,10 @@ def _add_derived(records: list[dict[str, Any]]) -> None:
 # Reports.
 
 
+def _percent(value: Optional[float]) -> str:
+  return "" if value is None else f"{100 * value:.0f}"
+
+
 def _mb(value: Optional[float]) -> str:
   return "" if value is None else f"{value / 2**20:.0f}" if value >= 2**20 else f"{value / 2**20:.2f}"
 
@@ -250,7 +254,8 @@ def markdown(records: list[dict[str, Any]], env: dict[str, Any], title: str) -> 
     "arguments + outputs + temporaries of the compiled function (XLA `memory_analysis()`; for `jax_loop` the "
     "per-sample step; for PyTorch on a GPU `torch.cuda.max_memory_allocated()`); RSS MB = peak resident memory of the process during the timed calls above its RSS "
     "before them (high-water mark reset before each method; not measured with --in-process); cos = cosine similarity with `adapt_smooth[None]`'s "
-    "result (1 means identical noise, MC noise otherwise)."
+    "result (1 means identical noise, MC noise otherwise); steal % = share of the machine's CPU time the hypervisor "
+    "gave to other guests during the timed calls (Linux /proc/stat; above a few % the row's timing is disturbed)."
   )
   options = env.get("jax_compiler_options")
   if options is not None:
@@ -269,11 +274,11 @@ def markdown(records: list[dict[str, Any]], env: dict[str, Any], title: str) -> 
     rows = [r for r in records if r["model"] == model]
     size = rows[0].get("size")
     lines += ["", f"## {model} ({size} x {size})" if model != "mlp" else f"## {model} (28 x 28, 784-200-10)", ""]
-    lines.append("| n | method | samples/s | x limit | median ms | compile s | mem MB | RSS MB | cos |")
-    lines.append("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    lines.append("| n | method | samples/s | x limit | median ms | compile s | mem MB | RSS MB | cos | steal % |")
+    lines.append("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in sorted(rows, key=lambda r: (r["n"], _order(r))):
       if "error" in r:
-        lines.append(f"| {r['n']} | {_label_safe(r)} | error: {r['error'][:80]} | | | | | | |")
+        lines.append(f"| {r['n']} | {_label_safe(r)} | error: {r['error'][:80]} | | | | | | | |")
         continue
       mem = (r.get("xla_memory") or {}).get("total") or r.get("torch_cuda_peak_bytes")
       rss = (max(r["rss_peak_bytes"] - r["rss_before_bytes"], 0)
@@ -283,7 +288,7 @@ def markdown(records: list[dict[str, Any]], env: dict[str, Any], title: str) -> 
       lines.append(
         f"| {r['n']} | {r['label']} | {r['samples_per_s']:.1f} | {'' if ratio is None else f'{ratio:.2f}'} | "
         f"{1000 * r['median_s']:.1f} | {r['compile_s']:.2f} | {_mb(mem)} | {_mb(rss)} | "
-        f"{'' if cos is None else f'{cos:.4f}'} |"
+        f"{'' if cos is None else f'{cos:.4f}'} | {_percent(r.get('steal_fraction'))} |"
       )
   return "\n".join(lines) + "\n"
 
@@ -461,8 +466,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     preset["models"] = [(e[0], e[1], ns, *e[3:]) for e in preset["models"]]
   if args.batch_sizes:
     preset["batch_sizes"] = [v if v == "auto" else int(v) for v in args.batch_sizes.split(",")]
-  if args.repeats:
+  if args.repeats:  # for every model, the ImageNet ones' single call included
     preset["repeats"] = args.repeats
+    preset["models"] = [tuple(e[:3]) for e in preset["models"]]
   with_torch = not args.no_torch
   if with_torch:
     try:

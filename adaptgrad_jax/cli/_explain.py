@@ -207,6 +207,8 @@ def progress_bar(console, total: int, description: str):
 def run(args: argparse.Namespace, console, err_console) -> int:
   import jax  # pylint: disable=import-outside-toplevel
 
+  from adaptgrad_jax._strategy import cpu_compiler_options  # pylint: disable=import-outside-toplevel
+
   method = _methods.canonical(args.method)
   _errors.require_plotting("explain")
   options = options_from(args)
@@ -244,7 +246,7 @@ def run(args: argparse.Namespace, console, err_console) -> int:
     maps = _explain_sharded(explain_one, key, paths, load_x, out, args, devices)
   else:
     maps = None
-    jitted = jax.jit(explain_one)
+    jitted = jax.jit(explain_one, compiler_options=cpu_compiler_options())
   records = []
   progress, total, description = progress_bar(err_console, len(paths), "explaining" if maps is None else "writing")
   with progress:
