@@ -194,8 +194,11 @@ def map_samples(
     values, extra = jax.vmap(fn)(chunk_keys)
     return reduce(values), extra
 
-  if plan.rewrite_convolutions:
-    chunk_sums = _strategy.rewrite_convolutions(chunk_sums)
+  if plan.rewrite_convolutions:  # kernels canonical inside the scan body only
+    in_scan = _strategy.rewrite_convolutions(chunk_sums)
+    chunk_sums = _strategy.rewrite_convolutions(chunk_sums, canonical_kernels=False)
+  else:
+    in_scan = chunk_sums
   if plan.strategy == "vmap":
     return chunk_sums(keys)
   batch_size = plan.batch_size
@@ -204,7 +207,7 @@ def map_samples(
   first_sums, first_extra = chunk_sums(chunks[0])
 
   def body(carry, chunk_keys):
-    sums, extra = chunk_sums(chunk_keys)
+    sums, extra = in_scan(chunk_keys)
     return jax.tree.map(jnp.add, carry, sums), extra
 
   sums, extras = jax.lax.scan(body, first_sums, chunks[1:])

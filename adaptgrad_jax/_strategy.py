@@ -564,8 +564,13 @@ def _write_out_dilation(lhs, params):
   return lhs, dict(params, lhs_dilation=(1,) * len(params["lhs_dilation"]))
 
 
-def _fast_conv(lhs, rhs, **params):
-  """``conv_general_dilated`` in the form XLA:CPU runs fastest, with the same values."""
+def _fast_conv(lhs, rhs, *, canonical_kernels: bool = True, **params):
+  """``conv_general_dilated`` in the form XLA:CPU runs fastest, with the same values.
+
+  ``canonical_kernels=False`` leaves the other convolutions as they are: in
+  the entry computation XLA:CPU lays their kernels out itself, 10-15%
+  faster than our explicit transpose (VGG16's 3x3 layers, batch 20).
+  """
   if _is_depthwise(lhs, rhs, params):
     return _depthwise_as_taps(lhs, rhs, **params)
   if _is_pointwise(rhs, params):
@@ -574,7 +579,8 @@ def _fast_conv(lhs, rhs, **params):
     lhs, params = _write_out_dilation(lhs, params)
   if _output_smaller_than_kernel(lhs, rhs, params):
     return _patches_dot(lhs, rhs, **params)
-  rhs, params["dimension_numbers"] = _canonical_kernel(rhs, params["dimension_numbers"])
+  if canonical_kernels:
+    rhs, params["dimension_numbers"] = _canonical_kernel(rhs, params["dimension_numbers"])
   return jex_core.primitives.conv_general_dilated_p.bind(lhs, rhs, **params)
 
 
@@ -589,7 +595,7 @@ def _bind_params(eqn):
   return (), params
 
 
-def _eval_jaxpr(jaxpr, consts, *args, canonical: bool = True):
+def _eval_jaxpr(jaxpr, consts, *args, canonical: bool = True, canonical_kernels: bool = True):
   """`jax.core.eval_jaxpr`; with ``canonical``, rewrites convolutions and inlines jit calls."""
   env = {}
 
@@ -607,13 +613,13 @@ def _eval_jaxpr(jaxpr, consts, *args, canonical: bool = True):
     invals = [read(v) for v in eqn.invars]
     name = eqn.primitive.name
     if canonical and eqn.primitive is jex_core.primitives.conv_general_dilated_p:
-      outvals = [_fast_conv(*invals, **eqn.params)]
+      outvals = [_fast_conv(*invals, canonical_kernels=canonical_kernels, **eqn.params)]
     elif canonical and name in _INLINED_CALLS and "jaxpr" in eqn.params:
       inner = eqn.params["jaxpr"]
       if isinstance(inner, jex_core.ClosedJaxpr):
-        outvals = _eval_jaxpr(inner.jaxpr, inner.consts, *invals)
+        outvals = _eval_jaxpr(inner.jaxpr, inner.consts, *invals, canonical_kernels=canonical_kernels)
       else:
-        outvals = _eval_jaxpr(inner, (), *invals)
+        outvals = _eval_jaxpr(inner, (), *invals, canonical_kernels=canonical_kernels)
     else:
       subfuns, bind_params = _bind_params(eqn)
       with eqn.ctx.manager:
@@ -625,7 +631,7 @@ def _eval_jaxpr(jaxpr, consts, *args, canonical: bool = True):
   return [read(v) for v in jaxpr.outvars]
 
 
-def rewrite_convolutions(fn: Callable[..., Any]) -> Callable[..., Any]:
+def rewrite_convolutions(fn: Callable[..., Any], *, canonical_kernels: bool = True) -> Callable[..., Any]:
   """Returns ``fn`` with its convolutions rewritten into the forms XLA:CPU runs fastest.
 
   Traces ``fn`` and re-evaluates its jaxpr, inlining jit calls, with each
@@ -638,7 +644,8 @@ def rewrite_convolutions(fn: Callable[..., Any]) -> Callable[..., Any]:
     gradients whose cotangent is): patches and one dot;
   * any other: the kernel transposed to (spatial..., in, out), the form
     XLA:CPU's convolutions take; inside loop bodies XLA does not do this
-    itself and falls back to a naive loop nest.
+    itself and falls back to a naive loop nest. In the entry computation
+    XLA does it faster itself: pass ``canonical_kernels=False`` there.
 
   The values are those of ``fn`` up to float rounding; only the program XLA
   sees differs. The smoothing transforms apply this on the CPU backend;
@@ -650,6 +657,8 @@ def rewrite_convolutions(fn: Callable[..., Any]) -> Callable[..., Any]:
 
   Args:
     fn: a function of arrays returning a pytree of arrays.
+    canonical_kernels: transpose the kernels of the convolutions not
+      otherwise rewritten (needed when ``fn`` runs inside a loop body).
 
   Returns:
     A function with the same signature and results.
@@ -658,7 +667,7 @@ def rewrite_convolutions(fn: Callable[..., Any]) -> Callable[..., Any]:
   def wrapped(*args):
     closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
     flat_args = jax.tree.leaves(args)
-    out = _eval_jaxpr(closed.jaxpr, closed.consts, *flat_args)
+    out = _eval_jaxpr(closed.jaxpr, closed.consts, *flat_args, canonical_kernels=canonical_kernels)
     return jax.tree.unflatten(jax.tree.structure(out_shape), out)
 
   return wrapped
