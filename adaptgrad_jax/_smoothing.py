@@ -194,17 +194,17 @@ def map_samples(
     values, extra = jax.vmap(fn)(chunk_keys)
     return reduce(values), extra
 
-  if plan.rewrite_convolutions:  # kernels canonical inside the scan body only
+  # Outside the scan XLA lays out the kernels itself; inside it needs them canonical.
+  entry, in_scan = chunk_sums, chunk_sums
+  if plan.rewrite_convolutions:
+    entry = _strategy.rewrite_convolutions(chunk_sums, canonical_kernels=False)
     in_scan = _strategy.rewrite_convolutions(chunk_sums)
-    chunk_sums = _strategy.rewrite_convolutions(chunk_sums, canonical_kernels=False)
-  else:
-    in_scan = chunk_sums
   if plan.strategy == "vmap":
-    return chunk_sums(keys)
+    return entry(keys)
   batch_size = plan.batch_size
   full, rest = divmod(n, batch_size)
   chunks = keys[: full * batch_size].reshape((full, batch_size) + keys.shape[1:])
-  first_sums, first_extra = chunk_sums(chunks[0])
+  first_sums, first_extra = entry(chunks[0])
 
   def body(carry, chunk_keys):
     sums, extra = in_scan(chunk_keys)
@@ -218,7 +218,7 @@ def map_samples(
       first_extra, extras,
   )
   if rest:
-    rest_sums, rest_extra = chunk_sums(keys[full * batch_size :])
+    rest_sums, rest_extra = entry(keys[full * batch_size :])
     sums = jax.tree.map(jnp.add, sums, rest_sums)
     extras = jax.tree.map(
         lambda a, b: jnp.concatenate([a, b]), extras, rest_extra

@@ -529,9 +529,9 @@ def _patches_dot(lhs, rhs, *, window_strides, padding, dimension_numbers,
   """A plain convolution as patches (strided slices of the padded input) and one dot."""
   lhs_spec, _, out_spec = dimension_numbers
   rhs, _ = _canonical_kernel(rhs, dimension_numbers)  # (spatial..., in, out)
-  spatial = len(window_strides)
-  x = _pad_spatial(_channels_last(lhs, lhs_spec), padding, (1,) * spatial)
-  ones = (1,) * spatial
+  ones = (1,) * len(window_strides)
+  spatial = len(ones)
+  x = _pad_spatial(_channels_last(lhs, lhs_spec), padding, ones)
   patches = jnp.concatenate([p for _, p in _taps(x, rhs.shape[:spatial], ones, window_strides)], axis=-1)
   y = jax.lax.dot_general(patches, rhs.reshape((-1, rhs.shape[-1])), (((spatial + 1,), (0,)), ((), ())),
                           precision=precision, preferred_element_type=preferred_element_type)
