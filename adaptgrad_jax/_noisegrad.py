@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adaptgrad_jax import _prng
 from adaptgrad_jax import _sigma
 from adaptgrad_jax import _smoothing
 from adaptgrad_jax._attribution import resolve_stochastic, split_key_args
@@ -297,7 +298,7 @@ def noise_grad(
         return grad_fn(inner_key, *new_args, **kwargs), None
       return grad_fn(*new_args, **kwargs), None
 
-    keys = jax.random.split(key, n)
+    keys = _prng.split_keys(key, n)
     (first, second), _ = map_samples(
         at_sample, keys, batch_size, lambda g: _smoothing._moments(g, aggregate)
     )

@@ -15,6 +15,7 @@ from typing import Any, Callable, Literal, Optional, Union
 import jax
 import jax.numpy as jnp
 
+from adaptgrad_jax import _prng
 from adaptgrad_jax import _sigma
 from adaptgrad_jax import _strategy
 from adaptgrad_jax._bounds import validate_bounds
@@ -197,8 +198,8 @@ def map_samples(
   # Outside the scan XLA lays out the kernels itself; inside it needs them canonical.
   entry, in_scan = chunk_sums, chunk_sums
   if plan.rewrite_convolutions:
-    entry = _strategy.rewrite_convolutions(chunk_sums, canonical_kernels=False)
-    in_scan = _strategy.rewrite_convolutions(chunk_sums)
+    entry = _strategy.rewrite_for_cpu(chunk_sums, canonical_kernels=False)
+    in_scan = _strategy.rewrite_for_cpu(chunk_sums)
   if plan.strategy == "vmap":
     return entry(keys)
   batch_size = plan.batch_size
@@ -344,7 +345,7 @@ def gaussian_smooth(
       noisy = add_noise(x, sample_noise(sample_key, x, sigma))
       return split_aux(grad_fn(*replace_arg(args, argnums, noisy), **kwargs))
 
-    keys = jax.random.split(key, n)
+    keys = _prng.split_keys(key, n)
     (first, second), aux = map_samples(
         at_sample, keys, batch_size, lambda g: _moments(g, aggregate)
     )

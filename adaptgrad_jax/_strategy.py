@@ -50,6 +50,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jex_core
 
+from adaptgrad_jax import _prng
+
 Strategy = Literal["vmap", "scan"]
 STRATEGIES = ("vmap", "scan")
 
@@ -595,8 +597,18 @@ def _bind_params(eqn):
   return (), params
 
 
-def _eval_jaxpr(jaxpr, consts, *args, canonical: bool = True, canonical_kernels: bool = True):
-  """`jax.core.eval_jaxpr`; with ``canonical``, rewrites convolutions and inlines jit calls."""
+def _unrolled_prng(name, invals, params):
+  """The outputs of a ``random_bits`` / ``random_split`` equation from `_prng`, or None to keep JAX's."""
+  if name == "random_bits" and _prng.applies(invals[0], params["shape"]):
+    return [_prng.random_bits(invals[0], params["bit_width"], params["shape"])]
+  if name == "random_split" and _prng.applies(invals[0], params["shape"]):
+    return [_prng.split(invals[0], params["shape"])]
+  return None
+
+
+def _eval_jaxpr(jaxpr, consts, *args, canonical: bool = True, canonical_kernels: bool = True,
+                unroll_prng: bool = False):
+  """`jax.core.eval_jaxpr`; with ``canonical``, rewrites convolutions, inlines jit calls and (optionally) unrolls Threefry."""
   env = {}
 
   def read(v):
@@ -612,14 +624,15 @@ def _eval_jaxpr(jaxpr, consts, *args, canonical: bool = True, canonical_kernels:
   for eqn in jaxpr.eqns:
     invals = [read(v) for v in eqn.invars]
     name = eqn.primitive.name
-    if canonical and eqn.primitive is jex_core.primitives.conv_general_dilated_p:
+    if canonical and unroll_prng and (unrolled := _unrolled_prng(name, invals, eqn.params)) is not None:
+      outvals = unrolled
+    elif canonical and eqn.primitive is jex_core.primitives.conv_general_dilated_p:
       outvals = [_fast_conv(*invals, canonical_kernels=canonical_kernels, **eqn.params)]
     elif canonical and name in _INLINED_CALLS and "jaxpr" in eqn.params:
       inner = eqn.params["jaxpr"]
-      if isinstance(inner, jex_core.ClosedJaxpr):
-        outvals = _eval_jaxpr(inner.jaxpr, inner.consts, *invals, canonical_kernels=canonical_kernels)
-      else:
-        outvals = _eval_jaxpr(inner, (), *invals, canonical_kernels=canonical_kernels)
+      closed = inner if isinstance(inner, jex_core.ClosedJaxpr) else jex_core.ClosedJaxpr(inner, ())
+      outvals = _eval_jaxpr(closed.jaxpr, closed.consts, *invals, canonical_kernels=canonical_kernels,
+                            unroll_prng=unroll_prng)
     else:
       subfuns, bind_params = _bind_params(eqn)
       with eqn.ctx.manager:
@@ -629,6 +642,17 @@ def _eval_jaxpr(jaxpr, consts, *args, canonical: bool = True, canonical_kernels:
     for v, value in zip(eqn.outvars, outvals):
       write(v, value)
   return [read(v) for v in jaxpr.outvars]
+
+
+def _rewritten(fn, **options):
+  """``fn`` traced to a jaxpr and evaluated by `_eval_jaxpr` with ``options``."""
+
+  def wrapped(*args):
+    closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
+    out = _eval_jaxpr(closed.jaxpr, closed.consts, *jax.tree.leaves(args), **options)
+    return jax.tree.unflatten(jax.tree.structure(out_shape), out)
+
+  return wrapped
 
 
 def rewrite_convolutions(fn: Callable[..., Any], *, canonical_kernels: bool = True) -> Callable[..., Any]:
@@ -664,13 +688,15 @@ def rewrite_convolutions(fn: Callable[..., Any], *, canonical_kernels: bool = Tr
     A function with the same signature and results.
   """
 
-  def wrapped(*args):
-    closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
-    flat_args = jax.tree.leaves(args)
-    out = _eval_jaxpr(closed.jaxpr, closed.consts, *flat_args, canonical_kernels=canonical_kernels)
-    return jax.tree.unflatten(jax.tree.structure(out_shape), out)
+  return _rewritten(fn, canonical_kernels=canonical_kernels)
 
-  return wrapped
+
+def rewrite_for_cpu(fn: Callable[..., Any], *, canonical_kernels: bool = True) -> Callable[..., Any]:
+  """`rewrite_convolutions`, and Threefry random bits and splits unrolled (`_prng`): what `map_samples` runs on CPU.
+
+  The random values are bit for bit those of JAX; only the program differs.
+  """
+  return _rewritten(fn, canonical_kernels=canonical_kernels, unroll_prng=True)
 
 
 CPU_COMPILER_OPTIONS = {
