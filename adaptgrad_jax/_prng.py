@@ -7,10 +7,12 @@ loop: for the MNIST MLP at n = 10, the two loops (split into n keys, and
 the noise) took about half of a 0.5 ms call. The functions here compute the
 same bits, bit for bit, with the rounds unrolled, as JAX does on GPU and TPU.
 
-They cover what the smoothing transforms draw: ``random_bits`` (behind
-`jax.random.normal` and friends) and ``random_split`` of Threefry keys, with
-``jax_threefry_partitionable`` on (JAX's default since 0.5). Anything else,
-:func:`applies` says no and the caller keeps JAX's own primitive.
+They cover what the smoothing transforms draw: ``random_split`` and
+``random_bits`` (behind `jax.random.normal` and friends) of Threefry keys,
+with ``jax_threefry_partitionable`` on (JAX's default since 0.5). Anything
+else, :func:`applies` says no and the caller keeps JAX's own primitive.
+Random bits are unrolled only for the shapes where that measured faster
+(:func:`unroll_bits`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,25 @@ import numpy as np
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 _PARITY = np.uint32(0x1BD11BDA)
 _UINT = {8: jnp.uint8, 16: jnp.uint16, 32: jnp.uint32, 64: jnp.uint64}
+
+
+MIN_MINOR_DIM = 8
+"""`unroll_bits` draws unrolled only when the draw's minor dimension is at least this long."""
+
+
+def unroll_bits(shape: Sequence[int]) -> bool:
+  """Whether unrolled `random_bits` of this per-key shape measured faster than JAX's loop on XLA:CPU.
+
+  XLA fuses the hash with its consumers (e.g. the ``erf_inv`` of
+  `jax.random.normal` and the noisy input), and XLA:CPU runs such fused
+  loops slowly when the minor dimension is short. 50 normals of
+  ``(56, 56, 3)`` plus an input: JAX's loop 10.5 ms, unrolled 17.3 ms; of
+  ``(56, 56, 1)``: 2.2 and 0.5 ms; of ``(14, 14, 48)``: 5.3 and 2.3 ms;
+  ``(9408,)``: 4.2 and 1.8 ms (`benchmarks/README.md`, item 9). So images
+  with 3 channels keep JAX's loop; vectors and MNIST-like inputs unroll.
+  """
+  dims = [d for d in shape if d != 1]
+  return not dims or dims[-1] >= MIN_MINOR_DIM
 
 
 def applies(keys: Any, shape: Sequence[int] = ()) -> bool:
@@ -91,15 +112,20 @@ def random_bits(keys, bit_width: int, shape: Sequence[int]):
   bits1, bits2 = _hash_counters(keys, shape)
   dtype = _UINT[bit_width]
   if bit_width == 64:
-    return jax.lax.shift_left(bits1.astype(dtype), dtype(32)) | bits2.astype(dtype)
-  return (bits1 ^ bits2).astype(dtype)
+    bits = jax.lax.shift_left(bits1.astype(dtype), dtype(32)) | bits2.astype(dtype)
+  else:
+    bits = (bits1 ^ bits2).astype(dtype)
+  return bits
 
 
 def split(keys, shape: Sequence[int]):
   """``random_split`` of Threefry keys: ``keys.shape + shape`` new keys, as `jax.random.split` makes them."""
   shape = tuple(shape)
-  bits1, bits2 = _hash_counters(keys, shape)
-  return jax.random.wrap_key_data(jnp.stack([bits1, bits2], axis=-1), impl=jax.random.key_impl(keys))
+  data = jnp.stack(_hash_counters(keys, shape), axis=-1)
+  # Without the barrier XLA fuses the split into every consumer of the keys and hashes each key
+  # again for every element drawn from it.
+  data = jax.lax.optimization_barrier(data)
+  return jax.random.wrap_key_data(data, impl=jax.random.key_impl(keys))
 
 
 def split_keys(key, num: int):

@@ -599,7 +599,7 @@ def _bind_params(eqn):
 
 def _unrolled_prng(name, invals, params):
   """The outputs of a ``random_bits`` / ``random_split`` equation from `_prng`, or None to keep JAX's."""
-  if name == "random_bits" and _prng.applies(invals[0], params["shape"]):
+  if name == "random_bits" and _prng.applies(invals[0], params["shape"]) and _prng.unroll_bits(params["shape"]):
     return [_prng.random_bits(invals[0], params["bit_width"], params["shape"])]
   if name == "random_split" and _prng.applies(invals[0], params["shape"]):
     return [_prng.split(invals[0], params["shape"])]

@@ -53,7 +53,7 @@ def test_rewrite_for_cpu_draws_the_same_noise_without_loops():
   def draw(keys):
     def one(k):
       a, b = jax.random.split(k)
-      return jax.random.normal(a, (6, 5)) + jax.random.uniform(b, (6, 5))
+      return jax.random.normal(a, (6, 16)) + jax.random.uniform(b, (6, 16))
 
     return jax.vmap(one)(keys)
 
@@ -63,6 +63,15 @@ def test_rewrite_for_cpu_draws_the_same_noise_without_loops():
   if jax.default_backend() == "cpu":  # JAX's own CPU lowering is a loop over the rounds; the rewrite has none
     assert " while(" in jax.jit(draw).lower(keys).compile().as_text()
     assert " while(" not in jax.jit(rewritten).lower(keys).compile().as_text()
+
+
+def test_unroll_bits_only_where_measured_faster():
+  assert _prng.unroll_bits((28, 28, 1)) and _prng.unroll_bits((784,)) and _prng.unroll_bits(())
+  assert _prng.unroll_bits((14, 14, 48))
+  assert not _prng.unroll_bits((64, 64, 3))  # RGB images keep JAX's loop
+  keys = jax.random.split(jax.random.key(1), 3)
+  image = jax.vmap(lambda k: jax.random.normal(k, (8, 8, 3)))
+  _same(jax.jit(_strategy.rewrite_for_cpu(image))(keys), jax.jit(image)(keys))
 
 
 def test_adapt_smooth_noise_is_jaxs(getkey):
