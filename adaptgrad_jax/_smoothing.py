@@ -180,8 +180,9 @@ def map_samples(
   :func:`adaptgrad_jax._strategy.plan`: ``batch_size=None`` (or >= the number
   of keys) is one :func:`jax.vmap`; otherwise a :func:`jax.lax.scan` over
   chunks of ``batch_size`` keys carries the running sums. On CPU, either
-  way evaluates ``fn`` through :func:`adaptgrad_jax.rewrite_convolutions`
-  (convolutions in the forms XLA:CPU runs fastest). Memory then
+  way evaluates ``fn`` through :func:`adaptgrad_jax._strategy.rewrite_for_cpu`
+  (convolutions in the forms XLA:CPU runs fastest, Threefry bits unrolled;
+  the keys come from :func:`adaptgrad_jax._prng.split_keys`). Memory then
   grows with ``batch_size``, not with the number of keys, and each key sees
   the same computation whatever the chunking. ``"auto"`` or an
   ``AutoBatchSize`` is first turned into the largest chunk that fits the
