@@ -112,10 +112,8 @@ def random_bits(keys, bit_width: int, shape: Sequence[int]):
   bits1, bits2 = _hash_counters(keys, shape)
   dtype = _UINT[bit_width]
   if bit_width == 64:
-    bits = jax.lax.shift_left(bits1.astype(dtype), dtype(32)) | bits2.astype(dtype)
-  else:
-    bits = (bits1 ^ bits2).astype(dtype)
-  return bits
+    return jax.lax.shift_left(bits1.astype(dtype), dtype(32)) | bits2.astype(dtype)
+  return (bits1 ^ bits2).astype(dtype)
 
 
 def split(keys, shape: Sequence[int]):
