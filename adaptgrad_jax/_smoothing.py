@@ -198,7 +198,7 @@ def map_samples(
 
   # Outside the scan XLA lays out the kernels itself; inside it needs them canonical.
   entry, in_scan = chunk_sums, chunk_sums
-  if plan.rewrite_convolutions:
+  if plan.rewrite_for_cpu:
     entry = _strategy.rewrite_for_cpu(chunk_sums, canonical_kernels=False)
     in_scan = _strategy.rewrite_for_cpu(chunk_sums)
   if plan.strategy == "vmap":

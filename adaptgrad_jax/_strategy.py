@@ -355,14 +355,14 @@ class Plan(NamedTuple):
 
   strategy: Strategy
   batch_size: int
-  rewrite_convolutions: bool
+  rewrite_for_cpu: bool
 
 
 def plan(n: int, batch_size: Optional[int], backend: Optional[str] = None) -> Plan:
   """Chooses the execution strategy for n samples in chunks of ``batch_size``.
 
   ``None`` or ``batch_size >= n``: one vmap. Otherwise a scan over chunks.
-  On the CPU backend either way goes through `rewrite_convolutions`.
+  On the CPU backend either way goes through `rewrite_for_cpu`.
 
   Args:
     n: the number of samples.

@@ -203,11 +203,11 @@ def _photo_part(args, out: pathlib.Path, console, err_console) -> dict[str, Any]
   n = args.photo_n
   bounds = loaded.bounds
   g = jax.grad(f)
-  grad = jax.jit(g, compiler_options=ag.cpu_compiler_options())
+  options = ag.cpu_compiler_options()
+  grad = jax.jit(g, compiler_options=options)
   # One compiled program for SG and AG (sigma is an input) and one for IG, S-IG and A-IG.
-  smoother = jax.jit(_shared.sigma_input_smoother(g, n), compiler_options=ag.cpu_compiler_options())
-  mixed_ig = jax.jit(_shared.mixed_integrated_gradients(g, n, 1, bounds=bounds),
-                     compiler_options=ag.cpu_compiler_options())
+  smoother = jax.jit(_shared.sigma_input_smoother(g, n), compiler_options=options)
+  mixed_ig = jax.jit(_shared.mixed_integrated_gradients(g, n, 1, bounds=bounds), compiler_options=options)
   key = jax.random.key(args.seed)
   rows: dict[str, list[np.ndarray]] = {m: [] for m in ROWS}
   with console.status(f"explaining {len(names)} photos at 224x224 with N={n} (about {1 + 5 * n} gradients each)"):
