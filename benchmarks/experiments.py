@@ -336,8 +336,101 @@ def _torch_conv_grad_ms(x, w, stride, pad, groups) -> float:
   return 1000 * min(times)
 
 
+def exp_versus_torch(rows, models=(("vgg16", 64), ("resnet50", 64)), n=50, rounds=7):
+  """adapt_smooth (one vmap) and batched PyTorch, called in turns in one process.
+
+  The suite times each method in a block of calls; on a shared machine the
+  two blocks can see different load. Here every round calls both, so drift
+  hits both alike; the note gives the per-round speed ratio.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+
+  from benchmarks import _harness  # pylint: disable=import-outside-toplevel
+
+  for name, size in models:
+    workload = _harness.build_workload(name, size)
+    runs = {
+      "adapt_smooth[None]": _harness.prepare_jax(workload, "adapt_smooth", n, jax.random.key(0)).run,
+      "torch_batched": _harness.prepare_torch(workload, "torch_batched", n).run,
+    }
+    times: dict[str, list[float]] = {variant: [] for variant in runs}
+    for _ in range(rounds + 1):  # the first round warms up
+      for variant, run in runs.items():
+        start = time.perf_counter()
+        jax.block_until_ready(run())
+        times[variant].append(time.perf_counter() - start)
+    ratios = np.array(times["torch_batched"][1:]) / np.array(times["adapt_smooth[None]"][1:])
+    for variant, ts in times.items():
+      rows.append({"section": "versus_torch", "model": f"{name} {size}, n={n}", "variant": variant,
+                   "ms": 1000 * float(np.median(ts[1:])), "note": f"median of {rounds} rounds; min "
+                   f"{1000 * min(ts[1:]):.0f} ms" + (f"; adapt_smooth faster by {np.median(ratios):.2f}x "
+                   f"(per round {ratios.min():.2f}-{ratios.max():.2f}x)" if variant == "torch_batched" else "")})
+
+
+def exp_vgg_head(rows, batch=50, size=64):
+  """VGG-16's head (7 x 7 adaptive pool and classifier): the pool first, and folded into classifier.0."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+
+  import adaptgrad_jax as ag  # pylint: disable=import-outside-toplevel
+  from adaptgrad_jax import models  # pylint: disable=import-outside-toplevel
+  from adaptgrad_jax.models._vgg import _pooled_linear  # pylint: disable=import-outside-toplevel
+
+  model = models.vgg16(rngs=nnx.Rngs(0))
+  model.eval()
+  graphdef, state = nnx.split(model)
+  map_size = size // 32
+  z = jax.random.uniform(jax.random.key(1), (batch, map_size, map_size, 512))
+
+  def pooled_first(state, z):
+    model = nnx.merge(graphdef, state)
+    z = models.adaptive_avg_pool(z, 7).reshape(batch, -1)
+    for layer in model.classifier:
+      z = layer(z)
+    return z
+
+  def folded(state, z):  # what VGG.__call__ does on maps under 7 x 7
+    model = nnx.merge(graphdef, state)
+    first, *rest = model.classifier
+    z = _pooled_linear(first, z, 7)
+    for layer in rest:
+      z = layer(z)
+    return z
+
+  for variant, head in [("adaptive pool, then classifier.0", pooled_first), ("pool folded into classifier.0", folded)]:
+    def input_grad(state, z, head=head):
+      return jax.grad(lambda z: head(state, z).sum())(z)
+
+    compiled = jax.jit(input_grad).lower(state, z).compile(compiler_options=ag.cpu_compiler_options())
+    rows.append({"section": "vgg_head", "model": f"vgg16 {size}, batch {batch}", "variant": variant,
+                 "ms": _best_ms(lambda compiled=compiled: compiled(state, z), 5),
+                 "note": "input gradient of the head (forward and backward)"})
+  rows.append({"section": "vgg_head", "model": f"vgg16 {size}, batch {batch}", "variant": "PyTorch (oneDNN)",
+               "ms": _torch_vgg_head_ms(model, np.asarray(z)), "note": "the same, torchvision's head"})
+
+
+def _torch_vgg_head_ms(model, z) -> float:
+  import torch  # pylint: disable=import-outside-toplevel
+
+  from benchmarks import _harness  # pylint: disable=import-outside-toplevel
+
+  ref = _harness._torch()  # pylint: disable=protected-access
+  from adaptgrad_jax import models  # pylint: disable=import-outside-toplevel
+
+  vgg = ref.load_numpy_state_dict(_harness.MODELS["vgg16"].build_torch(64), models.state_dict_from_model(model))
+  head = torch.nn.Sequential(vgg.avgpool, torch.nn.Flatten(), vgg.classifier).eval()
+  tz = torch.from_numpy(np.ascontiguousarray(np.moveaxis(z, -1, 1))).requires_grad_(True)
+
+  def run():
+    return torch.autograd.grad(head(tz).sum(), tz)
+
+  return _best_ms(run, 5)
+
+
 SECTIONS = {"batch": exp_batch, "strategies": exp_strategies, "layout": exp_layout, "dtype": exp_dtype,
-            "donation": exp_donation, "prng": exp_prng, "flags": exp_flags, "convs": exp_convs}
+            "donation": exp_donation, "prng": exp_prng, "flags": exp_flags, "convs": exp_convs,
+            "vgg_head": exp_vgg_head, "versus_torch": exp_versus_torch}
 
 
 def markdown(rows, env) -> str:

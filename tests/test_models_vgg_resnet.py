@@ -285,6 +285,20 @@ def test_max_pool_matches_torch_with_gradients(size, window, stride, padding, rn
   np.testing.assert_allclose(jax.grad(f)(jnp.asarray(x)), x_t.grad.permute(0, 2, 3, 1).numpy(), rtol=1e-6)
 
 
+@pytest.mark.parametrize(
+  "window,expected",
+  [
+    ([[2.0, 2.0], [0.0, 1.0]], [[0.5, 0.5], [0.0, 0.0]]),  # two tie: halves
+    ([[3.0, 3.0], [3.0, 3.0]], [[0.25, 0.25], [0.25, 0.25]]),  # all four: quarters
+    ([[0.0, 4.0], [1.0, 2.0]], [[0.0, 1.0], [0.0, 0.0]]),  # no tie: all to the max, as torch
+  ],
+)
+def test_max_pool_shares_the_gradient_among_ties(window, expected):
+  x = jnp.asarray(window, jnp.float32)[None, :, :, None]
+  grad = jax.grad(lambda x: models.max_pool(x, 2).sum())(x)
+  np.testing.assert_array_equal(grad[0, :, :, 0], expected)
+
+
 # ---------------------------------------------------------------------------
 # Modes, the loader and its errors (torch only as the reference above).
 
@@ -322,6 +336,41 @@ def test_vgg_flatten_permutation_round_trips():
   # torch's input index c * 49 + h * 7 + w is our row (h * 7 + w) * 512 + c.
   kernel = np.asarray(model.classifier[0].kernel[...])
   np.testing.assert_array_equal(state["classifier.0.weight"][:, 5 * 49 + 2 * 7 + 3], kernel[(2 * 7 + 3) * 512 + 5])
+
+
+@pytest.mark.parametrize("map_shape", [(1, 1), (2, 2), (3, 5), (6, 6), (1, 9)])
+def test_vgg_folds_the_adaptive_pool_into_classifier0(map_shape, rng):
+  # On maps smaller than 7 x 7 the pool is folded into classifier.0's kernel: same values and
+  # gradients (input and kernel) as pooling first, up to float rounding.
+  from adaptgrad_jax.models._vgg import _pooled_linear
+
+  graphdef, params = nnx.split(nnx.Linear(7 * 7 * 4, 6, rngs=nnx.Rngs(0)))
+  x = jnp.asarray(rng.normal(size=(3, *map_shape, 4)).astype(np.float32))
+  w = jnp.asarray(rng.normal(size=(3, 6)).astype(np.float32))
+
+  def pooled_first(params, x):
+    return (nnx.merge(graphdef, params)(models.adaptive_avg_pool(x, 7).reshape(3, -1)) * w).sum()
+
+  def folded(params, x):
+    return (_pooled_linear(nnx.merge(graphdef, params), x, 7) * w).sum()
+
+  actual = jax.value_and_grad(folded, (0, 1))(params, x)
+  expected = jax.value_and_grad(pooled_first, (0, 1))(params, x)
+  assert len(jax.tree.leaves(actual)) == 4  # the value, the kernel's, the bias's and the input's gradients
+  for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+    _assert_close(a, e, rtol=1e-5)
+
+
+@pytest.mark.parametrize("size", [10, 16])  # 5 x 5 and 8 x 8 maps
+def test_vgg_pools_first_on_maps_over_16_cells(size, rng):
+  model = models.VGG([4, "M"], num_classes=3, hidden=6, rngs=nnx.Rngs(0))
+  model.eval()
+  x = jnp.asarray(rng.uniform(size=(2, size, size, 3)).astype(np.float32))
+  feats = model.features[2](model.features[1](model.features[0](x)))
+  logits = models.adaptive_avg_pool(feats, 7).reshape(2, -1)
+  for layer in model.classifier:
+    logits = layer(logits)
+  np.testing.assert_array_equal(model(x), logits)
 
 
 @pytest.mark.parametrize("groups", [1, 4, 8])
