@@ -1,6 +1,6 @@
 """Experiments behind benchmarks/README.md: why batched conv gradients are slow on XLA:CPU, and what helps.
 
-    python -m benchmarks.experiments                 # all, about 10 minutes on 2 cores
+    python -m benchmarks.experiments                 # all, about 20 minutes on 2 cores
     python -m benchmarks.experiments --only prng,strategies
 
 Sections (each row: variant, milliseconds per call, best of a few calls):
@@ -14,6 +14,12 @@ Sections (each row: variant, milliseconds per call, best of a few calls):
 * ``donation``: ``donate_argnums`` on the input.
 * ``prng``: threefry (default), rbg and unsafe_rbg keys; ``jax_threefry_partitionable``.
 * ``flags``: XLA:CPU flags, each in a fresh process.
+* ``convs``: the input gradient of single convolution layers, as emitted and
+  rewritten, against PyTorch.
+* ``vgg_head``: VGG-16's head with the adaptive pool first and folded into
+  ``classifier.0``, against PyTorch.
+* ``versus_torch``: the limit, adapt_smooth and both PyTorch methods called in
+  turns, for the ratios of issue 7's targets.
 """
 
 from __future__ import annotations
@@ -336,35 +342,55 @@ def _torch_conv_grad_ms(x, w, stride, pad, groups) -> float:
   return 1000 * min(times)
 
 
-def exp_versus_torch(rows, models=(("vgg16", 64), ("resnet50", 64)), n=50, rounds=7):
-  """adapt_smooth (one vmap) and batched PyTorch, called in turns in one process.
+VERSUS_TORCH = (("vgg16", 64, 50), ("resnet50", 64, 50), ("mlp", 28, 10), ("mlp", 28, 50), ("mlp", 28, 200))
+
+
+def exp_versus_torch(rows, cases=VERSUS_TORCH, rounds=7, round_seconds=0.2):
+  """The limit, adapt_smooth (one vmap) and PyTorch, called in turns in one process.
 
   The suite times each method in a block of calls; on a shared machine the
-  two blocks can see different load. Here every round calls both, so drift
-  hits both alike; the note gives the per-round speed ratio.
+  blocks can see different load. Here every round times each method in turn
+  (as many calls as fill ``round_seconds``, at least one), so drift hits them
+  alike; the notes give adapt_smooth's per-round time ratios.
   """
   import jax  # pylint: disable=import-outside-toplevel
 
   from benchmarks import _harness  # pylint: disable=import-outside-toplevel
 
-  for name, size in models:
+  for name, size, n in cases:
     workload = _harness.build_workload(name, size)
     runs = {
+      "limit": _harness.prepare_jax(workload, "limit", n, jax.random.key(0)).run,
       "adapt_smooth[None]": _harness.prepare_jax(workload, "adapt_smooth", n, jax.random.key(0)).run,
+      "torch_loop": _harness.prepare_torch(workload, "torch_loop", n).run,
       "torch_batched": _harness.prepare_torch(workload, "torch_batched", n).run,
     }
-    times: dict[str, list[float]] = {variant: [] for variant in runs}
-    for _ in range(rounds + 1):  # the first round warms up
+    calls = {}
+    for variant, run in runs.items():  # warm-up, and the calls per round
+      start = time.perf_counter()
+      jax.block_until_ready(run())
+      calls[variant] = max(1, int(round_seconds / (time.perf_counter() - start)))
+    times: dict[str, Any] = {variant: [] for variant in runs}
+    for _ in range(rounds):
       for variant, run in runs.items():
         start = time.perf_counter()
-        jax.block_until_ready(run())
-        times[variant].append(time.perf_counter() - start)
-    ratios = np.array(times["torch_batched"][1:]) / np.array(times["adapt_smooth[None]"][1:])
+        for _ in range(calls[variant]):
+          jax.block_until_ready(run())
+        times[variant].append((time.perf_counter() - start) / calls[variant])
+    times = {variant: np.array(ts) for variant, ts in times.items()}
+    ours = times["adapt_smooth[None]"]
+    notes = {
+      "limit": ("adapt_smooth's time / the limit's", ours / times["limit"]),
+      "torch_loop": ("adapt_smooth faster by", times["torch_loop"] / ours),
+      "torch_batched": ("adapt_smooth faster by", times["torch_batched"] / ours),
+    }
     for variant, ts in times.items():
+      note = f"median of {rounds} rounds of {calls[variant]} calls; min {1000 * ts.min():.2f} ms"
+      if variant in notes:
+        label, ratios = notes[variant]
+        note += f"; {label} {np.median(ratios):.2f}x (per round {ratios.min():.2f}-{ratios.max():.2f}x)"
       rows.append({"section": "versus_torch", "model": f"{name} {size}, n={n}", "variant": variant,
-                   "ms": 1000 * float(np.median(ts[1:])), "note": f"median of {rounds} rounds; min "
-                   f"{1000 * min(ts[1:]):.0f} ms" + (f"; adapt_smooth faster by {np.median(ratios):.2f}x "
-                   f"(per round {ratios.min():.2f}-{ratios.max():.2f}x)" if variant == "torch_batched" else "")})
+                   "ms": 1000 * float(np.median(ts)), "note": note})
 
 
 def exp_vgg_head(rows, batch=50, size=64):
@@ -455,7 +481,8 @@ def markdown(rows, env) -> str:
       if "error" in r:
         lines.append(f"| {r.get('model', '')} | {r['variant']} | error | {r['error']} |")
       else:
-        lines.append(f"| {r.get('model', '')} | {r['variant']} | {r['ms']:.1f} | {note} |")
+        ms = f"{r['ms']:.2f}" if r["ms"] < 10 else f"{r['ms']:.1f}"
+        lines.append(f"| {r.get('model', '')} | {r['variant']} | {ms} | {note} |")
     lines.append("")
   return "\n".join(lines)
 

@@ -70,3 +70,14 @@ def test_worker_reports_errors_instead_of_crashing():
   out = []
   run.run_worker({"model": "mlp", "size": 28, "ns": [3], "method": "no_such_method", "repeats": 1, "min_seconds": 0.0}, out.append)
   assert len(out) == 1 and "unknown JAX method" in out[0]["error"]
+
+
+def test_versus_torch_rows():
+  from benchmarks import experiments  # pylint: disable=import-outside-toplevel
+
+  rows = []
+  experiments.exp_versus_torch(rows, cases=(("mlp", 28, 4),), rounds=2, round_seconds=0.0)
+  assert [r["variant"] for r in rows] == ["limit", "adapt_smooth[None]", "torch_loop", "torch_batched"]
+  assert all(r["ms"] > 0 and r["model"] == "mlp 28, n=4" for r in rows)
+  assert "adapt_smooth's time / the limit's" in rows[0]["note"] and "faster by" in rows[3]["note"]
+  assert "## versus_torch" in experiments.markdown(rows, _harness.environment())
