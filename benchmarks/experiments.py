@@ -439,11 +439,10 @@ def exp_vgg_head(rows, batch=50, size=64):
 def _torch_vgg_head_ms(model, z) -> float:
   import torch  # pylint: disable=import-outside-toplevel
 
+  from adaptgrad_jax import models  # pylint: disable=import-outside-toplevel
   from benchmarks import _harness  # pylint: disable=import-outside-toplevel
 
   ref = _harness._torch()  # pylint: disable=protected-access
-  from adaptgrad_jax import models  # pylint: disable=import-outside-toplevel
-
   vgg = ref.load_numpy_state_dict(_harness.MODELS["vgg16"].build_torch(64), models.state_dict_from_model(model))
   head = torch.nn.Sequential(vgg.avgpool, torch.nn.Flatten(), vgg.classifier).eval()
   tz = torch.from_numpy(np.ascontiguousarray(np.moveaxis(z, -1, 1))).requires_grad_(True)
