@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adaptgrad_jax import _prng
 from adaptgrad_jax import _sigma
 from adaptgrad_jax import _smoothing
+from adaptgrad_jax import _strategy
 from adaptgrad_jax._attribution import resolve_stochastic, split_key_args
 from adaptgrad_jax._attribution import validate_argnums, wrap_like
 from adaptgrad_jax._smoothing import map_samples, replace_arg
@@ -298,7 +298,7 @@ def noise_grad(
         return grad_fn(inner_key, *new_args, **kwargs), None
       return grad_fn(*new_args, **kwargs), None
 
-    keys = _prng.split_keys(key, n)
+    keys = _strategy.split_keys(key, n)
     (first, second), _ = map_samples(
         at_sample, keys, batch_size, lambda g: _smoothing._moments(g, aggregate)
     )

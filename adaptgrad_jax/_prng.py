@@ -124,10 +124,3 @@ def split(keys, shape: Sequence[int]):
   # again for every element drawn from it.
   data = jax.lax.optimization_barrier(data)
   return jax.random.wrap_key_data(data, impl=jax.random.key_impl(keys))
-
-
-def split_keys(key, num: int):
-  """`jax.random.split(key, num)`, unrolled on the CPU backend where :func:`applies`."""
-  if jax.default_backend() == "cpu" and applies(key, (num,)) and not key.shape:
-    return split(key, (num,))
-  return jax.random.split(key, num)

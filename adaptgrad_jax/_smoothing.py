@@ -15,7 +15,6 @@ from typing import Any, Callable, Literal, Optional, Union
 import jax
 import jax.numpy as jnp
 
-from adaptgrad_jax import _prng
 from adaptgrad_jax import _sigma
 from adaptgrad_jax import _strategy
 from adaptgrad_jax._bounds import validate_bounds
@@ -182,7 +181,7 @@ def map_samples(
   chunks of ``batch_size`` keys carries the running sums. On CPU, either
   way evaluates ``fn`` through :func:`adaptgrad_jax._strategy.rewrite_for_cpu`
   (convolutions in the forms XLA:CPU runs fastest, Threefry bits unrolled;
-  the keys come from :func:`adaptgrad_jax._prng.split_keys`). Memory then
+  the keys come from :func:`adaptgrad_jax._strategy.split_keys`). Memory then
   grows with ``batch_size``, not with the number of keys, and each key sees
   the same computation whatever the chunking. ``"auto"`` or an
   ``AutoBatchSize`` is first turned into the largest chunk that fits the
@@ -346,7 +345,7 @@ def gaussian_smooth(
       noisy = add_noise(x, sample_noise(sample_key, x, sigma))
       return split_aux(grad_fn(*replace_arg(args, argnums, noisy), **kwargs))
 
-    keys = _prng.split_keys(key, n)
+    keys = _strategy.split_keys(key, n)
     (first, second), aux = map_samples(
         at_sample, keys, batch_size, lambda g: _moments(g, aggregate)
     )

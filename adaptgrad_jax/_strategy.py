@@ -534,8 +534,8 @@ def _patches_dot(lhs, rhs, *, window_strides, padding, dimension_numbers,
   """A plain convolution as patches (strided slices of the padded input) and one dot."""
   lhs_spec, _, out_spec = dimension_numbers
   rhs, _ = _canonical_kernel(rhs, dimension_numbers)  # (spatial..., in, out)
-  ones = (1,) * len(window_strides)
-  spatial = len(ones)
+  spatial = len(window_strides)
+  ones = (1,) * spatial
   x = _pad_spatial(_channels_last(lhs, lhs_spec), padding, ones)
   patches = jnp.concatenate([p for _, p in _taps(x, rhs.shape[:spatial], ones, window_strides)], axis=-1)
   y = jax.lax.dot_general(patches, rhs.reshape((-1, rhs.shape[-1])), (((spatial + 1,), (0,)), ((), ())),
@@ -700,6 +700,12 @@ def rewrite_for_cpu(fn: Callable[..., Any], *, canonical_kernels: bool = True) -
   The random values are bit for bit those of JAX; only the program differs.
   """
   return _rewritten(fn, canonical_kernels=canonical_kernels, unroll_prng=True)
+
+
+def split_keys(key: jax.Array, num: int, backend: Optional[str] = None) -> jax.Array:
+  """``jax.random.split(key, num)``, through `rewrite_for_cpu` wherever `plan` rewrites (the same keys)."""
+  split = functools.partial(jax.random.split, num=num)
+  return (rewrite_for_cpu(split) if plan(num, None, backend).rewrite_for_cpu else split)(key)
 
 
 CPU_COMPILER_OPTIONS = {

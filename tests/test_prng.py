@@ -45,8 +45,9 @@ def test_applies_only_where_the_bits_are_jaxs():
   assert not _prng.applies(jax.random.key(0), (2**16, 2**16))  # counters would need the high word
   with jax.threefry_partitionable(False):
     assert not _prng.applies(jax.random.key(0))
-  # split_keys falls back to jax.random for raw keys.
-  _same(_prng.split_keys(jax.random.PRNGKey(3), 4), jax.random.split(jax.random.PRNGKey(3), 4))
+  # split_keys gives jax.random's keys, typed and raw.
+  for key in (jax.random.key(3), jax.random.PRNGKey(3)):
+    _same(jax.random.key_data(_strategy.split_keys(key, 4)), jax.random.key_data(jax.random.split(key, 4)))
 
 
 def test_rewrite_for_cpu_draws_the_same_noise_without_loops():
