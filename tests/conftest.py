@@ -1,4 +1,11 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures.
+
+Tests that need the data in ``../shared/data`` (full MNIST, the paper's
+released models) take the ``shared_data`` fixture or one built on it. Where
+that folder is missing (a clone on its own), they skip with a message saying
+how to provide it. ``.ci/run`` sets ``ADAPTGRAD_JAX_REQUIRE_DATA=1``: there a
+missing file is a failure, so CI always proves these tests.
+"""
 
 import itertools
 import os
@@ -9,7 +16,29 @@ import numpy as np
 import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-MNIST_PATH = REPO_ROOT.parent / "shared" / "data" / "mnist.npz"
+DATA_ENV = "ADAPTGRAD_JAX_SHARED_DATA"
+REQUIRE_ENV = "ADAPTGRAD_JAX_REQUIRE_DATA"
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+def shared_data_path(name: str) -> pathlib.Path:
+  """``$ADAPTGRAD_JAX_SHARED_DATA/name`` (default ``../shared/data/name``), or skip / fail.
+
+  Skips when it is missing, except where ``$ADAPTGRAD_JAX_REQUIRE_DATA`` is
+  ``1`` (CI), which fails instead.
+  """
+  root = pathlib.Path(os.environ.get(DATA_ENV) or DEFAULT_DATA)
+  path = root / name
+  if path.exists():
+    return path
+  message = (
+      f"{path} not found: this test needs the shared data folder. Set"
+      f" {DATA_ENV}=/path/to/shared/data (holding mnist.npz and"
+      " adaptgrad-released/) or clone the project beside ../shared."
+  )
+  if os.environ.get(REQUIRE_ENV) == "1":
+    pytest.fail(message + f" ({REQUIRE_ENV}=1: data-dependent tests must run here.)")
+  pytest.skip(message)
 
 
 @pytest.fixture
@@ -22,11 +51,14 @@ def getkey():
 
 @pytest.fixture(scope="session")
 def mnist_npz():
-  """Path to the shared full MNIST archive (tests and CI read it from there)."""
-  path = pathlib.Path(os.environ.get("ADAPTGRAD_TEST_MNIST", MNIST_PATH))
-  if not path.exists():
-    pytest.fail(f"MNIST archive not found at {path}; see ../shared/data/README.md")
-  return path
+  """Path to the full MNIST archive (``mnist.npz`` in the shared data folder)."""
+  return shared_data_path("mnist.npz")
+
+
+@pytest.fixture(scope="session")
+def released_models_dir():
+  """The paper's released MNIST models (``adaptgrad-released/`` in the shared data folder)."""
+  return shared_data_path("adaptgrad-released")
 
 
 @pytest.fixture
