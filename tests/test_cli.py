@@ -141,13 +141,16 @@ def test_explain_writes_maps_equal_to_the_library_and_refuses_to_overwrite(digit
   from PIL import Image as PILImage
   assert PILImage.open(png).size == (28, 28)
 
-  # A second run refuses to overwrite; --overwrite replaces.
+  # The same command again has nothing to do; other settings are refused; --overwrite replaces.
   before = npy.stat().st_mtime_ns
-  assert main(argv) == 1
+  assert main(argv) == 0
+  assert "nothing to do" in capsys.readouterr().out
+  assert main(argv[:-2] + ["--seed", "6", "--out", str(out)]) == 1
   err = _error_line(capsys)
-  assert "already exists" in err and "--overwrite" in err
+  assert "explain.json records another run (differs in seed)" in err and "--overwrite" in err
   assert npy.stat().st_mtime_ns == before
   assert main(argv + ["--overwrite"]) == 0
+  assert npy.stat().st_mtime_ns != before
 
 
 @pytest.mark.parametrize("method", ["a-ig", "s-ng"])

@@ -11,6 +11,7 @@ same way by :func:`describe`. ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 from typing import Callable
 
@@ -44,8 +45,12 @@ def one_line(message: str) -> str:
 
 def describe(err: BaseException) -> tuple[str, int]:
   """The one-line message and exit code for an exception reaching ``main``."""
+  from adaptgrad_jax._files import LockedError  # pylint: disable=import-outside-toplevel
+
   if isinstance(err, CliError):
     return one_line(str(err)), err.exit_code
+  if isinstance(err, LockedError):  # a concurrent run on the same --out
+    return one_line(str(err)), EXIT_FAILURE
   if isinstance(err, ImportError):
     return one_line(str(err)), EXIT_FAILURE
   if isinstance(err, FileExistsError):
@@ -56,6 +61,8 @@ def describe(err: BaseException) -> tuple[str, int]:
     text = str(err) or type(err).__name__
     if isinstance(err, OSError) and getattr(err, "filename", None) and err.strerror:
       text = f"{err.filename}: {err.strerror}"
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+      text += "; free some space or choose another --out, then run the same command again to continue"
     return one_line(text), EXIT_FAILURE
   if "RESOURCE_EXHAUSTED" in str(err) or "Out of memory" in str(err):
     return "out of memory; lower --batch-size (noise samples evaluated at once) or --n", EXIT_FAILURE
@@ -90,6 +97,16 @@ def _number(text: str, option: str) -> float:
   if not math.isfinite(value):
     raise argparse.ArgumentTypeError(f"{option} {text!r} must be finite")
   return value
+
+
+def output_folder(text: str) -> str:
+  """``--out``: a folder path, never empty (an empty path would mean the current folder)."""
+  if not text.strip():
+    raise argparse.ArgumentTypeError(
+      f"--out {text!r} is empty; pass a folder, e.g. --out maps (--out . for the current folder)")
+  if "\0" in text:
+    raise argparse.ArgumentTypeError(f"--out {text!r} holds a NUL character; pass a folder path")
+  return text
 
 
 def confidence(text: str) -> float:
