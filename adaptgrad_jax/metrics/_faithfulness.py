@@ -45,8 +45,9 @@ def _expand(mask: jax.Array, per_pixel: bool) -> jax.Array:
 
 
 def _target_score(predict_fn, batch, target):
-  out = predict_fn(batch)
-  return out[:, target]
+  # No clamping: a traced out-of-range target gives NaN (concrete ones are
+  # refused before tracing by _common.check_target).
+  return _common.take_target(predict_fn(batch), target)
 
 
 def _validate(image, attribution, num_steps):
@@ -64,6 +65,7 @@ def _ordering_curve(predict_fn, image, attribution, target, baseline,
   _feature_map(img, att, reduce_channels)  # validates shapes
   if reduce_channels is not None:
     _common.reduce_channels(jnp.zeros((1, 1, 1)), reduce_channels)
+  _common.check_target(target, _common.num_outputs(predict_fn, img))
   use_pred = target is None
   target = jnp.asarray(0 if use_pred else target, jnp.int32)
   base = jnp.broadcast_to(jnp.asarray(baseline, img.dtype), img.shape)
@@ -267,6 +269,7 @@ def faithfulness_correlation(
     raise ValueError(f"num_runs={num_runs!r} must be >= 2 to correlate; "
                      f"Quantus uses 100.")
   base = jnp.broadcast_to(jnp.asarray(baseline, img.dtype), img.shape)
+  _common.check_target(target, _common.num_outputs(predict_fn, img))
   use_pred = target is None
   target = jnp.asarray(0 if use_pred else target, jnp.int32)
   return _faithfulness_jit(predict_fn, key, img, att, target, base,
@@ -292,6 +295,7 @@ def _faithfulness_jit(predict_fn, key, img, att, target, base, *, use_pred,
     return jnp.where(_expand(chosen, per_pixel), base, img), jnp.sum(flat[idx])
 
   perturbed, att_sums = jax.vmap(run)(keys)
-  scores = predict_fn(jnp.concatenate([img[None], perturbed]))[:, target]
+  scores = _target_score(predict_fn, jnp.concatenate([img[None], perturbed]),
+                         target)
   drops = scores[0] - scores[1:]
   return _correlation._pearson(att_sums, drops)  # pylint: disable=protected-access

@@ -78,6 +78,9 @@ def sparseness(
 
 @functools.partial(jax.jit, static_argnames=("reduce_channels", "abs", "normalise"))
 def _gini(a, eps, *, reduce_channels, abs, normalise):  # pylint: disable=redefined-builtin
+  # float16 cannot hold eps = 1e-7 nor n * sum(a) for large maps (NaN or
+  # inf): compute in float32 at least.
+  a = a.astype(jnp.promote_types(a.dtype, jnp.float32))
   a = _common.reduce_channels(a, reduce_channels).reshape(-1)
   a = jnp.abs(a) if abs else jnp.maximum(a, 0.0)
   if normalise:
