@@ -6,6 +6,7 @@ import collections
 import concurrent.futures
 import contextlib
 import dataclasses
+import errno
 import functools
 import itertools
 import json
@@ -536,9 +537,7 @@ def _attribute(explain_fn, key, data, *, out, batch_size, num_examples, mesh,
   run = _describe_run(explain_fn, explain_id, settings, out, key_record,
                       examples, map_shape, map_dtype, batch_size, process)
   directory = _output_directory(out)
-  lock = (contextlib.nullcontext() if directory is None else exclusive_lock(
-      directory / _shards.LOCK, what=f"out={str(out)!r}"))
-  with lock:
+  with _lock_output(directory, out):
     done = {} if directory is None else _open_output(
         directory, run, explain_id_given=explain_id is not None,
         overwrite=overwrite, resume=resume)
@@ -782,6 +781,28 @@ def _output_directory(out) -> pathlib.Path | None:
                           "path (it is created if missing)")
   directory.mkdir(parents=True, exist_ok=True)
   return directory
+
+
+def _lock_output(directory: pathlib.Path | None, out
+                 ) -> contextlib.AbstractContextManager:
+  """Holds ``out/.lock`` (``LockedError`` if another process does).
+
+  On a filesystem without ``flock`` (some network mounts) it warns and goes on
+  unlocked: one process per `out` is then the caller's duty.
+  """
+  stack = contextlib.ExitStack()
+  if directory is None:
+    return stack
+  try:
+    stack.enter_context(exclusive_lock(directory / _shards.LOCK,
+                                       what=f"out={str(out)!r}"))
+  except OSError as e:
+    if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+      raise
+    warnings.warn(f"out={str(out)!r}: this filesystem cannot lock "
+                  f"{directory / _shards.LOCK} ({e.strerror}); make sure no "
+                  "other process writes this directory", stacklevel=4)
+  return stack
 
 
 def _open_output(directory: pathlib.Path, run: dict[str, Any], *,

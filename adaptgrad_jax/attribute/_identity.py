@@ -24,7 +24,7 @@ The rule (a reader can predict it):
 
 Anything else (an instance of a library class such as a Flax or PyTorch
 module, a file, a lock, an array spread over processes, more than
-``_MAX_OBJECTS`` objects) cannot be described soundly, so the fingerprint is
+``_MAX_OBJECTS`` objects or 1 GiB of arrays) cannot be described soundly, so the fingerprint is
 unknown, and its ``why_not`` says where it was met. Two runs resume each other
 only when both fingerprints are known and equal; otherwise the caller must
 name the run with ``explain_id``.
@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 _MAX_OBJECTS = 100_000  # Objects visited before the fingerprint is given up.
+_MAX_BYTES = 1 << 30  # Array bytes hashed before it is given up (1 GiB).
 # Library types whose attributes fully describe them (walked like your classes).
 _WALKABLE_LIBRARY_TYPES = ("jax._src.custom_derivatives.custom_jvp",
                            "jax._src.custom_derivatives.custom_vjp")
@@ -131,6 +132,7 @@ class _Walker:
     self.hash = hashlib.sha256()
     self.seen: dict[int, int] = {}
     self.alive: list[Any] = []  # Keeps visited objects alive: ids stay unique.
+    self.nbytes = 0
 
   def put(self, *tokens) -> None:
     for token in tokens:
@@ -204,6 +206,9 @@ class _Walker:
   def _array(self, obj, path: str) -> None:
     if _is_jax_array(obj):
       import jax  # pylint: disable=import-outside-toplevel
+      if self.nbytes + getattr(obj, "nbytes", 0) > _MAX_BYTES:
+        raise _Opaque(f"more than {_MAX_BYTES >> 30} GiB of arrays to hash",
+                      path)
       if isinstance(obj, jax.core.Tracer):
         raise _Opaque("a traced value (fingerprint outside jax transforms)", path)
       if jax.dtypes.issubdtype(obj.dtype, jax.dtypes.prng_key):
@@ -215,6 +220,9 @@ class _Walker:
     arr = np.asarray(obj)
     if arr.dtype.hasobject:
       raise _Opaque("an object array", path)
+    self.nbytes += arr.nbytes
+    if self.nbytes > _MAX_BYTES:
+      raise _Opaque(f"more than {_MAX_BYTES >> 30} GiB of arrays to hash", path)
     flat = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
     self.put("array", arr.dtype.str, arr.shape,
              hashlib.sha256(flat.data).hexdigest())
