@@ -377,6 +377,32 @@ def test_lost_manifest_of_an_interrupted_run(xs, ref, tmp_path):
   np.testing.assert_allclose(np.asarray(res), ref, atol=ATOL)
 
 
+def test_load_names_the_recovery_and_journal_cannot_point_outside(
+    xs, ref, tmp_path):
+  out = tmp_path / "run"
+  _run(out, xs)
+  (out / "manifest.json").unlink()
+  with pytest.raises(FileNotFoundError, match=r"call attribute\(\) again with "
+                     "the same arguments to rebuild"):
+    load_attributions(out)
+  # A hostile journal line naming a file outside `out` (with its true hash).
+  outside = tmp_path / "outside.npy"
+  np.save(outside, np.zeros((8, worker.D_IN), np.float32))
+  raw = outside.read_bytes()
+  import hashlib  # pylint: disable=import-outside-toplevel
+  with open(out / "shards.jsonl", "a") as f:
+    f.write(json.dumps({"file": "../outside.npy", "start": 0, "stop": 8,
+                        "bytes": len(raw),
+                        "sha256": hashlib.sha256(raw).hexdigest()}) + "\n")
+  (out / sorted(p.name for p in out.glob("shard-*.npy"))[0]).unlink()
+  with pytest.warns(UserWarning) as record:
+    res = _run(out, xs)
+  messages = " ".join(str(w.message) for w in record)
+  assert "rebuilding" in messages and "Redoing shard [0, 8)" in messages
+  np.testing.assert_allclose(np.asarray(res), ref, atol=ATOL)
+  assert all(f.parent == out for _, _, f in res.shards)
+
+
 def test_lost_manifest_without_journal_settings_says_how_to_recover(xs,
                                                                     tmp_path):
   out = tmp_path / "run"

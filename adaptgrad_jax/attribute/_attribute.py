@@ -894,14 +894,14 @@ def _check_same_run(directory: pathlib.Path, old: Mapping[str, Any],
              f"({old.get('explain_fingerprint_unknown') or 'older version'})")
       raise ValueError(
           f"out={str(directory)!r} holds a run of explain_id="
-          f"{old['explain_id']!r}, but it cannot be established that "
+          f"{old.get('explain_id')!r}, but it cannot be established that "
           f"explain_fn is the same explanation ({why}). If it is (same "
           "method, hyper-parameters and weights), resume with explain_id="
-          f"{old['explain_id']!r}; otherwise use another `out`, or "
+          f"{old.get('explain_id')!r}; otherwise use another `out`, or "
           "overwrite=True.")
     if before != now:
       diffs.append(
-          f"explain_fingerprint: existing {before[:16]}..., requested "
+          f"explain_fingerprint: existing {str(before)[:16]}..., requested "
           f"{now[:16]}... (explain_fn differs in hyper-parameters, weights or "
           "code)")
   if diffs:
@@ -916,8 +916,11 @@ def _intact_shards(directory: pathlib.Path, old: Mapping[str, Any],
                    ) -> dict[tuple[int, int], dict[str, Any]]:
   """Shards of the manifest and journal that pass their size and sha256 checks."""
   entries = {}
-  for e in list(old.get("shards", [])) + _shards.read_journal(directory):
-    entries[(e["start"], e["stop"])] = e
+  listed = old.get("shards")
+  for e in (listed if isinstance(listed, list) else []) + _shards.read_journal(
+      directory):
+    if _shards.valid_entry(e):
+      entries[(e["start"], e["stop"])] = e
   done = {}
   for (s, e), entry in sorted(entries.items()):
     problem = _shards.shard_problem(directory, entry, run["map_shape"],

@@ -119,10 +119,28 @@ def read_journal(directory: pathlib.Path) -> list[dict[str, Any]]:
         entry = json.loads(line)
       except json.JSONDecodeError:
         continue
-      if isinstance(entry, dict) and {"file", "start", "stop", "sha256",
-                                      "bytes"} <= entry.keys():
+      if valid_entry(entry):
         entries.append(entry)
   return entries
+
+
+def valid_entry(entry: Any) -> bool:
+  """Whether `entry` is a well-formed shard entry of one output directory.
+
+  Its file must be the shard's own name (no path: a damaged or hostile
+  journal cannot point outside the directory).
+  """
+  if not isinstance(entry, dict) or not {"file", "start", "stop", "sha256",
+                                         "bytes"} <= entry.keys():
+    return False
+  start, stop, size = entry["start"], entry["stop"], entry["bytes"]
+  if not all(isinstance(v, int) and not isinstance(v, bool)
+             for v in (start, stop, size)):
+    return False
+  sha = entry["sha256"]
+  return (0 <= start < stop and size >= 0 and
+          entry["file"] == shard_name(start, stop) and isinstance(sha, str) and
+          len(sha) == 64 and all(c in "0123456789abcdef" for c in sha))
 
 
 def read_journal_settings(directory: pathlib.Path) -> dict[str, Any] | None:
@@ -350,6 +368,10 @@ def load_attributions(out: str | os.PathLike, *, verify: bool = False
     procs = sorted(directory.glob("process-*/" + MANIFEST))
     hint = (" It holds per-process outputs: run merge_process_outputs(out) "
             "first." if procs else "")
+    if read_journal_settings(directory) is not None:
+      hint = (f" Its {JOURNAL} records a run: call attribute() again with the "
+              "same arguments to rebuild the manifest (intact shards are "
+              "verified, not recomputed).")
     raise FileNotFoundError(
         f"out={str(out)!r} has no {MANIFEST}; it is not the output of a "
         f"finished attribute() run.{hint}")
