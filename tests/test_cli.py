@@ -85,6 +85,13 @@ def test_top_level_help_lists_commands(capsys):
     (["confidence", "IMG", "--cs", "0.9,1.2", "--out", "o"], 2, ["--c 1.2", "(0, 1)"]),
     (["convergence", "IMG", "--ns", "1,x", "--out", "o"], 2, ["--ns 'x'"]),
     (["demonstrate"], 2, ["invalid choice: 'demonstrate'"]),
+    (["explain", "IMG", "--seed", str(2 ** 70), "--out", "o"], 2, ["--seed", "64-bit", "e.g. 0"]),
+    (["explain", "IMG", "--seed", "x", "--out", "o"], 2, ["--seed 'x'", "whole number"]),
+    (["explain", "IMG", "--n", str(10 ** 14), "--out", "o"], 2, ["--n 100000000000000 is too large"]),
+    (["convergence", "IMG", "--ns", f"1,{10 ** 12}", "--out", "o"], 2, ["--ns 1000000000000 is too large"]),
+    (["demo", "--seed", "1.5", "--out", "o"], 2, ["--seed '1.5'"]),
+    (["demo", "--out", ""], 2, ["--out '' is empty"]),
+    (["explain", "IMG", "--out", ""], 2, ["--out '' is empty"]),
   ],
 )
 def test_user_mistakes_give_one_line_with_the_fix(argv, code, needles, digit_png, tmp_path, capsys):

@@ -52,7 +52,7 @@ def add_parser(subparsers, formatter) -> None:
   parser.add_argument("--no-photos", action="store_true", help="skip the EfficientNet-Lite0 photo part")
   parser.add_argument("--photo-n", type=_errors.positive_int("--photo-n", "it is N for the photos (10-20 on a CPU)"),
                       default=10, metavar="N", help="noise samples (and IG steps) per photo (default: 10)")
-  parser.add_argument("--seed", type=int, default=0, help="PRNG seed (default: 0)")
+  parser.add_argument("--seed", type=_errors.seed, default=0, help="PRNG seed (default: 0)")
   parser.add_argument("--no-cache", action="store_true", help="train the MLP even if a cached one exists")
   parser.set_defaults(run=run)
 

@@ -57,7 +57,7 @@ def describe(err: BaseException) -> tuple[str, int]:
     return one_line(f"{err}; pass --overwrite to replace it"), EXIT_FAILURE
   if isinstance(err, MemoryError):
     return "out of memory; lower --batch-size (noise samples evaluated at once) or --n", EXIT_FAILURE
-  if isinstance(err, (ValueError, TypeError, OSError, KeyError)):
+  if isinstance(err, (ValueError, TypeError, OSError, KeyError, OverflowError)):
     text = str(err) or type(err).__name__
     if isinstance(err, OSError) and getattr(err, "filename", None) and err.strerror:
       text = f"{err.filename}: {err.strerror}"
@@ -128,8 +128,11 @@ def noise_level(text: str) -> float:
   return value
 
 
+_MAX_COUNT = 2 ** 31 - 1  # counts beyond int32 overflow inside jitted code
+
+
 def positive_int(option: str, hint: str) -> Callable[[str], int]:
-  """An argparse type for an int >= 1, with a hint on what it counts."""
+  """An argparse type for an int in [1, 2**31 - 1], with a hint on what it counts."""
 
   def parse(text: str) -> int:
     try:
@@ -138,9 +141,22 @@ def positive_int(option: str, hint: str) -> Callable[[str], int]:
       raise argparse.ArgumentTypeError(f"{option} {text!r} must be a whole number >= 1; {hint}") from None
     if value < 1:
       raise argparse.ArgumentTypeError(f"{option} {text} must be >= 1; {hint}")
+    if value > _MAX_COUNT:
+      raise argparse.ArgumentTypeError(f"{option} {text} is too large (at most {_MAX_COUNT}); {hint}")
     return value
 
   return parse
+
+
+def seed(text: str) -> int:
+  """``--seed``: a whole number that fits a 64-bit integer (jax.random.key's range)."""
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"--seed {text!r} must be a whole number, e.g. 0") from None
+  if not -(2 ** 63) <= value < 2 ** 63:
+    raise argparse.ArgumentTypeError(f"--seed {text} does not fit a 64-bit integer; pick a smaller one, e.g. 0")
+  return value
 
 
 def target(text: str) -> int | str:

@@ -77,7 +77,7 @@ def add_smoothing_options(parser: argparse.ArgumentParser, *, n_default: int = 5
     default=None, metavar="B",
     help="evaluate B noise samples (or path points) at a time to bound memory; results do not change"
          " (default: all at once)")
-  group.add_argument("--seed", type=int, default=0, help="PRNG seed (default: 0)")
+  group.add_argument("--seed", type=_errors.seed, default=0, help="PRNG seed (default: 0)")
 
 
 def add_output_options(parser: argparse.ArgumentParser, default: Optional[str]) -> None:
@@ -305,7 +305,6 @@ def progress_bar(console, total: int, description: str):
 def run(args: argparse.Namespace, console, err_console) -> int:
   method = _methods.canonical(args.method)
   _errors.require_plotting("explain")
-  options_from(args)
   paths = unique_inputs(_models.expand_inputs(args.inputs))
   out = pathlib.Path(args.out).expanduser()
   if out.exists() and not out.is_dir():
