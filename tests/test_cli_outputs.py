@@ -328,3 +328,36 @@ def test_read_only_out_is_one_line(tmp_path, capsys):
     assert "Permission denied" in _error_line(capsys)
   finally:
     out.chmod(0o700)
+
+
+def test_a_killed_run_s_temporaries_are_removed_and_nothing_else(tmp_path, capsys):
+  """kill -9 skips atomic_write's clean-up; the next run (holding the lock) removes only our temporaries."""
+  image = _digit(tmp_path / "a.png", 0)
+  out = tmp_path / "maps"
+  out.mkdir()
+  (out / ".a_grad.npy.x1y2z3w4.tmp").write_bytes(b"half a map")
+  (out / ".notes.txt.tmp").write_text("the user's")
+  assert main(["explain", str(image), *MLP, "--method", "grad", "--out", str(out)]) == 0
+  capsys.readouterr()
+  assert _leftovers(out) == [".notes.txt.tmp"]
+
+
+def test_an_image_changed_since_the_interrupted_run_is_not_mixed_in(tmp_path, capsys, monkeypatch):
+  images = [_digit(tmp_path / "in" / f"{name}.png", i) for i, name in enumerate("ab")]
+  out = tmp_path / "maps"
+  argv = ["explain", *map(str, images), *MLP, "--method", "grad", "--out", str(out)]
+  with _fail_writes_after(monkeypatch, out, 3, KeyboardInterrupt()):
+    assert main(argv) == 130
+  _digit(images[0], 7)  # a.png replaced by another picture
+  os.utime(images[0], ns=(1, 1))
+  assert main(argv) == 1
+  err = _error_line(capsys)
+  assert "explain.json records another run (differs in images)" in err and "--overwrite" in err
+
+
+def test_too_long_output_names_are_refused_before_any_work(tmp_path, capsys):
+  image = _digit(tmp_path / ("x" * 240 + ".png"), 0)
+  out = tmp_path / "maps"
+  assert main(["explain", str(image), *MLP, "--out", str(out)]) == 2
+  assert "rename the image" in _error_line(capsys)
+  assert not out.exists()

@@ -267,6 +267,7 @@ def run(args: argparse.Namespace, console, err_console) -> int:
   files = [out / "mnist.png", out / "demo.json"] + ([out / "photos.png"] if photos else [])
   identity = {"command": "demo", "quick": args.quick, "photos": photos, "photo_n": args.photo_n, "seed": args.seed}
   with _shared.locked_output(out):
+    _shared.remove_stale_temporaries(out, [f.name for f in files])
     record = None if args.overwrite else _shared.read_record(out / "demo.json")
     interrupted = record is not None and record.get("run") == identity and record.get("complete") is False
     if not interrupted:

@@ -261,11 +261,11 @@ def run_identity(args: argparse.Namespace, method: str, paths: list[pathlib.Path
   """What decides the maps: a rerun with the same identity may continue an interrupted run."""
   weights = args.weights
   if weights not in (None, "random", "download", "pretrained"):
-    weights = os.path.abspath(pathlib.Path(weights).expanduser())
+    weights = _shared.file_identity(weights)
   identity = {
     "command": "explain", "method": method, "model": args.model, "weights": weights, "target": args.target,
     "seed": args.seed, "options": dict(vars(options_from(args))),
-    "images": [os.path.abspath(p) for p in paths], "stems": stems,
+    "images": [_shared.file_identity(p) for p in paths], "stems": stems,
   }
   return json.loads(json.dumps(identity))  # as read back from explain.json
 
@@ -322,7 +322,10 @@ def run(args: argparse.Namespace, console, err_console) -> int:
   _shared.check_images(paths, grayscale=spec.grayscale)  # decodes all: a bad image fails before any output
   identity = run_identity(args, method, paths, stems)
   names = [(f"{s}_{method}.npy", f"{s}_{method}.png") for s in stems]
+  all_names = [name for pair in names for name in pair] + [RECORD]
+  _shared.check_output_names(all_names)
   with _shared.locked_output(out):
+    _shared.remove_stale_temporaries(out, all_names)
     done = done_images(out, identity, names, args.overwrite)
     if len(done) == len(paths):
       console.print(f"nothing to do: the {len(paths)} {method} map(s) in {out} are complete ({out / RECORD});"

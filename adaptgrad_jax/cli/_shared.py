@@ -26,7 +26,9 @@ so a final name holds a whole file or nothing, whatever interrupts the run.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
+import os
 import pathlib
 import re
 import warnings
@@ -187,9 +189,10 @@ def _to_uint8(img, path, grayscale: bool) -> np.ndarray:
   if img.mode == "P":
     img = img.convert("RGBA" if "transparency" in img.info else "RGB")
   if img.mode in _ALPHA_MODES:  # composite over black: a transparent pixel is absent
-    rgba = np.asarray(img.convert("RGBA"), np.float64)
-    rgb = np.round(rgba[..., :3] * (rgba[..., 3:] / 255.0)).astype(np.uint8)
-    img = Image.fromarray(rgb, "RGB")
+    rgba = np.asarray(img.convert("RGBA"))
+    # round(rgb * a / 255) in integers (no ties: 2 * rgb * a is even, 255 * odd is odd).
+    rgb = (rgba[..., :3].astype(np.uint16) * rgba[..., 3:] + 127) // 255
+    img = Image.fromarray(rgb.astype(np.uint8), "RGB")
   try:
     converted = img.convert("L" if grayscale else "RGB")
   except (ValueError, OSError) as err:
@@ -286,6 +289,41 @@ def locked_output(out: pathlib.Path) -> Iterator[pathlib.Path]:
     raise CliError(f"cannot lock --out {out}: {err.strerror or err}; is the folder writable?") from None
   with stack:
     yield out
+
+
+# atomic_write's temporary file is ".<name>.<8 random>.tmp": keep the final name short enough for it.
+_MAX_NAME_BYTES = 255 - 16
+
+
+def check_output_names(names: list[str]) -> None:
+  """Every output file name fits the file system with its temporary name; checked before any work."""
+  for name in names:
+    if len(os.fsencode(name)) > _MAX_NAME_BYTES:
+      raise UsageError(
+        f"the output file name {name[:40]}...{name[-20:]} is {len(os.fsencode(name))} bytes, more than"
+        f" {_MAX_NAME_BYTES}; rename the image (or move it closer to the other inputs) and run again")
+
+
+def remove_stale_temporaries(out: pathlib.Path, names: list[str]) -> None:
+  """Removes the temporary files of our outputs left by a killed run (call with the lock held).
+
+  Only ``.<name>.*.tmp`` for the given output names: under the lock no other
+  command writes them, and nothing else in ``out`` is touched.
+  """
+  for name in names:
+    for stale in out.glob(f".{glob.escape(name)}.*.tmp"):
+      with contextlib.suppress(OSError):
+        stale.unlink()
+
+
+def file_identity(path) -> dict:
+  """A file's absolute path, size and modification time: a changed file is another input."""
+  path = pathlib.Path(path).expanduser()
+  try:
+    stat = path.stat()
+  except OSError:
+    return {"path": os.path.abspath(path)}
+  return {"path": os.path.abspath(path), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 def write_file(path: pathlib.Path, write: Callable[[IO[bytes]], object]) -> pathlib.Path:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import pathlib
 import time
 from typing import Iterator, NamedTuple, Optional
@@ -111,8 +110,8 @@ def _settings(args, path: pathlib.Path, kind: str) -> str:
   skip = {"run", "out", "overwrite", "debug", "image", "command"}
   values = {k: v for k, v in sorted(vars(args).items()) if k not in skip}
   if values.get("weights") not in (None, "random", "download", "pretrained"):
-    values["weights"] = os.path.abspath(pathlib.Path(values["weights"]).expanduser())
-  return json.dumps({"command": kind, "image": os.path.abspath(path), **values}, sort_keys=True)
+    values["weights"] = _shared.file_identity(values["weights"])
+  return json.dumps({"command": kind, "image": _shared.file_identity(path), **values}, sort_keys=True)
 
 
 def _recorded_settings(npz: pathlib.Path) -> Optional[str]:
@@ -146,7 +145,9 @@ def _claim(args, kind: str) -> Iterator[_Claim]:
   out = pathlib.Path(args.out).expanduser()
   png, npz = out / f"{path.stem}_{kind}.png", out / f"{path.stem}_{kind}.npz"
   settings = _settings(args, path, kind)
+  _shared.check_output_names([png.name, npz.name])
   with _shared.locked_output(out):
+    _shared.remove_stale_temporaries(out, [png.name, npz.name])
     ours = not args.overwrite and npz.exists() and _recorded_settings(npz) == settings
     if not ours:
       _explain.check_outputs([png, npz], args.overwrite)
