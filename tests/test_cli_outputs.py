@@ -361,3 +361,20 @@ def test_too_long_output_names_are_refused_before_any_work(tmp_path, capsys):
   assert main(["explain", str(image), *MLP, "--out", str(out)]) == 2
   assert "rename the image" in _error_line(capsys)
   assert not out.exists()
+
+
+def test_interrupted_while_writing_the_final_record_the_rerun_completes_it(tmp_path, capsys, monkeypatch):
+  image = _digit(tmp_path / "a.png", 0)
+  out = tmp_path / "maps"
+  argv = ["explain", str(image), *MLP, "--method", "grad", "--out", str(out)]
+  # explain.json (started), a.npy, a.png, explain.json (final) <- interrupted.
+  with _fail_writes_after(monkeypatch, out, 3, KeyboardInterrupt()):
+    assert main(argv) == 130
+  assert json.loads((out / "explain.json").read_text())["complete"] is False
+  stamp = (out / "a_grad.npy").stat().st_mtime_ns
+  capsys.readouterr()
+  assert main(argv) == 0
+  assert "wrote 0 files" in capsys.readouterr().out
+  record = json.loads((out / "explain.json").read_text())
+  assert record["complete"] is True and record["images"][0]["npy"] == "a_grad.npy"
+  assert (out / "a_grad.npy").stat().st_mtime_ns == stamp

@@ -270,25 +270,27 @@ def run_identity(args: argparse.Namespace, method: str, paths: list[pathlib.Path
   return json.loads(json.dumps(identity))  # as read back from explain.json
 
 
-def done_images(out: pathlib.Path, identity: dict, names: list[tuple[str, str]], overwrite: bool) -> set[int]:
-  """The indices of images already done by an interrupted run with the same identity.
+def done_images(out: pathlib.Path, identity: dict, names: list[tuple[str, str]],
+                overwrite: bool) -> tuple[set[int], bool]:
+  """``(done, finished)``: the images an earlier run with the same identity wrote, and whether it ended.
 
   Raises:
     CliError: when OUT holds outputs of another run (or of no recorded run)
       and ``overwrite`` is False.
   """
   if overwrite:
-    return set()
+    return set(), False
   record = _shared.read_record(out / RECORD)
   if record is None:
     check_outputs([out / name for pair in names for name in pair], overwrite=False)
-    return set()
+    return set(), False
   if record.get("run") != identity:
     diff = _shared.differences(record.get("run") or {}, identity) if isinstance(record.get("run"), dict) else []
     what = f"differs in {', '.join(diff)}" if diff else "was written by another command or version"
     raise CliError(f"{out / RECORD} records another run ({what}); pass --overwrite to replace its outputs,"
                    " or choose another --out")
-  return {i for i, (npy, png) in enumerate(names) if (out / npy).exists() and (out / png).exists()}
+  done = {i for i, (npy, png) in enumerate(names) if (out / npy).exists() and (out / png).exists()}
+  return done, record.get("complete") is True
 
 
 def progress_bar(console, total: int, description: str):
@@ -326,16 +328,16 @@ def run(args: argparse.Namespace, console, err_console) -> int:
   _shared.check_output_names(all_names)
   with _shared.locked_output(out):
     _shared.remove_stale_temporaries(out, all_names)
-    done = done_images(out, identity, names, args.overwrite)
-    if len(done) == len(paths):
+    done, finished = done_images(out, identity, names, args.overwrite)
+    if finished and len(done) == len(paths):
       console.print(f"nothing to do: the {len(paths)} {method} map(s) in {out} are complete ({out / RECORD});"
                     " --overwrite computes them again")
       return _errors.EXIT_OK
-    return _run_locked(args, console, err_console, method, paths, stems, names, out, spec, devices, identity,
-                       done)
+    return _run_locked(args, console, err_console, method, paths, names, out, spec, devices, identity, done)
 
 
-def _run_locked(args, console, err_console, method, paths, stems, names, out, spec, devices, identity, done):
+def _run_locked(args, console, err_console, method, paths, names, out, spec, devices, identity, done):
+  """The work, under the lock of ``out``: maps of the images not in ``done``, then the record."""
   import jax  # pylint: disable=import-outside-toplevel
 
   from adaptgrad_jax._strategy import cpu_compiler_options  # pylint: disable=import-outside-toplevel
