@@ -321,6 +321,28 @@ def test_fingerprint_sees_globals_closures_and_attributes():
   assert blocked.digest is None and "lock" in blocked.why_not
 
 
+def test_fingerprint_of_flax_nnx_models_sees_the_weights(xs, tmp_path):
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+
+  def mlp(seed):
+    return nnx.Sequential(nnx.Linear(worker.D_IN, 4, rngs=nnx.Rngs(seed)),
+                          nnx.tanh, nnx.Linear(4, 1, rngs=nnx.Rngs(seed + 1)))
+
+  def explain_with(model):
+    return lambda key, x: jax.grad(lambda v: model(v)[0])(
+        x + 0.1 * jax.random.normal(key, x.shape))
+
+  assert fingerprint(mlp(0)).digest is not None
+  assert fingerprint(mlp(0)) == fingerprint(mlp(0))
+  assert fingerprint(mlp(0)) != fingerprint(mlp(1))
+  out, model = tmp_path / "run", mlp(0)
+  _run(out, xs, fn=explain_with(model))
+  model.layers[0].kernel[...] = model.layers[0].kernel[...].at[0, 0].add(1.0)
+  with pytest.raises(ValueError, match="explain_fingerprint"):
+    _run(out, xs, fn=explain_with(model))
+  _run(out, xs, fn=explain_with(mlp(0)))  # The original weights resume.
+
+
 _GLOBAL_SCALE = 1.0
 
 

@@ -20,10 +20,13 @@ The rule (a reader can predict it):
   (``adapt_smooth``'s ``c``, ``n`` and bounds, ``jax.grad``'s function);
 * **values**: Python scalars, strings, containers, NumPy and JAX arrays (their
   dtype, shape and a sha256 of their bytes: weights count), modules by name;
-  instances of your classes by their class and attributes.
+  instances of your classes by their class and attributes; instances of
+  library classes that are registered pytrees (Flax NNX and equinox modules,
+  ``nnx.State``) by their class, their pytree structure and static data,
+  and their leaves.
 
-Anything else (an instance of a library class such as a Flax or PyTorch
-module, a file, a lock, an array spread over processes, more than
+Anything else (an instance of a library class that is no pytree such as a
+PyTorch module, a file, a lock, an array spread over processes, more than
 ``_MAX_OBJECTS`` objects or 1 GiB of arrays) cannot be described soundly, so the fingerprint is
 unknown, and its ``why_not`` says where it was met. Two runs resume each other
 only when both fingerprints are known and equal; otherwise the caller must
@@ -32,6 +35,7 @@ name the run with ``explain_id``.
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import dataclasses
 import enum
@@ -50,7 +54,9 @@ _MAX_OBJECTS = 100_000  # Objects visited before the fingerprint is given up.
 _MAX_BYTES = 1 << 30  # Array bytes hashed before it is given up (1 GiB).
 # Library types whose attributes fully describe them (walked like your classes).
 _WALKABLE_LIBRARY_TYPES = ("jax._src.custom_derivatives.custom_jvp",
-                           "jax._src.custom_derivatives.custom_vjp")
+                           "jax._src.custom_derivatives.custom_vjp",
+                           # Stateless bases of your classes.
+                           "abc.ABC", "typing.Generic", "typing.Protocol")
 _OWN_PACKAGE = __name__.split(".")[0]
 
 
@@ -73,6 +79,10 @@ class _Opaque(Exception):
 
   def __init__(self, what: str, path: str):
     super().__init__(f"{what} at {path}")
+
+
+class _TooBig(_Opaque):
+  """Raised when the walk exceeds its object or byte budget."""
 
 
 @functools.lru_cache(maxsize=None)
@@ -148,7 +158,7 @@ class _Walker:
       self.put("ref", self.seen[id(obj)])
       return
     if len(self.seen) >= _MAX_OBJECTS:
-      raise _Opaque(f"more than {_MAX_OBJECTS} objects", path)
+      raise _TooBig(f"more than {_MAX_OBJECTS} objects", path)
     self.seen[id(obj)] = len(self.seen)
     self.alive.append(obj)
     self._visit_new(obj, path)
@@ -207,7 +217,7 @@ class _Walker:
     if _is_jax_array(obj):
       import jax  # pylint: disable=import-outside-toplevel
       if self.nbytes + getattr(obj, "nbytes", 0) > _MAX_BYTES:
-        raise _Opaque(f"more than {_MAX_BYTES >> 30} GiB of arrays to hash",
+        raise _TooBig(f"more than {_MAX_BYTES >> 30} GiB of arrays to hash",
                       path)
       if isinstance(obj, jax.core.Tracer):
         raise _Opaque("a traced value (fingerprint outside jax transforms)", path)
@@ -222,7 +232,7 @@ class _Walker:
       raise _Opaque("an object array", path)
     self.nbytes += arr.nbytes
     if self.nbytes > _MAX_BYTES:
-      raise _Opaque(f"more than {_MAX_BYTES >> 30} GiB of arrays to hash", path)
+      raise _TooBig(f"more than {_MAX_BYTES >> 30} GiB of arrays to hash", path)
     flat = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
     self.put("array", arr.dtype.str, arr.shape,
              hashlib.sha256(flat.data).hexdigest())
@@ -276,27 +286,44 @@ class _Walker:
       if isinstance(member, property):
         member = (member.fget, member.fset)
       self.put("member", name)
-      self.visit(member, f"{_type_name(cls)}.{name}")
+      if isinstance(member, (types.FunctionType, tuple)):
+        self.visit(member, f"{_type_name(cls)}.{name}")
+        continue
+      try:  # A class attribute: library bookkeeping is described by its type.
+        self.visit(member, f"{_type_name(cls)}.{name}")
+      except _TooBig:
+        raise
+      except _Opaque:
+        self.put("opaque class attribute", _type_name(type(member)))
 
   def _instance(self, obj: Any, path: str) -> None:
     cls = type(obj)
     name = _type_name(cls)
+    if _is_library(cls.__module__) and cls.__name__ == "PjitFunction" and (
+        hasattr(obj, "__wrapped__")):
+      self.put("jit")  # jax.jit: same values as the function it wraps.
+      self.visit(obj.__wrapped__, f"{path}.__wrapped__")
+      return
+    self.visit(cls, f"{path}.__class__")
+    # A registered pytree (a Flax NNX or equinox module, a flax struct): its
+    # flattening holds all its state, leaves (weights) and static data.
+    if self._pytree(obj, path):
+      return
+    if isinstance(obj, collections.abc.Mapping) and isinstance(
+        obj, collections.abc.Hashable):  # Immutable: its items are its state.
+      self.visit(dict(obj.items()), f"{path}.items()")
+      return
     if _is_library(cls.__module__):
-      if cls.__name__ == "PjitFunction" and hasattr(obj, "__wrapped__"):
-        self.put("jit")  # jax.jit: same values as the function it wraps.
-        self.visit(obj.__wrapped__, f"{path}.__wrapped__")
-        return
-      if name not in _WALKABLE_LIBRARY_TYPES and not cls.__module__.startswith(
-          _OWN_PACKAGE + "."):
-        raise _Opaque(f"a {name} object (state this fingerprint cannot see)",
-                      path)
+      walkable = name in _WALKABLE_LIBRARY_TYPES or cls.__module__.startswith(
+          _OWN_PACKAGE + ".")
+      why = f"a {name} object (state this fingerprint cannot see)"
     else:
-      for base in cls.__mro__[1:]:
-        if base is not object and _is_library(base.__module__) and (
-            _type_name(base) not in _WALKABLE_LIBRARY_TYPES):
-          raise _Opaque(f"a {name} object, a subclass of library class "
-                        f"{_type_name(base)}", path)
-    self._class(cls, path)
+      bases = [_type_name(b) for b in cls.__mro__[1:] if b is not object and
+               _is_library(b.__module__)]
+      walkable = all(b in _WALKABLE_LIBRARY_TYPES for b in bases)
+      why = f"a {name} object, a subclass of library class {bases[:1]}"
+    if not walkable:
+      raise _Opaque(why, path)
     state = getattr(obj, "__dict__", None)
     slots = [s for c in cls.__mro__ for s in getattr(c, "__slots__", ())
              if s not in ("__dict__", "__weakref__")]
@@ -306,6 +333,35 @@ class _Walker:
       self.visit(dict(state), f"{path}.__dict__")
     for slot in slots:
       self.visit(getattr(obj, slot, None), f"{path}.{slot}")
+
+  def _pytree(self, obj: Any, path: str) -> bool:
+    """Describes `obj` by its pytree flattening; False if it is no pytree node."""
+    jax = sys.modules.get("jax")
+    if jax is None:
+      return False
+    try:
+      leaves, treedef = jax.tree_util.tree_flatten(obj)
+    except Exception:  # pylint: disable=broad-except
+      return False
+    if treedef.node_data() is None:  # A leaf: jax does not know its parts.
+      return False
+    self.put("pytree")
+    self._treedef(treedef, path)
+    for i, leaf in enumerate(leaves):
+      self.visit(leaf, f"{path}.<pytree leaf {i}>")
+    return True
+
+  def _treedef(self, treedef, path: str) -> None:
+    data = treedef.node_data()
+    if data is None:
+      self.put("leaf")
+      return
+    node_type, aux = data
+    self.put("node", treedef.num_leaves)
+    self.visit(node_type, f"{path}.<pytree node>")
+    self.visit(aux, f"{path}.<static data of {node_type.__name__}>")
+    for child in treedef.children():
+      self._treedef(child, path)
 
 
 def _type_name(cls: type) -> str:
