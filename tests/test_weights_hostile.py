@@ -260,7 +260,7 @@ def test_overlapping_zip_members_are_refused(tmp_path):
   new_cd = entries + bytes(clone)
   end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 3, 3, len(new_cd), cd_offset, 0)
   path.write_bytes(bytes(blob[:cd_offset]) + new_cd + end)
-  with pytest.raises(weights.CheckpointError, match="overlap"):
+  with pytest.raises(weights.CheckpointError, match="zip members m/data/0 and m/data/1 overlap"):
     weights.read_checkpoint(path)
 
 
@@ -466,8 +466,8 @@ def _source(tmp_path, payload=b"weights!" * 4096, stem="resnet50"):
 @pytest.fixture
 def fresh(monkeypatch):
   """Each test starts as a new process would: nothing verified yet, fast lock polling."""
-  monkeypatch.setattr(_pretrained, "_VERIFIED", set())
-  monkeypatch.setattr(_pretrained, "_LOCK_POLL_S", 0.01)
+  monkeypatch.setattr(_pretrained, "_VERIFIED", set(), raising=False)
+  monkeypatch.setattr(_pretrained, "_LOCK_POLL_S", 0.01, raising=False)
 
 
 def test_concurrent_first_calls_download_once_and_agree(fresh, tmp_path, monkeypatch):
@@ -523,11 +523,17 @@ def test_concurrent_first_calls_download_once_and_agree(fresh, tmp_path, monkeyp
 def test_concurrent_processes_never_expose_a_wrong_file(fresh, tmp_path):
   src = _source(tmp_path, payload=os.urandom(3 * 2**20))
   cache = tmp_path / "cache"
+  # The two modules alone, without the package's __init__ (which imports jax: seconds per process).
+  package = pathlib.Path(_pretrained.__file__).parent.parent
   code = (
-    "import sys; from adaptgrad_jax.weights import _pretrained as p; "
-    "print(p.pretrained('x', url=sys.argv[1], cache_dir=sys.argv[2], progress=False))"
+    "import sys, types\n"
+    "for name, where in (('adaptgrad_jax', sys.argv[3]), ('adaptgrad_jax.weights', sys.argv[3] + '/weights')):\n"
+    "  module = types.ModuleType(name); module.__path__ = [where]; sys.modules[name] = module\n"
+    "from adaptgrad_jax.weights import _pretrained as p\n"
+    "assert 'jax' not in sys.modules\n"
+    "print(p.pretrained('x', url=sys.argv[1], cache_dir=sys.argv[2], progress=False))\n"
   )
-  procs = [subprocess.Popen([sys.executable, "-c", code, src.as_uri(), str(cache)], stdout=subprocess.PIPE,
+  procs = [subprocess.Popen([sys.executable, "-c", code, src.as_uri(), str(cache), str(package)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True) for _ in range(3)]
   outputs = [p.communicate(timeout=120) for p in procs]
   assert all(p.returncode == 0 for p in procs), outputs
