@@ -193,3 +193,18 @@ def test_nan_in_a_float_image_is_refused(tmp_path):
   path = _save(Image.fromarray(values, "F"), tmp_path, "nan.tif")
   with pytest.raises(CliError, match="NaN or inf"):
     _shared.read_image(path)
+
+
+def test_a_png_transparent_colour_is_composited_over_black(tmp_path):
+  grey = np.array([[0, 50, 100, 50]], np.uint8)
+  path = tmp_path / "trns_l.png"
+  Image.fromarray(grey).save(path, transparency=50)
+  np.testing.assert_array_equal(_shared.read_image(path, grayscale=True), [[0, 0, 100, 0]])
+  rgb = np.array([[[1, 2, 3], [4, 5, 6]]], np.uint8)
+  path = tmp_path / "trns_rgb.png"
+  Image.fromarray(rgb).save(path, transparency=(4, 5, 6))
+  np.testing.assert_array_equal(_shared.read_image(path), [[[1, 2, 3], [0, 0, 0]]])
+  deep = np.array([[0, 1000, 65535]], np.uint16)
+  path = tmp_path / "trns_16.png"
+  Image.fromarray(deep).save(path, transparency=1000)
+  np.testing.assert_array_equal(_shared.read_image(path, grayscale=True), [[0, 0, 255]])

@@ -178,7 +178,11 @@ def _deep_to_uint8(img, path) -> np.ndarray:
     raise CliError(
       f"cannot read image {path}: the {kind} has values in [{lo:g}, {hi:g}] outside [0, {white:g}];"
       f" rescale it to [0, {white:g}] first")
-  return np.round(values * (255.0 / white)).astype(np.uint8)
+  grey = np.round(values * (255.0 / white)).astype(np.uint8)
+  transparent = img.info.get("transparency")
+  if isinstance(transparent, (int, float)) and img.mode != "F":  # a PNG tRNS grey level: over black
+    grey[values == transparent] = 0
+  return grey
 
 
 def _to_uint8(img, path, grayscale: bool) -> np.ndarray:
@@ -186,8 +190,10 @@ def _to_uint8(img, path, grayscale: bool) -> np.ndarray:
   if img.mode in _DEEP_MODES:
     grey = _deep_to_uint8(img, path)
     return grey if grayscale else np.repeat(grey[..., None], 3, axis=-1)
-  if img.mode == "P":
-    img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+  if img.mode in ("P", "L", "RGB") and "transparency" in img.info:  # a tRNS colour or palette alpha
+    img = img.convert("RGBA")
+  elif img.mode == "P":
+    img = img.convert("RGB")
   if img.mode in _ALPHA_MODES:  # composite over black: a transparent pixel is absent
     rgba = np.asarray(img.convert("RGBA"))
     # round(rgb * a / 255) in integers (no ties: 2 * rgb * a is even, 255 * odd is odd).
@@ -209,8 +215,8 @@ def read_image(path: pathlib.Path, *, grayscale: bool = False) -> np.ndarray:
   Pillow mode is converted with its range kept: 1-bit, palette, CMYK, YCbCr
   and LAB through Pillow; 16-bit grey (``I;16``, and ``I`` from a PNG or a
   16-bit TIFF) divided by 65535; float grey (``F``) must lie in [0, 1];
-  transparency (``LA``, ``RGBA``, palette with alpha) is composited over
-  black. The first frame of an animation is used, turned upright by its EXIF
+  transparency (``LA``, ``RGBA``, palette alpha, a PNG transparent colour)
+  is composited over black. The first frame of an animation is used, turned upright by its EXIF
   orientation.
 
   Raises:

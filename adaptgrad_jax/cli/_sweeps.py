@@ -38,6 +38,8 @@ examples:
 
 The maps for N < max(N) are running means over the first N of the same
 max(N) samples (one converging estimate, as in the paper's Figures 2 and 5).
+Files are written atomically under a lock of --out; the same command after an
+interruption continues, after a finished run does nothing (--overwrite redoes it).
 """
 
 CONFIDENCE_EPILOG = """\
@@ -50,6 +52,8 @@ examples:
 Every c uses the same noise draws z_j (sigma_i(c) * z_j), so the columns
 differ by c alone. Larger c means smaller sigma: less inherent noise, more of
 the gradient's own noise; the paper recommends c = 0.95.
+Files are written atomically under a lock of --out; the same command after an
+interruption continues, after a finished run does nothing (--overwrite redoes it).
 """
 
 
