@@ -113,13 +113,14 @@ def _hold(spec):
           time.sleep(0.02)
       yield xs[start:start + b]
 
-  res = attribute(noisy_grad, jax.random.key(spec["seed"]), batches(),
-                  out=spec["out"], batch_size=b, progress=False)
   # The module imported by its name, as the test process has it (this file
   # runs as __main__, and a function's module is part of its identity).
   import _attribute_worker  # pylint: disable=import-outside-toplevel
-  print(json.dumps({"shape": list(res.shape), "fingerprint": fingerprint(
-      _attribute_worker.noisy_grad).digest}), flush=True)
+  fn = _attribute_worker.noisy_grad
+  res = attribute(fn, jax.random.key(spec["seed"]), batches(),
+                  out=spec["out"], batch_size=b, progress=False)
+  print(json.dumps({"shape": list(res.shape),
+                    "fingerprint": fingerprint(fn).digest}), flush=True)
 
 
 if __name__ == "__main__":

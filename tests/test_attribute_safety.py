@@ -200,6 +200,28 @@ def test_concurrent_process_on_the_same_out(xs, ref, tmp_path):
   np.testing.assert_allclose(np.asarray(res), ref, atol=ATOL)
 
 
+def test_kill_9_releases_the_lock_and_the_run_resumes(xs, ref, tmp_path):
+  out, paused = tmp_path / "run", tmp_path / "paused"
+  spec = {"mode": "hold", "out": str(out), "num_examples": N, "seed": 3,
+          "batch_size": 4, "pause_after": 4, "paused": str(paused),
+          "go": str(tmp_path / "never")}
+  proc = subprocess.Popen([sys.executable, str(WORKER), json.dumps(spec)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True, env=_env())
+  try:
+    deadline = time.monotonic() + 120
+    while not paused.exists():
+      assert proc.poll() is None, proc.communicate()[1][-3000:]
+      assert time.monotonic() < deadline, "the worker never paused"
+      time.sleep(0.05)
+  finally:
+    proc.kill()  # SIGKILL: no cleanup runs.
+    proc.wait(60)
+  res = _run(out, xs, batch_size=4)
+  np.testing.assert_allclose(np.asarray(res), ref, atol=ATOL)
+  load_attributions(out, verify=True)
+
+
 # ----------------------------------------------------------------------------
 # 3. The explanation's identity: other hyper-parameters are refused, never mixed.
 

@@ -398,4 +398,7 @@ def fingerprint(fn: Any, name: str = "explain_fn") -> Fingerprint:
     return Fingerprint(None, str(e))
   except RecursionError:
     return Fingerprint(None, f"an object graph too deep to describe in {name}")
+  except Exception as e:  # pylint: disable=broad-except
+    # An object that fails when read (a property that raises, ...): unknown.
+    return Fingerprint(None, f"{type(e).__name__} while describing {name}: {e}")
   return Fingerprint(walker.hash.hexdigest())
