@@ -169,6 +169,14 @@ deletion.__doc__ = """Deletion curve: remove the most important features first.
   the target score is recorded. A faithful explanation makes the score drop
   fast: LOWER AUC is better. Signed attributions are ranked as given (pass
   ``jnp.abs(a)`` to rank by magnitude).
+
+  Quantus' ``PixelFlipping`` is the same ordering with two deliberate
+  differences: it applies a softmax to the model's output by default
+  (``softmax=True``; pass probabilities as ``predict_fn`` to match), and its
+  curve starts after the first step (without the unperturbed image) and is
+  integrated with ``np.trapz(scores, dx=1)`` over step indices, not over
+  fractions in [0, 1]. Here the curve includes the unperturbed point
+  (fraction 0), as RISE does.
 """ + _COMMON_ARGS + """
   Example:
     >>> import jax.numpy as jnp

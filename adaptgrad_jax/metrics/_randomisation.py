@@ -53,6 +53,11 @@ def consistency(
   Each model explains its own predicted class in the paper's code; compute
   the two batches of maps accordingly.
 
+  Quantus' ``Consistency`` is a different metric with the same name
+  (Dasgupta et al. 2022: the probability that inputs whose discretised
+  explanations agree also get the same predicted label); it has no
+  counterpart here, and this function does not compute it.
+
   Args:
     maps: explanations of the model trained on true labels, shape (B, ...).
     random_label_maps: explanations of the same inputs by the model trained
