@@ -119,6 +119,9 @@ spec = importlib.util.spec_from_file_location("checkpoint_under_test", module)
 m = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(m)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+if len(sys.argv) > 4:  # measure allocations (Python objects and NumPy data) too; slower
+  import tracemalloc
+  tracemalloc.start()
 start = time.perf_counter()
 try:
   out = m.read_checkpoint(path)
@@ -131,17 +134,19 @@ except BaseException as e:
   result = {"ok": False, "type": type(e).__name__, "message": str(e)[:2000]}
 result["seconds"] = time.perf_counter() - start
 result["peak_mib"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+if len(sys.argv) > 4:
+  result["traced_peak_mib"] = tracemalloc.get_traced_memory()[1] / 2**20
 print(json.dumps(result))
 """
 
 _LIMIT = 1536 * 2**20  # address space of the reading subprocess: numpy and ml_dtypes need ~600 MiB of it
 
 
-def _read_limited(path, module=None, timeout=120):
+def _read_limited(path, module=None, timeout=120, traced=False):
   """Reads ``path`` with ``read_checkpoint`` in a subprocess under RLIMIT_AS and RLIMIT_CPU; returns its report."""
   env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
   proc = subprocess.run(
-    [sys.executable, "-c", _RUNNER, module or _checkpoint.__file__, str(path), str(_LIMIT)],
+    [sys.executable, "-c", _RUNNER, module or _checkpoint.__file__, str(path), str(_LIMIT), *(["traced"] if traced else [])],
     capture_output=True, text=True, timeout=timeout, env=env, check=False,
   )
   assert proc.returncode == 0, f"the reader died (rc={proc.returncode}): {proc.stderr[-2000:]}"

@@ -82,7 +82,7 @@ MAX_DEPTH = 100
 """Deepest nesting of dicts, lists and tuples in a checkpoint (a state dict nests 1 to 3 levels)."""
 
 MAX_EXPANSION = 16
-"""Flattening may visit at most ``MAX_EXPANSION`` times the opcodes executed, plus 10^6, container entries."""
+"""Flattening may visit at most ``MAX_EXPANSION`` times the opcodes executed, plus 10^5, container entries."""
 
 MAX_NDIM = 64
 """Most dimensions of one tensor (NumPy's own limit)."""
@@ -792,7 +792,7 @@ def _tensor_paths(root: Any, what: str, ops: int) -> list[tuple[str, _Tensor]]:
       if found:
         found[-1] = found[-1] or state
 
-  budget = MAX_EXPANSION * ops + 1_000_000
+  budget = MAX_EXPANSION * ops + 100_000
   work = 0
   out: list[tuple[str, _Tensor]] = []
   todo: list[tuple[str, Any]] = [("", root)]
@@ -812,7 +812,7 @@ def _tensor_paths(root: Any, what: str, ops: int) -> list[tuple[str, _Tensor]]:
           raise _error(
             what,
             f"shared references expand the checkpoint beyond MAX_EXPANSION={MAX_EXPANSION} times its "
-            f"{ops} pickle opcodes (plus 10^6) entries; a state dict names each tensor about once",
+            f"{ops} pickle opcodes (plus 10^5) entries; a state dict names each tensor about once",
           )
         below.append((f"{prefix}.{key}" if prefix else key, value))
     todo.extend(reversed(below))
