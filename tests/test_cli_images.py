@@ -208,3 +208,19 @@ def test_a_png_transparent_colour_is_composited_over_black(tmp_path):
   path = tmp_path / "trns_16.png"
   Image.fromarray(deep).save(path, transparency=1000)
   np.testing.assert_array_equal(_shared.read_image(path, grayscale=True), [[0, 0, 255]])
+
+
+@pytest.mark.parametrize("command", ["explain", "convergence"])
+def test_an_elongated_image_is_refused_before_its_resize_exhausts_memory(command, tmp_path, capsys):
+  """ResNet's preprocessing resizes the shorter side to 256: a 40000x2 strip would become 1.3 Gpixel."""
+  path = tmp_path / "strip.png"
+  Image.fromarray(np.zeros((2, 40000), np.uint8)).save(path)
+  limit = Image.MAX_IMAGE_PIXELS
+  assert (256 * 40000 // 2) * 256 > limit
+  out = tmp_path / "o"
+  assert main([command, str(path), "--model", "resnet18", "--weights", "random", "--out", str(out)]) == 1
+  err = _error_line(capsys)
+  assert f"cannot explain {path}: its 40000x2 pixels" in err and f"5120000x256 = 1311 Mpixel" in err
+  assert "crop the image" in err and not out.exists()
+  # The MLP resizes the whole image to 28x28: the same strip is fine for it (no refusal).
+  _shared.check_images([path], grayscale=True, short_side=None)

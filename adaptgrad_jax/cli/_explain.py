@@ -321,7 +321,8 @@ def run(args: argparse.Namespace, console, err_console) -> int:
     raise UsageError(
       f"--devices {args.devices}: only {len(devices)} local device(s) ({devices[0].platform}); on CPU,"
       f" XLA_FLAGS=--xla_force_host_platform_device_count={args.devices} simulates more")
-  _shared.check_images(paths, grayscale=spec.grayscale)  # decodes all: a bad image fails before any output
+  # Decodes all: a bad image fails before any output.
+  _shared.check_images(paths, grayscale=spec.grayscale, short_side=_shared.resize_short_side(spec))
   identity = run_identity(args, method, paths, stems)
   names = [(f"{s}_{method}.npy", f"{s}_{method}.png") for s in stems]
   all_names = [name for pair in names for name in pair] + [RECORD]

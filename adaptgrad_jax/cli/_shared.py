@@ -261,10 +261,27 @@ def read_image(path: pathlib.Path, *, grayscale: bool = False) -> np.ndarray:
       f"cannot read image {path}: {type(err).__name__}: {err}; is it a complete, valid image?") from None
 
 
-def check_images(paths: list[pathlib.Path], *, grayscale: bool = False) -> None:
-  """Decodes every image once, so a bad one fails before any work or output."""
+def check_images(paths: list[pathlib.Path], *, grayscale: bool = False, short_side: Optional[int] = None) -> None:
+  """Decodes every image once, so a bad one fails before any work or output.
+
+  ``short_side``: the model's preprocessing resizes the shorter side to it
+  keeping the aspect ratio (torchvision's presets: 256, 342 for Inception
+  v3); an image so elongated that the resized copy would exceed Pillow's
+  pixel limit is refused here instead of exhausting memory there.
+  """
+  Image, _, _ = _pil()
+  limit = Image.MAX_IMAGE_PIXELS
   for path in paths:
-    read_image(path, grayscale=grayscale)
+    image = read_image(path, grayscale=grayscale)
+    if short_side and limit:
+      h, w = image.shape[:2]
+      scale = short_side / min(h, w)
+      new_h, new_w = max(short_side, int(h * scale)), max(short_side, int(w * scale))
+      if new_h * new_w > limit:
+        raise CliError(
+          f"cannot explain {path}: its {w}x{h} pixels (aspect ratio {max(h, w) / min(h, w):.0f}:1) would be resized"
+          f" to {new_w}x{new_h} = {new_w * new_h / 1e6:.0f} Mpixel before the model's center crop, above the limit"
+          f" of {limit / 1e6:.0f} Mpixel; crop the image to a less elongated shape first")
 
 
 # ----------------------------------------------------------------------------
@@ -385,3 +402,15 @@ def read_record(path: pathlib.Path) -> Optional[dict]:
 def differences(recorded: dict, current: dict) -> list[str]:
   """The keys whose values differ between two run identities (for messages)."""
   return sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
+
+
+def resize_short_side(spec) -> Optional[int]:
+  """The shorter side the model's preprocessing resizes to, keeping the aspect ratio (None: no such resize).
+
+  As ``_models.preprocess``: torchvision ImageNet models resize the shorter
+  side to 256 (342 for Inception v3); EfficientNet-Lite0 and the MLP resize the
+  whole image to a square.
+  """
+  if spec.family != "imagenet":
+    return None
+  return 342 if spec.name == "inception_v3" else 256

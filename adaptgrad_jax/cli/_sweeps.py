@@ -145,7 +145,7 @@ def _claim(args, kind: str) -> Iterator[_Claim]:
   _errors.require_plotting(args.command)
   path = _image_path(args)
   spec = _models.spec_for(args.model)
-  _shared.check_images([path], grayscale=spec.grayscale)
+  _shared.check_images([path], grayscale=spec.grayscale, short_side=_shared.resize_short_side(spec))
   out = pathlib.Path(args.out).expanduser()
   png, npz = out / f"{path.stem}_{kind}.png", out / f"{path.stem}_{kind}.npz"
   settings = _settings(args, path, kind)
