@@ -187,14 +187,17 @@ def _local_mesh(mesh: Mesh | None, data_axis: str, sample_axis: str | None
           "devices=jax.local_devices())")
     return Mesh(np.array(jax.local_devices()), (data_axis,))
   if not isinstance(mesh, Mesh):
-    raise TypeError(f"mesh={mesh!r} must be a jax.sharding.Mesh")
+    raise TypeError(f"mesh={mesh!r} must be a jax.sharding.Mesh, e.g. "
+                    f"jax.make_mesh((n,), ({data_axis!r},), devices="
+                    "jax.local_devices()), or None for all local devices")
   if data_axis not in mesh.axis_names:
     raise ValueError(f"mesh has axes {mesh.axis_names}, but data_axis="
                      f"{data_axis!r} is not one of them; name the batch axis "
                      f"{data_axis!r} or pass data_axis=")
   if sample_axis is not None and sample_axis not in mesh.axis_names:
     raise ValueError(f"sample_axis={sample_axis!r} is not an axis of the mesh "
-                     f"(axes {mesh.axis_names})")
+                     f"(axes {mesh.axis_names}); name one of them, or pass "
+                     "sample_axis=None")
   local = set(jax.local_devices())
   if any(d not in local for d in mesh.devices.flat):
     raise ValueError(
@@ -672,7 +675,9 @@ def _iterable_examples(data, batch_size, num_examples, example_range
     iter(data)
   except TypeError:
     raise TypeError(f"data of type {type(data).__name__} is neither an array "
-                    "of examples nor an iterable of batches") from None
+                    "of examples nor an iterable of batches; pass an array "
+                    "with a leading example axis (or a tuple of them), or an "
+                    "iterable of such batches") from None
   total = num_examples
   lo, hi = _example_range(total, example_range)
   # The process whose range ends the dataset checks that nothing follows.
