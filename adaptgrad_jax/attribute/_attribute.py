@@ -418,7 +418,7 @@ def attribute(
   written atomically (temp file, fsync, rename), journaled with its sha256 in
   ``shards.jsonl``, and summarised in ``manifest.json`` at the end. The
   process holds a lock on ``out/.lock`` for the whole call: a second process
-  on the same `out` is refused (``LockedError``) and touches nothing.
+  on the same `out` is refused (a ``RuntimeError``) and touches nothing.
   Calling ``attribute`` again with the same arguments resumes: intact shards
   are kept (not rewritten), missing, truncated or corrupt ones (size or
   sha256 mismatch) are recomputed. If ``manifest.json`` was deleted or
@@ -499,7 +499,8 @@ def attribute(
     FileExistsError: `out` is a file, or holds an output and neither `resume`
       nor `overwrite` is set, or holds foreign files (or shards without a
       manifest or journal to check them against).
-    adaptgrad_jax._files.LockedError: another process is writing `out`.
+    RuntimeError: another process (or thread) is writing `out`; the error
+      (``LockedError``, from ``adaptgrad_jax._files``) names the lock file.
 
   Example:
     >>> import jax, jax.numpy as jnp, numpy as np

@@ -27,10 +27,16 @@ The rule (a reader can predict it):
 
 Anything else (an instance of a library class that is no pytree such as a
 PyTorch module, a file, a lock, an array spread over processes, more than
-``_MAX_OBJECTS`` objects or 1 GiB of arrays) cannot be described soundly, so the fingerprint is
-unknown, and its ``why_not`` says where it was met. Two runs resume each other
-only when both fingerprints are known and equal; otherwise the caller must
-name the run with ``explain_id``.
+``_MAX_OBJECTS`` objects or 1 GiB of arrays) cannot be described soundly, so
+the fingerprint is unknown, and its ``why_not`` says where it was met. Two
+runs resume each other only when both fingerprints are known and equal;
+otherwise the caller must name the run with ``explain_id``.
+
+Not seen, by design: the line numbers of your code (a function moved or a
+comment edited keeps its fingerprint), and whatever library code
+reads from its own module globals or from files at call time (its version
+stands for it). Equal fingerprints are therefore "the same code with the
+same values", which is what decides the maps of a deterministic explanation.
 """
 
 from __future__ import annotations
