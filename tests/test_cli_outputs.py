@@ -378,3 +378,20 @@ def test_interrupted_while_writing_the_final_record_the_rerun_completes_it(tmp_p
   record = json.loads((out / "explain.json").read_text())
   assert record["complete"] is True and record["images"][0]["npy"] == "a_grad.npy"
   assert (out / "a_grad.npy").stat().st_mtime_ns == stamp
+
+
+def test_a_busy_out_is_refused_across_processes(tmp_path):
+  """The real case: another process holds the lock of --out (here the test process)."""
+  import subprocess
+
+  image = _digit(tmp_path / "a.png", 0)
+  out = tmp_path / "maps"
+  out.mkdir()
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  with _files.exclusive_lock(out / LOCK):
+    proc = subprocess.run(
+      [sys.executable, "-m", "adaptgrad_jax", "explain", str(image), *MLP, "--out", str(out)],
+      capture_output=True, text=True, env=env, timeout=300)
+  assert proc.returncode == 1
+  assert proc.stderr.strip().count("\n") == 0 and "is in use by another process" in proc.stderr
+  assert sorted(p.name for p in out.iterdir()) == [LOCK]

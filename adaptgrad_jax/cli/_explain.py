@@ -7,7 +7,7 @@ import json
 import os
 import pathlib
 import time
-from typing import Any, Callable, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -408,7 +408,6 @@ def _run_locked(args, console, err_console, method, paths, names, out, spec, dev
 
 def _explain_sharded(explain_one, key, paths, load_x, out, args, devices):
   """Folders: adaptgrad_jax.attribute over a mesh of local devices, resumable shards in OUT/shards."""
-  import jax  # pylint: disable=import-outside-toplevel
   from jax.sharding import Mesh  # pylint: disable=import-outside-toplevel
 
   from adaptgrad_jax.attribute import attribute  # pylint: disable=import-outside-toplevel

@@ -257,8 +257,8 @@ def read_image(path: pathlib.Path, *, grayscale: bool = False) -> np.ndarray:
     reason = err.strerror if err.filename and err.strerror else str(err)
     raise CliError(f"cannot read image {path}: {reason}; is the file complete?") from None
   except Exception as err:  # pylint: disable=broad-except  # any decoder failure of an untrusted file
-    raise CliError(
-      f"cannot read image {path}: {type(err).__name__}: {err}; is it a complete, valid image?") from None
+    reason = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+    raise CliError(f"cannot read image {path}: {reason}; is it a complete, valid image?") from None
 
 
 def check_images(paths: list[pathlib.Path], *, grayscale: bool = False, short_side: Optional[int] = None) -> None:
