@@ -54,7 +54,8 @@ def explain_fns():
   from adaptgrad_jax.attribute import sample_mean
   return {
       "noisy_grad": noisy_grad,
-      "adapt_smooth": adapt_smooth(jax.grad(logit), 0.95, 4),
+      "adapt_smooth": adapt_smooth(jax.grad(logit), 0.95, 4,
+                                   bounds=(0.0, 1.0)),
       "sample_mean": sample_mean(noisy_grad, 4),
   }
 

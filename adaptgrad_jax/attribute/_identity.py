@@ -205,6 +205,9 @@ class _Walker:
       self.visit(obj.__self__, f"{path}.__self__")
     elif isinstance(obj, types.FunctionType):
       self._function(obj, path)
+    elif isinstance(obj, functools._lru_cache_wrapper):  # pylint: disable=protected-access
+      self.put("lru_cache")  # A cache does not change values.
+      self.visit(obj.__wrapped__, f"{path}.__wrapped__")
     elif isinstance(obj, (types.BuiltinFunctionType, types.WrapperDescriptorType,
                           types.MethodWrapperType, types.MethodDescriptorType)):
       self.put("builtin", getattr(obj, "__module__", None) or "",
