@@ -88,7 +88,8 @@ def sample_mean(sample_fn: ExplainFn, n: int) -> SampleMean:
 
   Args:
     sample_fn: ``sample_fn(key, x) -> map`` drawing ONE noisy sample for one
-      example (no batch dimension), e.g. ``adapt_smooth(grad_fn, 0.95, 1)``.
+      example (no batch dimension), e.g.
+      ``adapt_smooth(grad_fn, 0.95, 1, bounds=b)``.
     n: number of samples to average, >= 1 (the paper uses 50).
 
   Returns:

@@ -173,7 +173,7 @@ def attribute_multihost(
     On every host of a TPU pod slice (``gcloud ... ssh --worker=all``)::
 
       initialize_distributed()  # First JAX call: joins the pod's processes.
-      explain = adapt_smooth(grad_fn, 0.95, 50)
+      explain = adapt_smooth(grad_fn, 0.95, 50, bounds=models.IMAGENET_BOUNDS)
       data = np.load("imagenet_val_224.npy", mmap_mode="r")
       attribute_multihost(explain, jax.random.key(0), data,
                           out="/mnt/shared/maps", batch_size=256,
