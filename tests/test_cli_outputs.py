@@ -395,3 +395,23 @@ def test_a_busy_out_is_refused_across_processes(tmp_path):
   assert proc.returncode == 1
   assert proc.stderr.strip().count("\n") == 0 and "is in use by another process" in proc.stderr
   assert sorted(p.name for p in out.iterdir()) == [LOCK]
+
+
+def test_an_error_creating_the_temporary_file_names_the_output_not_the_temporary(tmp_path, capsys, monkeypatch):
+  """E.g. a folder that became read-only: the message names the file the user asked for."""
+  import tempfile
+
+  image = _digit(tmp_path / "a.png", 0)
+  out = tmp_path / "maps"
+  real = tempfile.mkstemp
+
+  def mkstemp(*args, **kwargs):
+    if str(kwargs.get("dir", "")) == str(out):
+      temporary = os.path.join(str(out), f"{kwargs.get('prefix', '')}abcd1234.tmp")
+      raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), temporary)
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+  assert main(["explain", str(image), *MLP, "--out", str(out)]) == 1
+  err = _error_line(capsys)
+  assert f"{out / 'explain.json'}: Permission denied" in err and ".tmp" not in err
