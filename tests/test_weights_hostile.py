@@ -9,6 +9,7 @@ reader is right. No test touches the network.
 
 import collections
 import hashlib
+import io
 import json
 import os
 import pathlib
@@ -622,3 +623,23 @@ def test_cache_dir_is_the_shared_one(tmp_path, monkeypatch):
 
   monkeypatch.setenv("ADAPTGRAD_JAX_CACHE", "~/somewhere")
   assert weights.default_cache_dir() == _files.cache_dir() == datasets.cache_dir() == pathlib.Path.home() / "somewhere"
+
+
+def test_npz_header_declaring_more_than_the_archive_holds(tmp_path):
+  header = io.BytesIO()
+  np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (2**40,)})
+  path = _zip(tmp_path / "big.npz", {"w.npy": header.getvalue() + bytes(8)})  # 8 TiB declared, 8 bytes held
+  with pytest.raises(weights.CheckpointError, match="declares 8796093022208 bytes of data but holds"):
+    weights.read_checkpoint(path)
+
+
+def test_npz_compressed_fortran_and_object_arrays(tmp_path):
+  a = np.asfortranarray(np.arange(6.0).reshape(2, 3))
+  np.savez_compressed(tmp_path / "c.npz", a=a, b=np.arange(12, dtype=np.int16).reshape(3, 4), e=np.zeros((0, 3)))
+  read = weights.read_checkpoint(tmp_path / "c.npz")
+  np.testing.assert_array_equal(read["a"], a)
+  np.testing.assert_array_equal(read["b"], np.arange(12, dtype=np.int16).reshape(3, 4))
+  assert read["e"].shape == (0, 3)
+  np.savez(tmp_path / "o.npz", o=np.array([{"x": 1}], dtype=object))
+  with pytest.raises(weights.CheckpointError, match="holds Python objects"):
+    weights.read_checkpoint(tmp_path / "o.npz")
