@@ -224,3 +224,20 @@ def test_an_elongated_image_is_refused_before_its_resize_exhausts_memory(command
   assert "crop the image" in err and not out.exists()
   # The MLP resizes the whole image to 28x28: the same strip is fine for it (no refusal).
   _shared.check_images([path], grayscale=True, short_side=None)
+
+
+def test_mode_i_takes_its_white_level_from_the_file(tmp_path, monkeypatch):
+  """Mode I from a PNG (older Pillow opens 16-bit PNGs so) or a 16-bit TIFF is 16-bit, EXIF or not."""
+  ramp = _ramp16()
+  path = _save(Image.fromarray(ramp), tmp_path, "ramp16.png")
+  real_open = Image.open
+
+  def open_as_mode_i(*args, **kwargs):  # what Pillow < 10 returns for a 16-bit grey PNG
+    img = real_open(*args, **kwargs)
+    img.load()
+    as_i = img.convert("I")
+    as_i.format, as_i.info = img.format, dict(img.info)
+    return as_i
+
+  monkeypatch.setattr(Image, "open", open_as_mode_i)
+  np.testing.assert_array_equal(_shared.read_image(path, grayscale=True), np.round(ramp / 65535 * 255))

@@ -146,7 +146,7 @@ def _bomb_message(path, err: Exception, limit: Optional[int]) -> str:
 
 
 def _white_level(img, path) -> float:
-  """The value of white in a one-channel image of more than 8 bits."""
+  """The value of white in a one-channel image of more than 8 bits (``img`` as opened: format, tags)."""
   if img.mode.startswith("I;16"):
     return 65535.0
   if img.mode == "F":
@@ -166,10 +166,10 @@ def _white_level(img, path) -> float:
     " white level; save it as an 8- or 16-bit image")
 
 
-def _deep_to_uint8(img, path) -> np.ndarray:
+def _deep_to_uint8(img, path, source) -> np.ndarray:
   """16-bit, 32-bit integer or float grey -> uint8 grey, scaled by its white level (not clipped)."""
   values = np.asarray(img).astype(np.float64)
-  white = _white_level(img, path)
+  white = _white_level(source, path)
   if not np.all(np.isfinite(values)):
     raise CliError(f"cannot read image {path}: its float pixels hold NaN or inf; save it without them")
   lo, hi = float(values.min()), float(values.max())
@@ -185,10 +185,11 @@ def _deep_to_uint8(img, path) -> np.ndarray:
   return grey
 
 
-def _to_uint8(img, path, grayscale: bool) -> np.ndarray:
+def _to_uint8(img, path, grayscale: bool, source) -> np.ndarray:
+  """``img`` (turned upright) as uint8; ``source`` is the image as opened, for its format and tags."""
   Image, _, _ = _pil()
   if img.mode in _DEEP_MODES:
-    grey = _deep_to_uint8(img, path)
+    grey = _deep_to_uint8(img, path, source)
     return grey if grayscale else np.repeat(grey[..., None], 3, axis=-1)
   if img.mode in ("P", "L", "RGB") and "transparency" in img.info:  # a tRNS colour or palette alpha
     img = img.convert("RGBA")
@@ -216,8 +217,8 @@ def read_image(path: pathlib.Path, *, grayscale: bool = False) -> np.ndarray:
   and LAB through Pillow; 16-bit grey (``I;16``, and ``I`` from a PNG or a
   16-bit TIFF) divided by 65535; float grey (``F``) must lie in [0, 1];
   transparency (``LA``, ``RGBA``, palette alpha, a PNG transparent colour)
-  is composited over black. The first frame of an animation is used, turned upright by its EXIF
-  orientation.
+  is composited over black. The first frame of an animation is used, turned
+  upright by its EXIF orientation.
 
   Raises:
     CliError: one line naming the file and the fix: not an image, truncated,
@@ -244,7 +245,7 @@ def read_image(path: pathlib.Path, *, grayscale: bool = False) -> np.ndarray:
           upright = ImageOps.exif_transpose(img)
         except Exception:  # pylint: disable=broad-except  # a broken EXIF block: keep the pixels as stored
           upright = None
-        return _to_uint8(upright if upright is not None else img, path, grayscale)
+        return _to_uint8(upright if upright is not None else img, path, grayscale, source=img)
   except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
     raise CliError(_bomb_message(path, err, limit)) from None
   except UnidentifiedImageError:
