@@ -905,10 +905,22 @@ def _zip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, n: int, file_si
                  "more than deflate can produce (corrupt)")
   buffer = bytearray(n)
   with archive.open(info) as f:
-    got = f.readinto(buffer) if n else 0
+    got = _read_into(f, buffer)
   if got != n:
     raise _error(what, f"{info.filename} ended after {got} of {n} bytes (truncated)")
   return buffer
+
+
+def _read_into(f: Any, buffer: bytearray) -> int:
+  """Fills ``buffer`` from a zip member in 16 MiB reads (``ZipExtFile.readinto`` would copy it whole)."""
+  view, got = memoryview(buffer), 0
+  while got < len(buffer):
+    chunk = f.read(min(len(buffer) - got, 1 << 24))
+    if not chunk:
+      break
+    view[got: got + len(chunk)] = chunk
+    got += len(chunk)
+  return got
 
 
 def _check_disjoint(infos: list[zipfile.ZipInfo], what: str) -> None:
@@ -1066,7 +1078,7 @@ def _read_npz(path: pathlib.Path, what: str) -> dict[str, np.ndarray]:
         if nbytes > info.file_size:
           raise _error(what, f"{info.filename} declares {nbytes} bytes of data but holds {info.file_size} (truncated)")
         buffer = bytearray(nbytes)
-        if nbytes and f.readinto(buffer) != nbytes:
+        if _read_into(f, buffer) != nbytes:
           raise _error(what, f"{info.filename} is truncated")
       array = np.frombuffer(buffer, dtype)
       out[info.filename[: -len(".npy")]] = array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
