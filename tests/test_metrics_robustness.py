@@ -315,3 +315,24 @@ def test_sparseness_float16_and_degenerate_maps():
     assert float(metrics.sparseness(m)) == pytest.approx(0.0, abs=1e-6)
   one_hot = jnp.zeros(1000, jnp.float16).at[3].set(1.0)
   assert float(metrics.sparseness(one_hot)) == pytest.approx(0.999, abs=1e-3)
+
+
+# ------------------------------------------------ faithfulness subsets
+@pytest.mark.parametrize("n,k", [(10, 3), (784, 224), (1000, 1), (37, 37)])
+def test_random_subsets_exact_size_and_uniform(n, k, getkey):
+  from adaptgrad_jax.metrics import _faithfulness
+  runs = 400
+  m = np.asarray(jax.jit(_faithfulness.random_subsets, static_argnums=(1, 2, 3))(
+      getkey(), runs, n, k))
+  assert m.shape == (runs, n) and np.all(m.sum(1) == k)
+  # Every item is chosen with probability k / n: binomial counts per item.
+  freq = m.sum(0)
+  p = k / n
+  sd = np.sqrt(runs * p * (1 - p)) + 1e-9
+  assert np.all(np.abs(freq - runs * p) <= 5.5 * sd)
+  if 1 < k < n:
+    if n >= 100:  # (C(10, 3) = 120 subsets only)
+      assert len({r.tobytes() for r in m}) == runs  # distinct subsets
+    # Pairs: P(i and j both chosen) = k (k - 1) / (n (n - 1)).
+    both = (m[:, :n // 2].astype(float).T @ m[:, n // 2:].astype(float)).mean() / runs
+    assert both == pytest.approx(k * (k - 1) / (n * (n - 1)), rel=0.1)
