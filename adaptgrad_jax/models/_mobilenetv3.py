@@ -149,13 +149,19 @@ class SqueezeExcitation(nnx.Module):
     return _hard_sigmoid(self.fc2(jax.nn.relu(self.fc1(scale)))) * x
 
 
+def _check_config(config: InvertedResidualConfig) -> None:
+  if config.activation not in _ACTIVATIONS or config.stride not in (1, 2):
+    raise ValueError(
+      f"{config}: activation must be 'RE' (ReLU) or 'HS' (hard-swish) and stride 1 or 2, as in torchvision's table"
+    )
+
+
 class InvertedResidual(nnx.Module):
   """torchvision's MobileNetV3 block; ``block`` holds expand (if any), depthwise, SE (if any), project."""
 
   def __init__(self, config: InvertedResidualConfig, *, rngs: nnx.Rngs):
+    _check_config(config)
     cin, kernel, mid, cout, use_se, activation, stride = config
-    if activation not in _ACTIVATIONS or stride not in (1, 2):
-      raise ValueError(f"config={config}: activation must be 'RE' or 'HS' and stride 1 or 2")
     act = _ACTIVATIONS[activation]
     layers: list[Any] = []
     if mid != cin:
@@ -198,6 +204,8 @@ class MobileNetV3(nnx.Module):
     settings = [InvertedResidualConfig(*s) for s in settings]
     if not settings:
       raise ValueError("settings must list at least one InvertedResidualConfig, e.g. MOBILENET_V3_LARGE")
+    for config in settings:
+      _check_config(config)
     first, last_in = settings[0].input_channels, settings[-1].out_channels
     features: list[Any] = [_conv_bn(in_channels, first, 3, 2, activation=_hard_swish, rngs=rngs)]
     features += [InvertedResidual(s, rngs=rngs) for s in settings]

@@ -206,6 +206,8 @@ class VisionTransformer(nnx.Module):
         f"image_size={image_size} must be a multiple of patch_size={patch_size}; "
         f"use image_size={image_size // patch_size * patch_size} or {(image_size // patch_size + 1) * patch_size}"
       )
+    if hidden_dim % num_heads:
+      raise ValueError(f"hidden_dim={hidden_dim} must be divisible by num_heads={num_heads}")
     self.image_size, self.patch_size, self.in_channels = image_size, patch_size, in_channels
     self.conv_proj = nnx.Conv(
       in_channels, hidden_dim, (patch_size, patch_size), strides=patch_size, padding="VALID", rngs=rngs
