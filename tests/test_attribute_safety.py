@@ -245,6 +245,10 @@ def _weighted(w):
                                      bounds=BOUNDS), id="method"),
 ])
 def test_other_hyperparameters_are_refused(xs, tmp_path, other):
+  # The library's transforms must stay describable (hyper-parameters in
+  # closures, partials, dataclasses or pytrees), or this rule breaks.
+  for fn in (_adapt(), other()):
+    assert fingerprint(fn).digest is not None, fingerprint(fn).why_not
   out = tmp_path / "run"
   first = np.asarray(_run(out, xs, fn=_adapt()))
   before = _stats(out)
