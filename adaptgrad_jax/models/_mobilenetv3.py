@@ -257,7 +257,7 @@ def mobilenet_v3_large(*, weights: Any = None, rngs: nnx.Rngs, **kwargs: Any) ->
     >>> abstract = nnx.eval_shape(lambda: models.mobilenet_v3_large(rngs=nnx.Rngs(0)))  # shapes only
     >>> sd = models.state_dict_from_model(abstract)
     >>> sd["features.4.block.2.fc1.weight"].shape, sd["classifier.0.weight"].shape
-    ((32, 72, 1, 1), (1280, 960))
+    ((24, 72, 1, 1), (1280, 960))
 
   References:
     Howard et al., "Searching for MobileNetV3", ICCV 2019.
