@@ -467,6 +467,19 @@ def test_lost_manifest_without_journal_settings_says_how_to_recover(xs,
   assert res.shape == (N, worker.D_IN)
 
 
+def test_hostile_manifest_is_refused_cleanly(xs, tmp_path):
+  out = tmp_path / "run"
+  _run(out, xs)
+  path = out / "manifest.json"
+  manifest = json.loads(path.read_text())
+  manifest.update(example_range=5, shards="x", explain_fingerprint=7,
+                  batch_size=[8])
+  path.write_text(json.dumps(manifest))
+  with pytest.raises(ValueError, match=r"(?s)batch_size: existing \[8\].*"
+                     r"example_range: existing 5"):
+    _run(out, xs)
+
+
 # ----------------------------------------------------------------------------
 # 6. Errors name the argument, the value and the fix.
 

@@ -250,9 +250,10 @@ def settings_mismatch(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[st
     # num_examples may be unknown (None) for an iterator until it is exhausted.
     if k == "num_examples" and (a is None or b is None):
       continue
-    if k == "example_range" and (a is None or b is None or
-                                 a[1] is None or b[1] is None):
-      if a is not None and b is not None and a[0] != b[0]:
+    ranges = all(isinstance(r, list) and len(r) == 2 for r in (a, b))
+    if k == "example_range" and (a is None or b is None or (
+        ranges and (a[1] is None or b[1] is None))):
+      if ranges and a[0] != b[0]:
         diffs.append(f"{k}: existing {a}, requested {b}")
       continue
     if a != b:
