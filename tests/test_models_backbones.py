@@ -170,6 +170,28 @@ def test_vit_rejects_other_image_sizes():
     models.vit_micro(image_size=30, rngs=nnx.Rngs(0))
 
 
+@pytest.mark.parametrize("image_size", [48, 16])
+def test_vit_position_embeddings_interpolate_as_torch(image_size, tb):
+  """torchvision's interpolate_embeddings: bicubic with aligned corners on the patch grid, class token kept."""
+  import torch  # pylint: disable=import-outside-toplevel
+
+  state = tb.randomize(FAMILIES["vit"][1](tb), seed=1).state_dict()  # 4 x 4 grid of 8 x 8 patches, float64
+  resized = models.interpolate_pos_embedding(state, image_size, patch_size=8)
+  pos = state["encoder.pos_embedding"]
+  grid, new = 4, image_size // 8
+  image = pos[:, 1:].permute(0, 2, 1).reshape(1, -1, grid, grid)
+  want = torch.nn.functional.interpolate(image, size=new, mode="bicubic", align_corners=True)
+  want = torch.cat([pos[:, :1], want.reshape(1, -1, new * new).permute(0, 2, 1)], dim=1).numpy()
+  got = resized["encoder.pos_embedding"]
+  assert got.shape == want.shape == (1, 1 + new * new, 16)
+  np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+  assert resized["conv_proj.weight"] is state["conv_proj.weight"]  # everything else is passed through
+  model = models.vit_micro(image_size=image_size, weights=resized, rngs=nnx.Rngs(0))
+  assert jax.eval_shape(model, jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)).shape == (1, 10)
+  with pytest.raises(ValueError, match="multiple of patch_size=8"):
+    models.interpolate_pos_embedding(state, 50, patch_size=8)
+
+
 def test_bad_configurations_are_named():
   with pytest.raises(ValueError, match="out_channels None for the last stage"):
     nnx.eval_shape(lambda: models.ConvNeXt([(8, 16, 1)], rngs=nnx.Rngs(0)))
