@@ -150,7 +150,9 @@ def inference_model(model: Any) -> Any:
   return eqx.nn.inference_mode(model, True)
 
 
-def _logits_call(state: Optional[PyTree], call: Optional[Call], batch_axis: bool) -> Callable[[Any, jax.Array], jax.Array]:
+def _logits_call(
+  state: Optional[PyTree], call: Optional[Call], batch_axis: bool
+) -> Callable[[Any, jax.Array], jax.Array]:
   """``logits(model, x)`` for one example: ``call``, else ``model(x)`` or ``model(x, state)[0]``."""
   if call is not None and not callable(call):
     raise TypeError(f"call={call!r} must be a callable call(model, x) -> logits")

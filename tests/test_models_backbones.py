@@ -147,7 +147,11 @@ def test_legacy_torchvision_names_load(tb):
       FAMILIES["densenet"][1],
       lambda k: k.replace(".norm1.", ".norm.1.").replace(".conv2.", ".conv.2."),
     ),
-    (models.vit_micro, FAMILIES["vit"][1], lambda k: k.replace(".mlp.0.", ".mlp.linear_1.").replace(".mlp.3.", ".mlp.linear_2.")),
+    (
+      models.vit_micro,
+      FAMILIES["vit"][1],
+      lambda k: k.replace(".mlp.0.", ".mlp.linear_1.").replace(".mlp.3.", ".mlp.linear_2."),
+    ),
   ]:
     state = torch_model(tb).state_dict()
     legacy = {rename(k): v for k, v in state.items()}
