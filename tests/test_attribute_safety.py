@@ -480,6 +480,18 @@ def test_hostile_manifest_is_refused_cleanly(xs, tmp_path):
     _run(out, xs)
 
 
+def test_load_refuses_manifest_pointing_outside(xs, tmp_path):
+  out = tmp_path / "run"
+  _run(out, xs)
+  path = out / "manifest.json"
+  manifest = json.loads(path.read_text())
+  np.save(tmp_path / "shard-outside.npy", np.zeros((8, worker.D_IN), np.float32))
+  manifest["shards"][0]["file"] = "../shard-outside.npy"
+  path.write_text(json.dumps(manifest))
+  with pytest.raises(ValueError, match=r"malformed shard entry .*rebuild it"):
+    load_attributions(out)
+
+
 # ----------------------------------------------------------------------------
 # 6. Errors name the argument, the value and the fix.
 
