@@ -643,3 +643,15 @@ def test_npz_compressed_fortran_and_object_arrays(tmp_path):
   np.savez(tmp_path / "o.npz", o=np.array([{"x": 1}], dtype=object))
   with pytest.raises(weights.CheckpointError, match="holds Python objects"):
     weights.read_checkpoint(tmp_path / "o.npz")
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_pickle_size_limit(tmp_path, monkeypatch, zip_format):
+  torch = pytest.importorskip("torch")
+  path = tmp_path / "m.pth"
+  torch.save({f"w{i}": torch.zeros(1) for i in range(50)}, path, _use_new_zipfile_serialization=zip_format)
+  monkeypatch.setattr(_checkpoint, "MAX_PICKLE_BYTES", 300)
+  with pytest.raises(weights.CheckpointError, match="MAX_PICKLE_BYTES=300"):
+    weights.read_checkpoint(path)
+  monkeypatch.undo()
+  assert len(weights.read_checkpoint(path)) == 50

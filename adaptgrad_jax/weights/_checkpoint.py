@@ -73,7 +73,7 @@ __all__ = [
 ]
 
 MAX_PICKLE_BYTES = 64 * 2**20
-"""Largest pickle program read (``data.pkl`` after inflation); a state dict of 10^5 tensors takes about 15 MB."""
+"""Largest pickle read (``data.pkl`` after inflation, or the pickles heading a legacy file); 10^5 tensors take ~15 MB."""
 
 MAX_PICKLE_OBJECTS = 4_000_000
 """Most pickle opcodes executed per file; each creates or places at most one object (about 100 bytes)."""
@@ -261,6 +261,8 @@ def _describe(obj: Any) -> str:
     return repr(obj[:40]) + ("..." if len(obj) > 40 else "")
   if isinstance(obj, (bool, float)) or obj is None or (isinstance(obj, int) and obj.bit_length() < 128):
     return repr(obj)
+  if isinstance(obj, int):
+    return f"an integer of {obj.bit_length()} bits"
   if isinstance(obj, (tuple, list, dict, set, frozenset)):
     return f"a {type(obj).__name__} of {len(obj)} items"
   return f"a {type(obj).__name__}"
@@ -277,8 +279,9 @@ def _error(what: str, message: str) -> CheckpointError:
 class _Source:
   """Bounded reads from a file or buffer: nothing past ``size`` bytes is ever requested or allocated."""
 
-  def __init__(self, f: Any, size: int, what: str, part: str):
+  def __init__(self, f: Any, size: int, what: str, part: str, capped: bool = False):
     self.f, self.left, self.size, self.what, self.part = f, size, size, what, part
+    self.capped = capped  # ``size`` is MAX_PICKLE_BYTES, not the end of the data
 
   @property
   def pos(self) -> int:
@@ -286,6 +289,8 @@ class _Source:
 
   def read(self, n: int) -> bytes:
     if n > self.left:
+      if self.capped:
+        raise _error(self.what, f"the pickles run past MAX_PICKLE_BYTES={MAX_PICKLE_BYTES} bytes")
       raise _error(self.what, f"truncated {self.part}: {n} bytes needed at byte {self.pos}, {self.left} remain")
     data = self.f.read(n)
     if len(data) != n:
@@ -297,6 +302,8 @@ class _Source:
     line = self.f.readline(min(self.left, _MAX_LINE))
     self.left -= len(line)
     if not line.endswith(b"\n"):
+      if self.capped and not self.left:
+        raise _error(self.what, f"the pickles run past MAX_PICKLE_BYTES={MAX_PICKLE_BYTES} bytes")
       raise _error(self.what, f"unterminated or over-long ({len(line)} bytes) text argument in the {self.part}")
     return line[:-1]
 
@@ -972,7 +979,7 @@ def _read_torch_zip(path: pathlib.Path, what: str) -> dict[str, np.ndarray]:
 def _read_torch_legacy(path: pathlib.Path, what: str) -> dict[str, np.ndarray]:
   file_size = path.stat().st_size
   with open(path, "rb") as f:
-    source = _Source(f, file_size, what, "file")
+    source = _Source(f, min(file_size, MAX_PICKLE_BYTES), what, "file", capped=file_size > MAX_PICKLE_BYTES)
     reader = _TorchReader(what, legacy=True)
     magic = reader.run(source)
     if type(magic) is not int or magic != _LEGACY_MAGIC:
@@ -987,6 +994,7 @@ def _read_torch_legacy(path: pathlib.Path, what: str) -> dict[str, np.ndarray]:
     keys = reader.run(source)
     if not isinstance(keys, list):
       raise _error(what, "corrupt storage key list")
+    data = _Source(f, file_size - source.pos, what, "storage data")
 
     def read_storages(storages: list[_Storage]):
       # The data follow in key-list order: an 8-byte element count, then the bytes. Check every header,
@@ -1001,11 +1009,11 @@ def _read_torch_legacy(path: pathlib.Path, what: str) -> dict[str, np.ndarray]:
         if key in done:
           raise _error(what, f"storage key {key[:40]!r} is listed twice")
         done.add(key)
-        numel = int.from_bytes(source.read(8), "little")
+        numel = int.from_bytes(data.read(8), "little")
         unit = storage.dtype.itemsize if storage.dtype is not None else 1
         if numel * unit != storage.nbytes:
           raise _error(what, f"storage {key[:40]} has {numel} elements, the pickle says {storage.nbytes // unit}")
-        if storage.nbytes > source.left:
+        if storage.nbytes > data.left:
           raise _error(what, f"storage {key[:40]} of {storage.nbytes} bytes runs past the end of the file (truncated)")
         if id(storage) in wanted:
           buffer = bytearray(storage.needed)
@@ -1016,7 +1024,7 @@ def _read_torch_legacy(path: pathlib.Path, what: str) -> dict[str, np.ndarray]:
           wanted.discard(id(storage))
         else:
           f.seek(storage.nbytes, os.SEEK_CUR)
-        source.left -= storage.nbytes
+        data.left -= storage.nbytes
       if wanted:
         raise _error(what, f"the data of {len(wanted)} storage(s) are missing (truncated)")
 
