@@ -343,6 +343,9 @@ _MALFORMED = {
   "too_many_tensor_args": (_dict([("w", _tensor().replace(b"tR", b"K\x00K\x00K\x00tR"))]), "arguments"),
   "storage_missing": (_dict([("w", _tensor(key="9"))]), "storage 9 is missing"),
   "unknown_rebuild": (b"ctorch._utils\n_rebuild_qtensor\n", "quantized tensor"),
+  "nested_rebuild_from_type": (b"ctorch._tensor\n_rebuild_from_type_v2\n(ctorch._tensor\n_rebuild_from_type_v2\n"
+                               b"ctorch\nTensor\n)}tR", "a tensor-rebuilding function"),
+  "ordered_dict_bad_pairs": (b"ccollections\nOrderedDict\n(((K\x01tltR", "(key, value) pairs"),
 }
 
 
@@ -655,3 +658,9 @@ def test_pickle_size_limit(tmp_path, monkeypatch, zip_format):
     weights.read_checkpoint(path)
   monkeypatch.undo()
   assert len(weights.read_checkpoint(path)) == 50
+
+
+def test_python2_ordered_dict_with_pairs(tmp_path):
+  body = b"ccollections\nOrderedDict\n(((" + _str("w") + _tensor(numel=2, size=(2,)) + b"lltR"
+  path = _torch_zip(tmp_path / "py2.pth", body, {"0": np.array([1.5, -2], np.float32).tobytes()})
+  np.testing.assert_array_equal(weights.read_checkpoint(path)["w"], [1.5, -2])

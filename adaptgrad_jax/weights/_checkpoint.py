@@ -365,7 +365,7 @@ class _PickleMachine:
     except KeyError as e:
       raise self.fail(f"malformed pickle: memo entry {e} is missing") from None
     except (ValueError, TypeError, OverflowError, UnicodeError, struct.error) as e:
-      raise self.fail(f"malformed pickle ({type(e).__name__}: {e})") from None
+      raise self.fail(f"malformed pickle ({type(e).__name__}: {str(e)[:200]})") from None
 
   # Helpers.
   def pop_mark(self) -> list[Any]:
@@ -425,10 +425,15 @@ class _PickleMachine:
     if not isinstance(args, tuple):
       raise self.fail(f"malformed pickle: arguments of {func.name} are a {type(args).__name__}, not a tuple")
     name = func.name
-    if name == _ORDERED_DICT:
-      if args:
-        raise self.fail("OrderedDict called with arguments (torch.save never does this)")
-      return collections.OrderedDict()
+    if name == _ORDERED_DICT:  # OrderedDict() (Python 3), or OrderedDict([[key, value], ...]) (Python 2 pickles)
+      out = collections.OrderedDict()
+      if len(args) > 1 or (args and not isinstance(args[0], (list, tuple))):
+        raise self.fail("OrderedDict takes at most one list of (key, value) pairs")
+      for pair in args[0] if args else ():
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+          raise self.fail("OrderedDict takes (key, value) pairs")
+        out[_check_key(pair[0], self.what)] = pair[1]
+      return out
     if name == _TORCH_SIZE:
       if len(args) != 1:
         raise self.fail("torch.Size takes one tuple of ints")
@@ -438,8 +443,9 @@ class _PickleMachine:
         raise self.fail(f"{name} needs a tensor as its first argument")
       return args[0]
     if name == _REBUILD_FROM_TYPE:  # (func, new_type, args, state): tensor subclasses become plain arrays
-      if len(args) != 4 or not isinstance(args[1], _Marker) or args[1].name not in _TYPE_MARKERS:
-        raise self.fail(f"{name} needs (function, torch.Tensor or Parameter, arguments, state)")
+      if (len(args) != 4 or not isinstance(args[1], _Marker) or args[1].name not in _TYPE_MARKERS
+          or not isinstance(args[0], _Marker) or args[0].name == _REBUILD_FROM_TYPE):
+        raise self.fail(f"{name} needs (a tensor-rebuilding function, torch.Tensor or Parameter, arguments, state)")
       return self.call(args[0], args[2])
     # _rebuild_tensor (storage, offset, size, stride), _v2 (... requires_grad, hooks[, metadata]),
     # _v3 (... requires_grad, hooks, dtype[, metadata]).
