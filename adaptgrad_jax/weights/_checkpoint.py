@@ -46,6 +46,7 @@ Formats:
 
 from __future__ import annotations
 
+import codecs
 import collections
 import io
 import json
@@ -507,8 +508,6 @@ def _op_table() -> dict[bytes, Callable[[_PickleMachine], Any]]:
     data = m.src.readline()
     if len(data) < 2 or data[0] != data[-1] or data[:1] not in (b"'", b'"'):
       raise m.fail("malformed pickle: STRING argument is not quoted")
-    import codecs  # pylint: disable=import-outside-toplevel
-
     m.push(m.decode_py2(codecs.escape_decode(data[1:-1])[0]))
 
   def dict_from(m, items):
@@ -1050,6 +1049,7 @@ def _read_safetensors(path: pathlib.Path, what: str) -> dict[str, np.ndarray]:
     hint = " (truncated)" if "incomplete" in message or "too small" in message else ""
     raise _error(what, f"invalid safetensors file{hint}: {message}") from None
   out = {}
+  file_size = path.stat().st_size
   with open(path, "rb") as f:
     size = int.from_bytes(f.read(8), "little")
     header = json.loads(f.read(size))
@@ -1061,9 +1061,12 @@ def _read_safetensors(path: pathlib.Path, what: str) -> dict[str, np.ndarray]:
         raise _error(what, f"tensor {name!r} has the safetensors dtype {info['dtype']}, which has no NumPy "
                      f"equivalent here; supported: {', '.join(_SAFETENSORS_DTYPES)}")
       begin, end = info["data_offsets"]
+      if not 0 <= begin <= end <= file_size - 8 - size:  # validated above; re-checked in case the file changed
+        raise _error(what, f"tensor {name!r} bytes [{begin}, {end}) lie outside the file")
       buffer = bytearray(end - begin)
       f.seek(8 + size + begin)
-      f.readinto(buffer)
+      if f.readinto(buffer) != end - begin:
+        raise _error(what, f"tensor {name!r} is truncated")
       out[name] = np.frombuffer(buffer, dtype).reshape(info["shape"])
   return out
 
