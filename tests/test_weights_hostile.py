@@ -664,3 +664,16 @@ def test_python2_ordered_dict_with_pairs(tmp_path):
   body = b"ccollections\nOrderedDict\n(((" + _str("w") + _tensor(numel=2, size=(2,)) + b"lltR"
   path = _torch_zip(tmp_path / "py2.pth", body, {"0": np.array([1.5, -2], np.float32).tobytes()})
   np.testing.assert_array_equal(weights.read_checkpoint(path)["w"], [1.5, -2])
+
+
+def test_distinct_tensors_over_one_storage_cannot_multiply_it(tmp_path):
+  n = 2**20  # 2000 distinct full views of 4 MiB would be 8 GiB of copies
+  body = _dict([(f"w{i}", _tensor(numel=n, size=(n,))) for i in range(2000)])
+  path = _torch_zip(tmp_path / "views.pth", body, {"0": np.arange(n, dtype=np.float32).tobytes()})
+  report = _read_limited(path)
+  assert report["ok"] and report["names"] == 2000 and report["distinct"] == 2000, report
+  assert report["peak_mib"] < 64, report
+  state = weights.read_checkpoint(path)
+  assert state["w0"].flags.writeable and not state["w1999"].flags.writeable  # copies, then views
+  for value in state.values():
+    np.testing.assert_array_equal(value[:: n // 7], np.arange(n, dtype=np.float32)[:: n // 7])

@@ -831,13 +831,16 @@ def _tensor_paths(root: Any, what: str, ops: int) -> list[tuple[str, _Tensor]]:
   return out
 
 
-def _materialize(tensor: _Tensor, buffer: bytearray, alone: bool, big_endian: bool, what: str) -> np.ndarray:
+def _materialize(tensor: _Tensor, buffer: bytearray, alone: bool, big_endian: bool, what: str,
+                 budget: list[int]) -> np.ndarray:
   """The array of ``tensor`` over its storage's ``buffer``.
 
   A C-contiguous tensor alone on its storage is returned without a copy; a
   tensor that overlaps itself (more elements than bytes covered: stride 0) as a
-  read-only strided view; any other as a contiguous copy, which is never larger
-  than the bytes it covers.
+  read-only strided view; any other as a contiguous copy (never larger than the
+  bytes it covers) while the storage's copy budget (``budget[0]`` bytes, twice
+  the storage) lasts, then as a read-only view: many distinct tensors over one
+  storage cannot multiply it.
   """
   size, dtype, stride = tensor.size, tensor.dtype, tensor.stride
   numel = math.prod(size)
@@ -862,6 +865,13 @@ def _materialize(tensor: _Tensor, buffer: bytearray, alone: bool, big_endian: bo
       kind = "big-endian" if big_endian else "complex32"
       raise _error(what, f"a {kind} tensor of size {size} with overlapping strides {stride} cannot be read as a view")
     return view
+  cost = numel * item
+  if cost > budget[0]:
+    if big_endian or dtype is _COMPLEX32:
+      raise _error(what, f"the tensors over storage {tensor.storage.key[:40]} would need copies of more than twice "
+                   "its size")
+    return view
+  budget[0] -= cost
   out = np.array(view, order="C")
   if big_endian:
     out = out.byteswap()
@@ -890,8 +900,9 @@ def _finish(root: Any, reader: _TorchReader, read_storages: Callable[[list[_Stor
   arrays: dict[int, np.ndarray] = {}
   for storage, buffer in read_storages(needed):
     tensors = by_storage[id(storage)]
+    budget = [2 * len(buffer)]
     for t in tensors:
-      arrays[id(t)] = _materialize(t, buffer, len(tensors) == 1, big_endian, what)
+      arrays[id(t)] = _materialize(t, buffer, len(tensors) == 1, big_endian, what, budget)
   return {name: arrays[id(t)] for name, t in paths}
 
 
@@ -1133,7 +1144,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
   Arrays are C-contiguous and writable, except tensors whose strides make them
   larger than the bytes they cover (stride 0, as ``torch.expand`` makes):
   those are read-only strided views (``np.broadcast_to``-like), never copied to
-  their logical size. dtypes: float16/32/64, bfloat16 and float8 (as
+  their logical size. Likewise, once the tensors over one storage have been
+  copied to twice its size (only a hostile file gets there: a state dict's
+  tensors partition their storages), the rest are read-only views of it. dtypes: float16/32/64, bfloat16 and float8 (as
   ``ml_dtypes`` types), signed and unsigned 8 to 64-bit integers, bool,
   complex64/128, and complex32 (returned as complex64, exactly); quantized,
   4-bit and sub-byte dtypes raise `CheckpointError` saying so.
