@@ -290,7 +290,7 @@ def eqx_param_fn(
     >>> from adaptgrad_jax import equinox_adapters
     >>> model = eqx.nn.MLP(4, 3, 8, 2, key=jax.random.key(0))
     >>> f, params = equinox_adapters.eqx_param_fn(model, 0)
-    >>> ng = jax.jit(ag.noise_grad(jax.grad(f), 4))
+    >>> ng = jax.jit(ag.noise_grad(jax.grad(f), 4, sigma=0.2, argnums=1))
     >>> ng(jax.random.key(0), jnp.ones(4), params).shape
     (4,)
   """
