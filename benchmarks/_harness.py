@@ -291,7 +291,8 @@ def clean_gradients(workload: Workload) -> tuple[np.ndarray, np.ndarray]:
   assert jax_grad.dtype == np.float64
   module = ref.load_numpy_state_dict(MODELS[workload.name].build_torch(workload.size), workload.state_dict()).double()
   x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(workload.x, -1, 0)))[None].double()
-  torch_grad = ref.torch_loop_smooth(module, x, torch.zeros_like(x), workload.target, 1)
+  with ref.single_threaded_torch():
+    torch_grad = ref.torch_loop_smooth(module, x, torch.zeros_like(x), workload.target, 1)
   return jax_grad, np.moveaxis(torch_grad.numpy()[0], 0, -1)
 
 

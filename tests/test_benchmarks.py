@@ -35,10 +35,11 @@ def test_torch_batched_equals_loop_without_noise(mlp):
   module = torch_reference.load_numpy_state_dict(torch_reference.TorchMLP(), mlp.state_dict()).double()
   x = torch.from_numpy(np.moveaxis(mlp.x, -1, 0).copy())[None].double()
   zero = torch.zeros_like(x)
-  loop = torch_reference.torch_loop_smooth(module, x, zero, mlp.target, 3)
-  for batch_size in (None, 2):
-    batched = torch_reference.torch_batched_smooth(module, x, zero, mlp.target, 5, batch_size=batch_size)
-    torch_reference.assert_close(batched.numpy(), loop.numpy(), 1e-12)
+  with torch_reference.single_threaded_torch():
+    loop = torch_reference.torch_loop_smooth(module, x, zero, mlp.target, 3)
+    for batch_size in (None, 2):
+      batched = torch_reference.torch_batched_smooth(module, x, zero, mlp.target, 5, batch_size=batch_size)
+      torch_reference.assert_close(batched.numpy(), loop.numpy(), 1e-12)
 
 
 def test_worker_records_and_report(mlp, tmp_path):

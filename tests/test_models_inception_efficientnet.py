@@ -50,7 +50,10 @@ def test_inception_v3_matches_torch_at_smallest_size(rng):
   ref = ref_lib.randomize(ref_lib.TorchInception3(num_classes=10, transform_input=True), seed=0)
   model = inception_v3(num_classes=10, transform_input=True, weights=ref.state_dict(), rngs=nnx.Rngs(0))
   x = rng.normal(size=(2, 75, 75, 3)).astype(np.float32)
-  ref_lib.assert_matches_torch(model, ref, x)
+  # Logits only (float32): a float64 gradient of the whole network costs ~10 s of compilation.
+  # The models have no custom gradients, so equal functions have equal gradients away from kinks;
+  # float64 gradients of the same layers are checked in the aux head below and for VGG / ResNet.
+  ref_lib.assert_matches_torch(model, ref, x, grad_rel=None)
 
 
 def test_inception_v3_drops_aux_weights_and_rejects_small_inputs():
@@ -76,12 +79,15 @@ def test_inception_aux_head_matches_torch(rng):
 
 
 def test_efficientnet_lite0_matches_torch(rng):
-  # 72 x 72 gives odd maps (9 -> 5 -> 3) where TF "same" padding is asymmetric.
+  # 36 x 36 gives odd maps downsampled by both kernel sizes (9 -> 5 with 5 x 5, 5 -> 3 with
+  # 3 x 3, 3 -> 2 with 5 x 5), where TF "same" padding is asymmetric.
   ref_lib = _ref()
-  ref = ref_lib.randomize(ref_lib.TorchEfficientNetLite0(num_classes=10, image_size=72), seed=2)
+  ref = ref_lib.randomize(ref_lib.TorchEfficientNetLite0(num_classes=10, image_size=36), seed=2)
   model = efficientnet_lite0(num_classes=10, weights=ref.state_dict(), rngs=nnx.Rngs(0))
-  x = rng.normal(size=(2, 72, 72, 3)).astype(np.float32)
-  ref_lib.assert_matches_torch(model, ref, x)
+  x = rng.normal(size=(2, 36, 36, 3)).astype(np.float32)
+  # Logits only (float32): XLA's float64 depthwise convolutions are slow (the float64 gradient
+  # would triple this test's time); see the Inception test for why logits suffice.
+  ref_lib.assert_matches_torch(model, ref, x, grad_rel=None)
 
 
 def test_efficientnet_lite0_parameter_names_match_the_checkpoint_layout():
@@ -181,11 +187,12 @@ def test_pretrained_efficientnet_lite0_matches_torch_on_chelsea(chelsea_lite0):
   x, logits = chelsea_lite0
   ref_lib = _ref()
   import torch  # pylint: disable=import-outside-toplevel
+
   from adaptgrad_jax.models._efficientnet import efficientnet_lite0_checkpoint
 
   ref = ref_lib.TorchEfficientNetLite0(image_size=224)
   ref.load_state_dict(torch.load(efficientnet_lite0_checkpoint(), weights_only=True, map_location="cpu"))
-  with torch.no_grad():
+  with torch.no_grad(), ref_lib.single_threaded_torch():
     ref_logits = ref.eval()(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).numpy()
   ref_lib.assert_close(logits, ref_logits, 1e-4)
   ref_probs = torch.softmax(torch.from_numpy(ref_logits), 1).numpy()[0]
