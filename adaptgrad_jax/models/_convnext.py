@@ -217,10 +217,13 @@ def convnext_micro(*, weights: Any = None, rngs: nnx.Rngs, **kwargs: Any) -> Con
   """A tiny test-size ConvNeXt: widths 8, 16, 24, 32 with 1, 1, 2, 1 blocks, 10 classes, for 32 x 32 inputs.
 
   Example:
+    >>> import jax
     >>> import jax.numpy as jnp
     >>> from flax import nnx
     >>> from adaptgrad_jax import models
-    >>> models.convnext_micro(rngs=nnx.Rngs(0))(jnp.zeros((2, 32, 32, 3))).shape
+    >>> model = nnx.eval_shape(lambda: models.convnext_micro(rngs=nnx.Rngs(0)))  # shapes only; drop eval_shape to build
+    >>> model.eval()
+    >>> nnx.eval_shape(lambda m, x: m(x), model, jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)).shape
     (2, 10)
   """
   return _convnext(_MICRO, weights, rngs, {"num_classes": 10, **kwargs})

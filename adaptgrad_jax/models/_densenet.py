@@ -240,12 +240,13 @@ def densenet_micro(*, weights: Any = None, rngs: nnx.Rngs, **kwargs: Any) -> Den
   10 classes, for 32 x 32 inputs.
 
   Example:
+    >>> import jax
     >>> import jax.numpy as jnp
     >>> from flax import nnx
     >>> from adaptgrad_jax import models
-    >>> model = models.densenet_micro(rngs=nnx.Rngs(0))
+    >>> model = nnx.eval_shape(lambda: models.densenet_micro(rngs=nnx.Rngs(0)))  # shapes only; drop eval_shape to build
     >>> model.eval()
-    >>> model(jnp.zeros((2, 32, 32, 3))).shape
+    >>> nnx.eval_shape(lambda m, x: m(x), model, jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)).shape
     (2, 10)
   """
   return _densenet((4, (2, 2, 2, 2), 8), weights, rngs, {"num_classes": 10, "bn_size": 2, **kwargs})

@@ -275,12 +275,13 @@ def mobilenet_v3_micro(*, weights: Any = None, rngs: nnx.Rngs, **kwargs: Any) ->
   residual and strided), classifier width 32, 10 classes, for 32 x 32 inputs.
 
   Example:
+    >>> import jax
     >>> import jax.numpy as jnp
     >>> from flax import nnx
     >>> from adaptgrad_jax import models
-    >>> model = models.mobilenet_v3_micro(rngs=nnx.Rngs(0))
+    >>> model = nnx.eval_shape(lambda: models.mobilenet_v3_micro(rngs=nnx.Rngs(0)))  # shapes only; drop eval_shape to build
     >>> model.eval()
-    >>> model(jnp.zeros((2, 32, 32, 3))).shape
+    >>> nnx.eval_shape(lambda m, x: m(x), model, jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)).shape
     (2, 10)
   """
   return _mobilenet(_MICRO, 32, weights, rngs, {"num_classes": 10, **kwargs})

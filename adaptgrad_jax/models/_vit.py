@@ -292,6 +292,7 @@ def interpolate_pos_embedding(
       checkpoint's embeddings are not a square grid plus a class token.
 
   Example:
+    >>> import jax
     >>> import numpy as np
     >>> from flax import nnx
     >>> from adaptgrad_jax import models
@@ -301,7 +302,7 @@ def interpolate_pos_embedding(
     >>> sd48["encoder.pos_embedding"].shape
     (1, 37, 16)
     >>> model = models.vit_micro(image_size=48, weights=sd48, rngs=nnx.Rngs(0))
-    >>> model(np.zeros((1, 48, 48, 3), np.float32)).shape
+    >>> jax.eval_shape(model, jax.ShapeDtypeStruct((1, 48, 48, 3), np.float32)).shape
     (1, 10)
   """
   if image_size % patch_size:
@@ -404,11 +405,13 @@ def vit_micro(*, weights: Any = None, rngs: nnx.Rngs, **kwargs: Any) -> VisionTr
   Same code paths as `vit_b_16` at a size where a test runs in a second.
 
   Example:
+    >>> import jax
     >>> import jax.numpy as jnp
     >>> from flax import nnx
     >>> from adaptgrad_jax import models
-    >>> model = models.vit_micro(rngs=nnx.Rngs(0))
-    >>> model(jnp.zeros((2, 32, 32, 3))).shape
+    >>> model = nnx.eval_shape(lambda: models.vit_micro(rngs=nnx.Rngs(0)))  # shapes only; drop eval_shape to build
+    >>> model.eval()
+    >>> nnx.eval_shape(lambda m, x: m(x), model, jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)).shape
     (2, 10)
   """
   config = dict(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=10)
