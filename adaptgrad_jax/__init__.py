@@ -22,6 +22,7 @@ from adaptgrad_jax._smoothing import gaussian_smooth as gaussian_smooth
 from adaptgrad_jax._smoothing import smooth_grad as smooth_grad
 from adaptgrad_jax._wrapping import is_stochastic as is_stochastic
 from adaptgrad_jax._wrapping import stochastic as stochastic
+from adaptgrad_jax import cpu as cpu
 
 __version__ = "0.2.0"
 
@@ -32,6 +33,7 @@ __all__ = (
     "adaptive_sigma",
     "auto_batch_size",
     "check_bounds",
+    "cpu",
     "completeness_gap",
     "gaussian_smooth",
     "gradient_x_input",

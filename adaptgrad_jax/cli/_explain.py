@@ -207,7 +207,7 @@ def progress_bar(console, total: int, description: str):
 def run(args: argparse.Namespace, console, err_console) -> int:
   import jax  # pylint: disable=import-outside-toplevel
 
-  from adaptgrad_jax._strategy import cpu_compiler_options  # pylint: disable=import-outside-toplevel
+  from adaptgrad_jax.cpu import compiler_options as cpu_compiler_options  # pylint: disable=import-outside-toplevel
 
   method = _methods.canonical(args.method)
   _errors.require_plotting("explain")
