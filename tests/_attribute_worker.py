@@ -5,13 +5,18 @@ Run as ``python tests/_attribute_worker.py SPEC_JSON``; the spec's ``mode``:
 * ``"devices"``: explain the toy data with several batch sizes and meshes on
   however many devices XLA_FLAGS forces, saving each result under ``out``;
 * ``"multihost"``: join a 2-process CPU job on 127.0.0.1 (gloo collectives)
-  and run ``attribute_multihost``.
+  and run ``attribute_multihost``;
+* ``"hold"``: run ``attribute`` on ``out`` with an iterable that, after
+  ``pause_after`` batches, creates the file ``paused`` and waits for the file
+  ``go`` (so a test can act while this run holds ``out``), then prints the
+  fingerprint of ``noisy_grad``.
 """
 
 import json
 import os
 import pathlib
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -49,7 +54,8 @@ def explain_fns():
   from adaptgrad_jax.attribute import sample_mean
   return {
       "noisy_grad": noisy_grad,
-      "adapt_smooth": adapt_smooth(jax.grad(logit), 0.95, 4),
+      "adapt_smooth": adapt_smooth(jax.grad(logit), 0.95, 4,
+                                   bounds=(0.0, 1.0)),
       "sample_mean": sample_mean(noisy_grad, 4),
   }
 
@@ -91,6 +97,34 @@ def _multihost(spec):
   jax.distributed.shutdown()
 
 
+def _hold(spec):
+  from adaptgrad_jax.attribute import attribute
+  from adaptgrad_jax.attribute._identity import fingerprint
+  xs = toy_data(spec["num_examples"])
+  b = spec["batch_size"]
+
+  def batches():
+    for i, start in enumerate(range(0, len(xs), b)):
+      if i == spec["pause_after"]:
+        pathlib.Path(spec["paused"]).touch()
+        deadline = time.monotonic() + 120
+        while not pathlib.Path(spec["go"]).exists():
+          if time.monotonic() > deadline:
+            raise TimeoutError("the test never created the go file")
+          time.sleep(0.02)
+      yield xs[start:start + b]
+
+  # The module imported by its name, as the test process has it (this file
+  # runs as __main__, and a function's module is part of its identity).
+  import _attribute_worker  # pylint: disable=import-outside-toplevel
+  fn = _attribute_worker.noisy_grad
+  res = attribute(fn, jax.random.key(spec["seed"]), batches(),
+                  out=spec["out"], batch_size=b, progress=False)
+  print(json.dumps({"shape": list(res.shape),
+                    "fingerprint": fingerprint(fn).digest}), flush=True)
+
+
 if __name__ == "__main__":
   spec = json.loads(sys.argv[1])
-  {"devices": _devices, "multihost": _multihost}[spec["mode"]](spec)
+  {"devices": _devices, "multihost": _multihost, "hold": _hold}[spec["mode"]](
+      spec)

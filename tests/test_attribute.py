@@ -75,7 +75,9 @@ def test_adapt_smooth(fns, xs, refs, tmp_path):
   res = attribute(fns["adapt_smooth"], jax.random.key(3), xs, batch_size=8,
                   out=tmp_path / "a", progress=False)
   np.testing.assert_allclose(np.asarray(res), refs["adapt_smooth"], atol=ATOL)
-  assert "adapt_smooth(logit)" in res.manifest["explain_id"]
+  fn = fns["adapt_smooth"]  # The default id names it; the fingerprint identifies it.
+  assert res.manifest["explain_id"] == attribute_impl._default_explain_id(fn)
+  assert len(res.manifest["explain_fingerprint"]) == 64
 
 
 def test_sample_mean_averages_fold_in_samples(xs, refs):

@@ -85,6 +85,13 @@ def test_top_level_help_lists_commands(capsys):
     (["confidence", "IMG", "--cs", "0.9,1.2", "--out", "o"], 2, ["--c 1.2", "(0, 1)"]),
     (["convergence", "IMG", "--ns", "1,x", "--out", "o"], 2, ["--ns 'x'"]),
     (["demonstrate"], 2, ["invalid choice: 'demonstrate'"]),
+    (["explain", "IMG", "--seed", str(2 ** 70), "--out", "o"], 2, ["--seed", "64-bit", "e.g. 0"]),
+    (["explain", "IMG", "--seed", "x", "--out", "o"], 2, ["--seed 'x'", "whole number"]),
+    (["explain", "IMG", "--n", str(10 ** 14), "--out", "o"], 2, ["--n 100000000000000 is too large"]),
+    (["convergence", "IMG", "--ns", f"1,{10 ** 12}", "--out", "o"], 2, ["--ns 1000000000000 is too large"]),
+    (["demo", "--seed", "1.5", "--out", "o"], 2, ["--seed '1.5'"]),
+    (["demo", "--out", ""], 2, ["--out '' is empty"]),
+    (["explain", "IMG", "--out", ""], 2, ["--out '' is empty"]),
   ],
 )
 def test_user_mistakes_give_one_line_with_the_fix(argv, code, needles, digit_png, tmp_path, capsys):
@@ -141,13 +148,16 @@ def test_explain_writes_maps_equal_to_the_library_and_refuses_to_overwrite(digit
   from PIL import Image as PILImage
   assert PILImage.open(png).size == (28, 28)
 
-  # A second run refuses to overwrite; --overwrite replaces.
+  # The same command again has nothing to do; other settings are refused; --overwrite replaces.
   before = npy.stat().st_mtime_ns
-  assert main(argv) == 1
+  assert main(argv) == 0
+  assert "nothing to do" in capsys.readouterr().out
+  assert main(argv[:-2] + ["--seed", "6", "--out", str(out)]) == 1
   err = _error_line(capsys)
-  assert "already exists" in err and "--overwrite" in err
+  assert "explain.json records another run (differs in seed)" in err and "--overwrite" in err
   assert npy.stat().st_mtime_ns == before
   assert main(argv + ["--overwrite"]) == 0
+  assert npy.stat().st_mtime_ns != before
 
 
 @pytest.mark.parametrize("method", ["a-ig", "s-ng"])

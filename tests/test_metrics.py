@@ -426,10 +426,45 @@ def test_entropy_estimators_order(method, rng):
 
 
 def test_pic_curve_from_points_hand_computed():
-  res = _information._curve_from_points([(0.0, 0.0), (1.0, 1.0), (0.5, 1.0)], 1000)
+  # Only the thresholds' points are passed; the anchors (0, 0), (1, 1) are added.
+  res = _information._curve_from_points([(0.5, 1.0)], 1000)
   assert res.auc == pytest.approx(0.75, abs=1e-9)
-  res = _information._curve_from_points([(0.0, 0.0), (1.0, 1.0)], 10)
+  res = _information._curve_from_points([], 10)
   assert res.auc == pytest.approx(0.5, abs=1e-9)
+
+
+def test_pic_curve_repeated_x_takes_pairs_anchor_order():
+  # Three thresholds whose entropy is clipped to 1 (x = 1, y = 0.7): PAIR
+  # appends (0, 0), (1, 1) after them, so on [0, 1) the curve is the line
+  # from (0, 0) to (1, 0.7) and only the last point jumps to 1:
+  # AUC = 0.7 / 2 * (1 - 1/n) + trapezoid of the last step.
+  n = 1000
+  res = _information._curve_from_points([(1.0, 0.7)] * 3, n)
+  last_y = 0.7 * (n - 1) / n
+  expected = 0.7 / 2 * ((n - 1) / n) ** 2 + (last_y + 1.0) / 2 / n
+  assert res.auc == pytest.approx(expected, abs=1e-12)
+  assert res.auc == pytest.approx(0.35015, abs=1e-9)
+  # Repeated x = 0: the anchor (0, 0) wins at x = 0, as in PAIR.
+  res = _information._curve_from_points([(0.0, 0.5), (0.0, 0.6), (0.5, 0.8)], n)
+  assert res.curve_y[0] == 0.0
+
+
+def test_blurred_image_rounds_like_float32_reference(rng):
+  # PAIR stores the interpolated values into a float32 copy before rounding
+  # a uint8 image; compute that reference here with scipy directly.
+  from scipy import interpolate
+  img = rng.integers(0, 256, size=(12, 10, 3)).astype(np.uint8)
+  mask = rng.random((12, 10)) < 0.2
+  got = metrics.blurred_image(img, mask)
+  m = mask.copy()
+  m[[0, 0, 11, 11], [0, 9, 0, 9]] = True
+  want = img.astype(np.float32) * m[..., None]
+  for c in range(3):
+    vals = interpolate.griddata(np.argwhere(m), img[..., c][m].astype(np.float64),
+                                np.argwhere(~m), method="linear")
+    want[..., c][~m] = vals.astype(np.float32)
+  np.testing.assert_array_equal(got, np.round(want).astype(np.uint8))
+  assert got.dtype == np.uint8
 
 
 def region_toy(key, size=16):

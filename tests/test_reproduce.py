@@ -51,7 +51,8 @@ def test_own_bounds_make_adaptgrad_exactly_shift_invariant(getkey):
   jit = lambda d: {k: jax.jit(v) for k, v in d.items() if k in ("SG", "AG")}
   plain = jit(reproduce.table1_explainers(g, cfg, (0.0, 1.0)))
   own = jit(reproduce.table1_explainers(g, cfg, (1.0, 2.0)))
-  released = jit(reproduce.table1_explainers(g, cfg, (1.0, 2.0), released=True))
+  released = jit(reproduce.table1_explainers(g, cfg, (1.0, 2.0),
+                                            ag_bounds=reproduce.RELEASED_SHIFTED_AG_BOUNDS))
   key = getkey()
   for name in ("SG", "AG"):
     a = plain[name](key, x, params, 3)
@@ -160,3 +161,179 @@ def test_cli_rejects_unknown_options():
     reproduce.main(["table1", "--shifted-bounds", "wrong"])
   with pytest.raises(ValueError, match="shifted_bounds"):
     reproduce.Table1Config(shifted_bounds="wrong")
+
+
+# ----------------------------------------------------------------------------
+# The authors' released models and pipeline.
+
+
+def test_reinterpret_bytes_reads_the_first_784_bytes_of_the_float32_buffer():
+  import struct
+  x = np.zeros((28, 28), np.float32)
+  x[0, :4] = [1.0, 0.5, 2.0, 0.2]
+  x[6, 27] = 0.75  # element 195: the last one whose bytes are read
+  x[7, 0] = 0.9  # element 196: beyond the first 784 bytes
+  expected = np.frombuffer(struct.pack("<196f", *x.reshape(-1)[:196].tolist()), np.uint8)
+  got = reproduce.reinterpret_bytes(x)
+  assert got.shape == (784,) and got.dtype == np.float32
+  np.testing.assert_array_equal(got * 255.0, expected.astype(np.float32))
+  # 1.0f is 00 00 80 3f little-endian; 0.5f is 00 00 00 3f.
+  np.testing.assert_allclose(got[:8] * 255.0, [0, 0, 128, 63, 0, 0, 0, 63])
+  x2 = x.copy()
+  x2[20:] = 1.0
+  np.testing.assert_array_equal(reproduce.reinterpret_bytes(x2), got)
+  with pytest.raises(ValueError, match="784 elements"):
+    reproduce.reinterpret_bytes(np.zeros(10, np.float32))
+
+
+def test_released_inputs_shift_and_garble():
+  digits = np.zeros((2, 28, 28), np.uint8)
+  digits[1, 10:20, 10:20] = 255
+  plain = reproduce.released_inputs(digits, 0.0)
+  assert np.all(plain == 0.0)  # rows 0-6 of a digit are background: all zero bytes
+  shifted = reproduce.released_inputs(digits, 1.0)
+  # The shifted model's first rows are the bytes of 1.0f (00 00 80 3f) / 255, plus 1.
+  np.testing.assert_allclose(shifted[0, :4], 1.0 + np.array([0, 0, 128, 63]) / 255.0, rtol=1e-6)
+  real = reproduce.released_inputs(digits, 1.0, garbled=False)
+  np.testing.assert_array_equal(real[1].reshape(28, 28)[10:20, 10:20], 2.0)
+  with pytest.raises(ValueError, match="uint8"):
+    reproduce.released_inputs(digits.astype(np.float32), 0.0)
+
+
+def test_released_indices_are_the_scripts_draws():
+  np.random.seed(0)
+  expected = np.random.choice(list(range(10000)), size=1000)
+  idx = reproduce.released_indices()
+  np.testing.assert_array_equal(idx, expected)
+  assert len(np.unique(idx)) == 951
+
+
+def test_released_sigma_is_adaptgrad_with_bounds_1_3_on_the_shifted_domain():
+  from scipy.special import erfinv as sp_erfinv
+  x = 1.0 + np.linspace(0.0, 1.0, 101, dtype=np.float32)
+  lo, hi = reproduce.RELEASED_SHIFTED_AG_BOUNDS
+  ours = ag.adaptive_sigma(jnp.asarray(x), 0.95, bounds=(lo, hi))
+  released = np.minimum(np.abs(x - 0.0), np.abs(x - 1.0)) / (math.sqrt(2.0) * sp_erfinv(0.95))
+  np.testing.assert_allclose(ours, released, rtol=1e-5, atol=1e-7)
+
+
+def test_inert_noisegrad_and_clean_term_on_a_linear_model(getkey):
+  """For a linear score every gradient is w: the released NG is (m + 2) / 2 * w, S-NG = A-NG = w."""
+  w = jax.random.normal(getkey(), (784,))
+  f = lambda x, p, t: jnp.dot(x, p["w"]) + 0.0 * t
+  cfg = reproduce.Table1Config(n=3, m=4)
+  ex = reproduce.table1_explainers(jax.grad(f), cfg, (0.0, 1.0), include_clean=True,
+                                   inert_noisegrad=True)
+  x = jax.random.uniform(getkey(), (784,))
+  key = getkey()
+  for name in ("Grad", "SG", "AG", "S-NG", "A-NG"):
+    np.testing.assert_allclose(jax.jit(ex[name])(key, x, {"w": w}, 0), w, rtol=1e-5, atol=1e-6,
+                               err_msg=name)
+  np.testing.assert_allclose(ex["NG"](key, x, {"w": w}, 0), 3.0 * w, rtol=1e-6)
+
+
+def test_clean_term_with_zero_sigma_gives_the_gradient(getkey):
+  """An all-zero image has AdaptGrad sigma 0 everywhere: AG is the clean gradient exactly."""
+  params = _mlp_params(getkey())
+  cfg = reproduce.Table1Config(n=5, m=2)
+  ex = reproduce.table1_explainers(jax.grad(_mlp), cfg, (0.0, 1.0), include_clean=True)
+  x = jnp.zeros(784)
+  grad = jax.grad(_mlp)(x, params, 2)
+  np.testing.assert_allclose(ex["AG"](getkey(), x, params, 2), grad, rtol=1e-5, atol=1e-7)
+  assert not np.allclose(ex["SG"](getkey(), x, params, 2), grad, rtol=1e-3)
+
+
+def _torch_released(path):
+  import torch
+  net = torch.nn.Sequential(torch.nn.Linear(784, 200), torch.nn.ReLU(), torch.nn.Linear(200, 10),
+                            torch.nn.Softmax(dim=1))
+  net.load_state_dict({k.removeprefix("model."): v for k, v in
+                       torch.load(path, map_location="cpu", weights_only=True).items()})
+  return net.double()
+
+
+@pytest.mark.parametrize("role", sorted(reproduce.RELEASED_FILES))
+def test_released_checkpoint_matches_torch_load(released_models_dir, role):
+  torch = pytest.importorskip("torch")
+  path = released_models_dir / reproduce.RELEASED_FILES[role]
+  ours = reproduce.released_state_dict(path)
+  theirs = torch.load(path, map_location="cpu", weights_only=True)
+  assert sorted(theirs) == sorted(reproduce.RELEASED_NAMES)
+  for name, value in theirs.items():
+    np.testing.assert_array_equal(ours[reproduce.RELEASED_NAMES[name]], value.numpy())
+  # The mapped model computes what the torch nn.Sequential computes (float64).
+  x = np.random.default_rng(0).uniform(0.0, 2.0, (16, 784))
+  with jax.enable_x64(True):
+    model = reproduce.load_released_mlp(path)
+    params = {k: jnp.asarray(v, jnp.float64) for k, v in
+              models.state_dict_from_model(model).items()}
+    model = models.mlp(output="softmax", weights=params, rngs=__import__("flax").nnx.Rngs(0))
+    probs = np.asarray(model(jnp.asarray(x)))
+    logits = np.asarray(models.mlp(weights=params, rngs=__import__("flax").nnx.Rngs(0))(
+        jnp.asarray(x)))
+  net = _torch_released(path)
+  with torch.no_grad():
+    np.testing.assert_allclose(probs, net(torch.from_numpy(x)).numpy(), rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(logits, net[:3](torch.from_numpy(x)).numpy(), rtol=1e-10,
+                               atol=1e-12)
+
+
+def test_released_pipeline_grad_and_ng_match_torch(released_models_dir, mnist_npz):
+  """The released pipeline on a few digits against torch autograd and scipy, computed here."""
+  torch = pytest.importorskip("torch")
+  from scipy import stats
+  num = 12
+  cfg = reproduce.Table1Config(num_examples=num, n=2, m=3, methods=("Grad", "NG"))
+  res = reproduce.table1_released_weights(released_models_dir, mnist=mnist_npz, config=cfg,
+                                          log=None)
+  idx = np.unique(reproduce.released_indices(num))
+  assert res.num_digits == len(idx)
+  digits = np.load(mnist_npz)["x_test"][idx]
+
+  def torch_maps(role):
+    shift = 1.0 if role == "shifted" else 0.0
+    net = _torch_released(released_models_dir / reproduce.RELEASED_FILES[role]).float()
+    maps = []
+    for d in digits:
+      x = torch.from_numpy(d.astype(np.float32)) / 255.0 + shift  # ToTensor (+ Normalize)
+      raw = bytearray(x.numpy().astype("<f4").tobytes()[:784])
+      img = torch.frombuffer(raw, dtype=torch.uint8).float() / 255.0 + shift
+      img = img.view(1, 784).requires_grad_(True)
+      pred = int(net(img).argmax())
+      net(img)[0, pred].backward()
+      maps.append(img.grad[0].double().numpy())
+    return np.stack(maps)
+
+  def noabs(v):
+    return np.clip(v / (2 * abs(np.percentile(v, 99))), -1, 1)
+
+  def mean_abs_rho(a, b):
+    with np.errstate(all="ignore"):
+      rho = np.array([stats.spearmanr(noabs(x), noabs(y)).correlation for x, y in zip(a, b)])
+    return np.mean(np.abs(rho[~np.isnan(rho)]))
+
+  plain, random_label, shifted = (torch_maps(r) for r in ("plain", "random_label", "shifted"))
+  for name in ("Grad", "NG"):
+    assert res.consistency[name] == pytest.approx(mean_abs_rho(plain, random_label), abs=2e-4)
+    assert res.invariance[name] == pytest.approx(mean_abs_rho(plain, shifted), abs=2e-4)
+  assert res.invariance["Grad"] < 0.6  # two different images, whatever the method
+  assert res.accuracy["plain"] == pytest.approx(0.9387, abs=5e-4)
+  d = res.to_dict()
+  assert d["protocol"] == "released" and len(d["deviations"]) == len(reproduce.DEVIATIONS)
+  assert "Image.fromarray" in d["deviations"][0]
+
+
+def test_fixed_pipeline_lists_every_correction(released_models_dir, mnist_npz):
+  cfg = reproduce.Table1Config(num_examples=6, n=2, m=2, methods=("Grad",))
+  res = reproduce.table1_released_weights(released_models_dir, reproduce.Pipeline(),
+                                          mnist=mnist_npz, config=cfg, log=None)
+  assert res.protocol == "fixed" and res.pipeline.deviations() == []
+  assert res.pipeline.corrections() == list(reproduce.DEVIATIONS)
+  assert res.num_digits == 6
+  # On real digits the plain and the shifted model explain the same digit.
+  assert res.invariance["Grad"] > 0.4
+
+
+def test_cli_table1_released_needs_weights_dir(capsys):
+  assert reproduce.main(["table1", "--protocol", "released"]) == 2
+  assert "--weights-dir" in capsys.readouterr().err

@@ -180,7 +180,7 @@ def test_out_of_bounds_strides_are_refused(tmp_path):
     archive.writestr("m/data/0", np.ones(4, np.float32).tobytes())
   path = tmp_path / "bad.pth"
   path.write_bytes(buffer.getvalue())
-  with pytest.raises(weights.CheckpointError, match="reaches element 16 of a storage of 4"):
+  with pytest.raises(weights.CheckpointError, match="reaches byte 64 of storage 0, which holds 16"):
     weights.read_checkpoint(path)
 
 
@@ -250,6 +250,11 @@ def server():
   srv.close()
 
 
+def _visible(directory):
+  """The files a user sees: the lock and a resumable partial download are hidden dotfiles."""
+  return sorted(n for n in os.listdir(directory) if not n.startswith("."))
+
+
 def _name(payload, stem="resnet50"):
   return f"{stem}-{hashlib.sha256(payload).hexdigest()[:8]}.pth"
 
@@ -258,7 +263,7 @@ def test_pretrained_downloads_verifies_and_caches(server, tmp_path):
   name = _name(server.payload)
   path = weights.pretrained("resnet50", url=server.url(name), cache_dir=tmp_path, progress=False)
   assert path == tmp_path / name and path.read_bytes() == server.payload
-  assert sorted(os.listdir(tmp_path)) == [name]
+  assert _visible(tmp_path) == [name]
   again = weights.pretrained("resnet50", url=server.url(name), cache_dir=tmp_path, progress=False)
   assert again == path and len(server.ranges) == 1  # cached: no second request
 
@@ -267,7 +272,7 @@ def test_pretrained_hash_mismatch_leaves_no_file(server, tmp_path):
   name = "resnet50-00000000.pth"
   with pytest.raises(ValueError, match="expected 00000000"):
     weights.pretrained("resnet50", url=server.url(name), cache_dir=tmp_path, progress=False)
-  assert os.listdir(tmp_path) == []
+  assert _visible(tmp_path) == [] and not [n for n in os.listdir(tmp_path) if n.endswith('.download')]
 
 
 def test_pretrained_resumes_an_interrupted_download(server, tmp_path):
@@ -276,10 +281,10 @@ def test_pretrained_resumes_an_interrupted_download(server, tmp_path):
   with pytest.raises(OSError):
     weights.pretrained("x", url=server.url(name), cache_dir=tmp_path, progress=False)
   assert not (tmp_path / name).exists()  # no half file under the final name
-  assert (tmp_path / (name + ".partial")).stat().st_size == 100_000
+  assert (tmp_path / f".{name}.partial").stat().st_size == 100_000
   path = weights.pretrained("x", url=server.url(name), cache_dir=tmp_path, progress=False)
   assert server.ranges == [None, "bytes=100000-"]
-  assert path.read_bytes() == server.payload and sorted(os.listdir(tmp_path)) == [name]
+  assert path.read_bytes() == server.payload and _visible(tmp_path) == [name]
 
 
 def test_pretrained_file_url_and_env_cache(tmp_path, monkeypatch):

@@ -2,8 +2,10 @@
 
 ``attribute`` explains every example of an array or an iterable of batches on
 a ``jax.sharding.Mesh`` of this process's devices and writes resumable,
-checksummed ``.npy`` shards; ``attribute_multihost`` spreads the examples over
-the processes of a multi-host job (TPU pods, multi-GPU clusters).
+checksummed ``.npy`` shards (one process per output directory, a lock says
+so; a resume with another explanation or other settings is refused);
+``attribute_multihost`` spreads the examples over the processes of a
+multi-host job (TPU pods, multi-GPU clusters).
 """
 
 from adaptgrad_jax.attribute._attribute import attribute as attribute

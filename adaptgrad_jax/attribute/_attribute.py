@@ -6,13 +6,15 @@ import collections
 import concurrent.futures
 import contextlib
 import dataclasses
+import errno
 import functools
 import itertools
+import json
 import os
 import pathlib
 import sys
 import warnings
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +27,8 @@ except ImportError:  # pragma: no cover
   AxisType = None
 
 from adaptgrad_jax import cpu
+from adaptgrad_jax._files import exclusive_lock
+from adaptgrad_jax.attribute import _identity as _identity_lib
 from adaptgrad_jax.attribute import _shards
 from adaptgrad_jax.attribute._shards import AttributionResult
 
@@ -84,7 +88,8 @@ def sample_mean(sample_fn: ExplainFn, n: int) -> SampleMean:
 
   Args:
     sample_fn: ``sample_fn(key, x) -> map`` drawing ONE noisy sample for one
-      example (no batch dimension), e.g. ``adapt_smooth(grad_fn, 0.95, 1)``.
+      example (no batch dimension), e.g.
+      ``adapt_smooth(grad_fn, 0.95, 1, bounds=b)``.
     n: number of samples to average, >= 1 (the paper uses 50).
 
   Returns:
@@ -119,8 +124,8 @@ def _key_record(key) -> dict[str, Any]:
   key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
   if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
     if key.shape != ():
-      raise ValueError(f"key has shape {key.shape}; pass one key, e.g. "
-                       "jax.random.key(0)")
+      raise ValueError(f"key holds keys of shape {key.shape}; pass one key, "
+                       "e.g. jax.random.key(0)")
     return {"impl": str(jax.random.key_impl(key)),
             "data": np.asarray(jax.random.key_data(key)).ravel().tolist()}
   if key.dtype != jnp.uint32 or key.ndim != 1:
@@ -183,14 +188,17 @@ def _local_mesh(mesh: Mesh | None, data_axis: str, sample_axis: str | None
           "devices=jax.local_devices())")
     return Mesh(np.array(jax.local_devices()), (data_axis,))
   if not isinstance(mesh, Mesh):
-    raise TypeError(f"mesh={mesh!r} must be a jax.sharding.Mesh")
+    raise TypeError(f"mesh={mesh!r} must be a jax.sharding.Mesh, e.g. "
+                    f"jax.make_mesh((n,), ({data_axis!r},), devices="
+                    "jax.local_devices()), or None for all local devices")
   if data_axis not in mesh.axis_names:
     raise ValueError(f"mesh has axes {mesh.axis_names}, but data_axis="
                      f"{data_axis!r} is not one of them; name the batch axis "
                      f"{data_axis!r} or pass data_axis=")
   if sample_axis is not None and sample_axis not in mesh.axis_names:
     raise ValueError(f"sample_axis={sample_axis!r} is not an axis of the mesh "
-                     f"(axes {mesh.axis_names})")
+                     f"(axes {mesh.axis_names}); name one of them, or pass "
+                     "sample_axis=None")
   local = set(jax.local_devices())
   if any(d not in local for d in mesh.devices.flat):
     raise ValueError(
@@ -248,9 +256,14 @@ def local_mesh(num_devices: int | None = None, *, samples: int = 1,
               (data_axis, sample_axis))
 
 
-def _rebatch(batches: Iterable[Any], batch_size: int, lo: int, hi: int | None
+def _rebatch(batches: Iterable[Any], batch_size: int, lo: int, hi: int | None,
+             end: int | None = None
              ) -> Iterator[tuple[int, tuple[np.ndarray, ...]]]:
-  """Re-chunks an iterable of batches into `batch_size` chunks of examples [lo, hi)."""
+  """Re-chunks an iterable of batches into `batch_size` chunks of examples [lo, hi).
+
+  With `end` (the declared ``num_examples`` when [lo, hi) reaches it), reads
+  one batch past `hi` and raises if the iterable yields more than `end`.
+  """
   buf: list[tuple[np.ndarray, ...]] = []
   nbuf = 0
   pos = 0  # Global index of the next example the iterable yields.
@@ -274,6 +287,11 @@ def _rebatch(batches: Iterable[Any], batch_size: int, lo: int, hi: int | None
           "and dtype (resize or pad them first)")
     a, z = pos, pos + len(parts[0])
     pos = z
+    if end is not None and z > end:
+      raise ValueError(
+          f"data yielded more than num_examples={end} examples (batch {b} "
+          f"reaches example {z}); pass the true count as num_examples, or "
+          "num_examples=None to count them")
     if hi is not None and a >= hi:
       break
     keep = slice(max(lo - a, 0), (z if hi is None else min(hi, z)) - a)
@@ -361,7 +379,7 @@ def _check_batch_size(batch_size) -> int:
 
 
 # ----------------------------------------------------------------------------
-# The driver.
+# The public driver.
 
 
 def attribute(
@@ -376,6 +394,7 @@ def attribute(
     data_axis: str = "data",
     sample_axis: str | None = None,
     explain_id: str | None = None,
+    settings: Mapping[str, Any] | None = None,
     progress: bool = True,
     overwrite: bool = False,
     resume: bool = True,
@@ -398,17 +417,38 @@ def attribute(
 
   With `out`, each batch becomes one shard ``shard-<start>-<stop>.npy``
   written atomically (temp file, fsync, rename), journaled with its sha256 in
-  ``shards.jsonl``, and summarised in ``manifest.json`` at the end. Calling
-  ``attribute`` again with the same arguments resumes: intact shards are kept
-  (not rewritten), missing, truncated or corrupt ones (size or sha256 mismatch)
-  are recomputed. A run with other settings (key, `explain_id`, shapes,
-  dtypes, `batch_size`, number of examples) is refused. The device count may
-  change between runs.
+  ``shards.jsonl``, and summarised in ``manifest.json`` at the end. The
+  process holds a lock on ``out/.lock`` for the whole call: a second process
+  on the same `out` is refused (a ``RuntimeError``) and touches nothing.
+  Calling ``attribute`` again with the same arguments resumes: intact shards
+  are kept (not rewritten), missing, truncated or corrupt ones (size or
+  sha256 mismatch) are recomputed. If ``manifest.json`` was deleted or
+  damaged, it is rebuilt from the journal (which records each run's
+  settings) and the shards, each verified against its sha256.
+
+  **Which runs may resume each other.** A run with other settings (key,
+  shapes, dtypes, `batch_size`, number of examples, `settings`) or another
+  explanation is refused, never mixed. The explanation is identified by:
+
+  * `explain_id`, when you give one: it is then the identity, compared as
+    given (with `settings`), and `explain_fn` is not inspected. Put in it
+    everything that changes the maps (method, hyper-parameters, model and
+    weights version), or pass those as `settings`;
+  * otherwise by a fingerprint of `explain_fn`: a sha256 of its code, the
+    values in its closures, defaults and ``functools.partial`` arguments,
+    the module globals your own functions read (arrays by their bytes), and
+    the name and version of library code. The functions this library
+    returns keep their hyper-parameters in closures, so another ``c``,
+    ``n``, bounds, sigma rule or method gives another fingerprint. A
+    callable that reaches state the fingerprint cannot read (a Flax or
+    PyTorch module object, a file) has no fingerprint: such a run cannot be
+    resumed without an `explain_id` (a warning says so when it starts; the
+    refusal names the object and the fix).
 
   Args:
     explain_fn: ``explain_fn(key, x) -> map`` for ONE example ``x`` (no batch
-      dimension), e.g. ``adapt_smooth(jax.grad(f), 0.95, 50)``; must be
-      jax-traceable and return one array. When examples are tuples (see
+      dimension), e.g. ``adapt_smooth(jax.grad(f), 0.95, 50, bounds=b)``; must
+      be jax-traceable and return one array. When examples are tuples (see
       `data`) it is called as ``explain_fn(key, *example)``, e.g.
       ``explain_fn(key, image, label)``. A :func:`sample_mean` explanation
       can in addition shard its noise samples over `sample_axis`.
@@ -426,7 +466,8 @@ def attribute(
     batch_size: examples per device step and per shard, >= 1. Larger batches
       use devices better but need batch_size x (memory of one explanation).
     num_examples: the number of examples an iterable yields, for the progress
-      bar and as a check (an array's length is known). Optional.
+      bar and as a check: an iterable that yields more or fewer is an error
+      (an array's length is known). Optional.
     mesh: a ``Mesh`` over this process's devices with axis `data_axis` (and
       `sample_axis`, if given). Default: all local devices on one axis.
     data_axis: mesh axis that splits the examples of a batch.
@@ -434,9 +475,12 @@ def attribute(
       requires `explain_fn` built by :func:`sample_mean` with `n` divisible by
       that axis' size.
     explain_id: a string naming the explanation and model (e.g.
-      ``"adapt_smooth(c=0.95,n=50)/resnet50@v1"``) recorded in the manifest and
-      compared on resume. Default: the function's qualified name, which does
-      not see hyperparameters or weights; give one for long runs.
+      ``"adapt_smooth(c=0.95,n=50)/resnet50@v1"``), recorded in the manifest
+      and compared on resume instead of the fingerprint (see above). Default:
+      the function's qualified name, with the fingerprint as identity.
+    settings: a dict of JSON values (numbers, strings, lists, dicts), e.g.
+      ``{"c": 0.95, "n": 50, "weights": "v1"}``, recorded in the manifest and
+      compared on resume.
     progress: show a rich progress bar on stderr.
     overwrite: delete an existing output in `out` (only the files this
       function writes) and start afresh.
@@ -448,11 +492,16 @@ def attribute(
     lazy memory-mapped shards when `out` is given, else in memory.
 
   Raises:
-    ValueError: a bad `batch_size`, `mesh`, `sample_axis`, `key`, empty data,
-      examples of inconsistent shape or dtype, an explanation that does not
-      return one array, or an existing output with different settings.
+    ValueError: a bad `batch_size`, `mesh`, `sample_axis`, `key`, `settings`,
+      empty data, more or fewer examples than `num_examples`, examples of
+      inconsistent shape or dtype, an explanation that does not return one
+      array, or an existing output of other settings or another explanation
+      (or one whose explanation cannot be identified without `explain_id`).
     FileExistsError: `out` is a file, or holds an output and neither `resume`
-      nor `overwrite` is set, or holds foreign files without a manifest.
+      nor `overwrite` is set, or holds foreign files (or shards without a
+      manifest or journal to check them against).
+    RuntimeError: another process (or thread) is writing `out`; the error
+      (``LockedError``, from ``adaptgrad_jax._files``) names the lock file.
 
   Example:
     >>> import jax, jax.numpy as jnp, numpy as np
@@ -470,14 +519,54 @@ def attribute(
   return _attribute(explain_fn, key, data, out=out, batch_size=batch_size,
                     num_examples=num_examples, mesh=mesh, data_axis=data_axis,
                     sample_axis=sample_axis, explain_id=explain_id,
-                    progress=progress, overwrite=overwrite, resume=resume)
+                    settings=settings, progress=progress, overwrite=overwrite,
+                    resume=resume)
 
 
 def _attribute(explain_fn, key, data, *, out, batch_size, num_examples, mesh,
                data_axis, sample_axis, explain_id, progress, overwrite, resume,
+               settings: Mapping[str, Any] | None = None,
                example_range: tuple[int, int | None] | None = None,
                process: tuple[int, int] = (0, 1)) -> AttributionResult:
-  # ---- Validate Python-level arguments before touching devices or disk.
+  """:func:`attribute` for examples ``example_range`` as process ``process``.
+
+  The steps, in order: check the arguments, read the data's first batch,
+  find the maps' shape, describe the run, then, with `out` locked, open (or
+  resume) the output, explain every missing batch and finish the output.
+  """
+  batch_size, key_record, mesh = _check_arguments(
+      explain_fn, key, batch_size, num_examples, mesh, data_axis, sample_axis,
+      overwrite, resume)
+  examples = _read_examples(data, batch_size, num_examples, example_range)
+  map_shape, map_dtype = _map_signature(explain_fn, key, examples)
+  run = _describe_run(explain_fn, explain_id, settings, out, key_record,
+                      examples, map_shape, map_dtype, batch_size, process)
+  directory = _output_directory(out)
+  with _lock_output(directory, out):
+    done = {} if directory is None else _open_output(
+        directory, run, explain_id_given=explain_id is not None,
+        overwrite=overwrite, resume=resume)
+    desc = ("attribute" if process[1] == 1 else
+            f"attribute [process {process[0]}/{process[1]}]")
+    total = None if examples.hi is None else examples.hi - examples.lo
+    with _progress_bar(progress, total, desc) as advance, \
+         concurrent.futures.ThreadPoolExecutor(2) as writer:
+      sink = _Sink(directory, examples, map_shape, map_dtype, advance, writer)
+      step = _batch_step(explain_fn, key, mesh, data_axis, sample_axis,
+                         batch_size, examples)
+      seen = _explain_all(examples, done, sink, step)
+    hi = _check_count(examples, seen, num_examples)
+    return _finish(directory, run, sink, examples.lo, hi)
+
+
+# ----------------------------------------------------------------------------
+# Step 1: Python-level arguments, checked before touching devices or disk.
+
+
+def _check_arguments(explain_fn, key, batch_size, num_examples, mesh,
+                     data_axis, sample_axis, overwrite, resume
+                     ) -> tuple[int, dict[str, Any], Mesh]:
+  """Validates the arguments; returns the batch size, the key's record and the mesh."""
   if not callable(explain_fn):
     raise TypeError(f"explain_fn={explain_fn!r} must be callable as "
                     "explain_fn(key, x) -> map")
@@ -487,12 +576,15 @@ def _attribute(explain_fn, key, data, *, out, batch_size, num_examples, mesh,
       isinstance(num_examples, bool) or
       not isinstance(num_examples, (int, np.integer)) or num_examples < 0):
     raise ValueError(f"num_examples={num_examples!r} must be a non-negative "
-                     "integer or None")
+                     "integer (the number of examples data yields) or None")
+  for name, value in (("overwrite", overwrite), ("resume", resume)):
+    if not isinstance(value, (bool, np.bool_)):
+      raise TypeError(f"{name}={value!r} must be True or False")
   if sample_axis is not None and not isinstance(explain_fn, SampleMean):
     raise ValueError(
         f"sample_axis={sample_axis!r} splits noise samples, which an opaque "
         "explain_fn hides; build it with sample_mean(one_sample_fn, n) (e.g. "
-        "sample_mean(adapt_smooth(grad_fn, 0.95, 1), 50)) or pass "
+        "sample_mean(adapt_smooth(grad_fn, 0.95, 1, bounds=b), 50)) or pass "
         "sample_axis=None")
   mesh = _local_mesh(mesh, data_axis, sample_axis)
   if sample_axis is not None and explain_fn.n % mesh.shape[sample_axis]:
@@ -500,238 +592,524 @@ def _attribute(explain_fn, key, data, *, out, batch_size, num_examples, mesh,
         f"sample_mean n={explain_fn.n} is not divisible by the mesh's "
         f"{sample_axis!r} axis of size {mesh.shape[sample_axis]}; choose n or "
         "the mesh shape so that it is")
-  explain_id = explain_id or _default_explain_id(explain_fn)
+  return batch_size, key_record, mesh
 
-  # ---- Describe the data.
+
+# ----------------------------------------------------------------------------
+# Step 2: the examples, as far as they are known before computing.
+
+
+@dataclasses.dataclass(frozen=True)
+class _Examples:
+  """The examples one call explains.
+
+  Attributes:
+    shapes: shape of each array of one example (one per tuple element).
+    dtypes: their dtypes.
+    lo: global index of the first example explained.
+    hi: one past the last, or None for an iterable of unknown length.
+    total: examples in the whole dataset, or None while unknown.
+    chunks: returns an iterator of ``(start, stop, load)``, one per batch of
+      `batch_size` examples; ``load()`` returns the batch's arrays.
+  """
+
+  shapes: list[tuple[int, ...]]
+  dtypes: list[np.dtype]
+  lo: int
+  hi: int | None
+  total: int | None
+  chunks: Callable[[], Iterator[tuple[int, int, Callable[[], tuple]]]]
+
+
+def _read_examples(data, batch_size: int, num_examples: int | None,
+                   example_range: tuple[int, int | None] | None) -> _Examples:
+  """Describes `data`: arrays are sliced lazily, an iterable's first batch is read."""
   if _is_array_data(data):
-    if any(len(a.shape) < 1 for a in (
-        data if isinstance(data, tuple) else (data,))):
-      raise ValueError("data holds a scalar; pass arrays with a leading "
-                       "example axis or an iterable of batches")
-    arrays = data if isinstance(data, tuple) else (data,)
-    lengths = [int(a.shape[0]) for a in arrays]
-    if len(set(lengths)) > 1:
-      raise ValueError(f"data is a tuple of arrays of lengths {lengths}; they "
-                       "must hold the same number of examples")
-    total = lengths[0]
-    if num_examples is not None and num_examples != total:
-      raise ValueError(f"num_examples={num_examples} disagrees with the data's "
-                       f"leading axis of length {total}; drop num_examples")
-    shapes = [tuple(a.shape[1:]) for a in arrays]
-    dtypes = [np.dtype(a.dtype) for a in arrays]
-    first = None
+    examples = _array_examples(data, batch_size, num_examples, example_range)
   else:
-    if isinstance(data, (str, bytes, os.PathLike)):
-      raise TypeError(f"data={data!r} is a path; load it first, e.g. "
-                      "np.load(path, mmap_mode='r')")
-    try:
-      iter(data)
-    except TypeError:
-      raise TypeError(f"data of type {type(data).__name__} is neither an array "
-                      "of examples nor an iterable of batches") from None
-    total = num_examples
-    first = None
+    examples = _iterable_examples(data, batch_size, num_examples,
+                                  example_range)
+  if examples.hi is not None and examples.hi <= examples.lo:
+    raise ValueError(f"data has no examples in the range [{examples.lo}, "
+                     f"{examples.hi}); pass at least one example")
+  return examples
+
+
+def _example_range(total: int | None, example_range) -> tuple[int, int | None]:
   lo, hi = example_range if example_range is not None else (0, total)
   if hi is not None and hi > _MAX_INDEX:
-    raise ValueError(f"{hi} examples exceed the 2**32 indices that fold_in "
-                     "keys support; split the dataset")
+    raise ValueError(f"data holds {hi} examples, more than the 2**32 indices "
+                     "that fold_in keys support; split the dataset")
+  return lo, hi
 
-  if _is_array_data(data):
-    def chunks():
-      for start in range(lo, hi, batch_size):
-        stop = min(start + batch_size, hi)
-        yield start, stop, (lambda s=start, e=stop: tuple(
-            np.asarray(a[s:e]) for a in arrays))
-  else:
-    stream = _rebatch(data, batch_size, lo, hi)
-    first = next(stream, None)
-    if first is None:
-      raise ValueError("data yielded no examples (in range "
-                       f"[{lo}, {hi}) for this process)")
-    shapes = [tuple(p.shape[1:]) for p in first[1]]
-    dtypes = [p.dtype for p in first[1]]
 
-    def chunks():
-      for start, parts in itertools.chain([first], stream):
-        yield start, start + len(parts[0]), (lambda p=parts: p)
+def _array_examples(data, batch_size, num_examples, example_range) -> _Examples:
+  arrays = data if isinstance(data, tuple) else (data,)
+  if any(len(a.shape) < 1 for a in arrays):
+    raise ValueError("data holds an array of shape (); pass arrays with a "
+                     "leading example axis or an iterable of batches")
+  lengths = [int(a.shape[0]) for a in arrays]
+  if len(set(lengths)) > 1:
+    raise ValueError(f"data is a tuple of arrays of lengths {lengths}; they "
+                     "must hold the same number of examples")
+  total = lengths[0]
+  if num_examples is not None and num_examples != total:
+    raise ValueError(f"num_examples={num_examples} disagrees with the data's "
+                     f"leading axis of length {total}; drop num_examples")
+  lo, hi = _example_range(total, example_range)
 
-  if hi is not None and hi <= lo:
-    raise ValueError(f"data has no examples (range [{lo}, {hi})); nothing to "
-                     "attribute")
+  def chunks():
+    for start in range(lo, hi, batch_size):
+      stop = min(start + batch_size, hi)
+      yield start, stop, (lambda s=start, e=stop: tuple(
+          np.asarray(a[s:e]) for a in arrays))
 
-  # ---- Shapes of the maps, checked once by abstract evaluation.
+  return _Examples([tuple(a.shape[1:]) for a in arrays],
+                   [np.dtype(a.dtype) for a in arrays], lo, hi, total, chunks)
+
+
+def _iterable_examples(data, batch_size, num_examples, example_range
+                       ) -> _Examples:
+  if isinstance(data, (str, bytes, os.PathLike)):
+    raise TypeError(f"data={data!r} is a path; load it first, e.g. "
+                    "np.load(path, mmap_mode='r')")
+  try:
+    iter(data)
+  except TypeError:
+    raise TypeError(f"data of type {type(data).__name__} is neither an array "
+                    "of examples nor an iterable of batches; pass an array "
+                    "with a leading example axis (or a tuple of them), or an "
+                    "iterable of such batches") from None
+  total = num_examples
+  lo, hi = _example_range(total, example_range)
+  # The process whose range ends the dataset checks that nothing follows.
+  end = total if hi is not None and hi == total else None
+  stream = _rebatch(data, batch_size, lo, hi, end)
+  first = next(stream, None)
+  if first is None:
+    raise ValueError(f"data yielded no examples (in the range [{lo}, {hi}) "
+                     "of this process); pass batches with a leading example "
+                     "axis")
+
+  def chunks():
+    for start, parts in itertools.chain([first], stream):
+      yield start, start + len(parts[0]), (lambda p=parts: p)
+
+  return _Examples([tuple(p.shape[1:]) for p in first[1]],
+                   [p.dtype for p in first[1]], lo, hi, total, chunks)
+
+
+def _map_signature(explain_fn, key, examples: _Examples
+                   ) -> tuple[tuple[int, ...], np.dtype]:
+  """Shape and dtype of one map, by abstract evaluation (nothing computed)."""
   single = jax.eval_shape(explain_fn, key, *(
-      jax.ShapeDtypeStruct(sh, dt) for sh, dt in zip(shapes, dtypes)))
+      jax.ShapeDtypeStruct(sh, dt)
+      for sh, dt in zip(examples.shapes, examples.dtypes)))
   if not isinstance(single, jax.ShapeDtypeStruct):
     raise ValueError(
         f"explain_fn returned {jax.tree.structure(single)}; it must return one "
         "array per example (select the map, e.g. lambda k, x: fn(k, x)[0])")
-  map_shape, map_dtype = tuple(single.shape), np.dtype(single.dtype)
+  return tuple(single.shape), np.dtype(single.dtype)
 
-  settings = {
+
+# ----------------------------------------------------------------------------
+# Step 3: the run's description, recorded in the manifest and journal.
+
+
+def _describe_run(explain_fn, explain_id, settings, out, key_record,
+                  examples: _Examples, map_shape, map_dtype, batch_size,
+                  process) -> dict[str, Any]:
+  """The settings a resumed run must share, with the explanation's identity."""
+  shapes, dtypes = examples.shapes, examples.dtypes
+  return {
       "format": _shards.FORMAT, "version": _shards.FORMAT_VERSION,
-      "explain_id": explain_id, "key": key_record,
+      **_identity(explain_fn, explain_id, settings, fingerprint_it=out is not None),
+      "key": key_record,
       # One array per example: its shape and dtype; a tuple: lists of them.
       "example_shape": (list(shapes[0]) if len(shapes) == 1 else
                         [list(sh) for sh in shapes]),
       "input_dtype": (str(dtypes[0]) if len(dtypes) == 1 else
                       [str(dt) for dt in dtypes]),
       "map_shape": list(map_shape), "map_dtype": str(map_dtype),
-      "batch_size": batch_size, "num_examples": total,
-      "example_range": [lo, hi],
+      "batch_size": batch_size, "num_examples": examples.total,
+      "example_range": [examples.lo, examples.hi],
       "samples": explain_fn.n if isinstance(explain_fn, SampleMean) else None,
       "process_index": process[0], "process_count": process[1],
   }
 
-  # ---- Prepare the output directory: refuse, overwrite or resume.
-  directory = None
-  done: dict[tuple[int, int], dict[str, Any]] = {}
-  if out is not None:
-    directory = pathlib.Path(out)
-    if directory.exists() and not directory.is_dir():
-      raise FileExistsError(f"out={str(out)!r} is a file; pass a directory "
-                            "path (it is created if missing)")
-    directory.mkdir(parents=True, exist_ok=True)
-    old = _shards.read_manifest(directory)
-    if overwrite:
-      _shards.remove_outputs(directory)
-      old = None
-    elif old is None and any(
-        p.name != _shards.JOURNAL for p in directory.iterdir()
-        if not p.name.startswith(".")):
-      raise FileExistsError(
-          f"out={str(out)!r} holds files but no {_shards.MANIFEST}; choose an "
-          "empty or new directory (or overwrite=True to write into it anyway)")
-    elif old is not None:
-      if not resume:
-        raise FileExistsError(
-            f"out={str(out)!r} already holds attributions; pass resume=True to "
-            "continue or re-check them, or overwrite=True to replace them")
-      diffs = _shards.settings_mismatch(old, settings)
-      if diffs:
-        raise ValueError(
-            f"out={str(out)!r} holds a run with other settings, which would "
-            "mix incompatible maps:\n  " + "\n  ".join(diffs) + "\nUse the "
-            "same arguments to resume, another `out`, or overwrite=True.")
-      entries = {}
-      for e in list(old.get("shards", [])) + _shards.read_journal(directory):
-        entries[(e["start"], e["stop"])] = e
-      for (s, e), entry in sorted(entries.items()):
-        problem = _shards.shard_problem(directory, entry, map_shape,
-                                        str(map_dtype))
-        if problem is None:
-          done[(s, e)] = entry
-        else:
-          warnings.warn(f"Redoing shard [{s}, {e}) in {directory}: {problem}",
-                        stacklevel=3)
-    _shards.clean_temporaries(directory)
-    _shards.write_json_atomic(directory / _shards.MANIFEST,
-                              {**settings, "complete": False, "shards": []})
 
-  # ---- Run.
-  step, data_sharding = _build_step(explain_fn, mesh, data_axis, sample_axis)
+def _identity(explain_fn, explain_id, settings, *, fingerprint_it: bool
+              ) -> dict[str, Any]:
+  """The manifest's ``explain_*`` fields: who made the maps (see attribute())."""
+  if explain_id is not None and (not isinstance(explain_id, str) or
+                                 not explain_id.strip()):
+    raise ValueError(
+        f"explain_id={explain_id!r} must be a non-empty string naming the "
+        "explanation, its hyper-parameters and model, e.g. "
+        "'adapt_smooth(c=0.95,n=50)/resnet50@v1' (or None to fingerprint "
+        "explain_fn)")
+  if settings is not None:
+    try:
+      if not isinstance(settings, Mapping):
+        raise TypeError
+      settings = json.loads(json.dumps(dict(settings), sort_keys=True,
+                                       allow_nan=False))
+    except (TypeError, ValueError):
+      raise ValueError(
+          f"settings={settings!r} must be a dict of JSON values (finite "
+          "numbers, strings, booleans, None, lists, dicts), e.g. "
+          "{'c': 0.95, 'n': 50}; convert other values with str()") from None
+  record = {"explain_id": explain_id or _default_explain_id(explain_fn),
+            "explain_settings": settings, "explain_fingerprint": None,
+            "explain_fingerprint_unknown": "explain_id given"}
+  if explain_id is None:
+    record["explain_fingerprint_unknown"] = "no output directory"
+    if fingerprint_it:
+      found = _identity_lib.fingerprint(explain_fn)
+      record.update(explain_fingerprint=found.digest,
+                    explain_fingerprint_unknown=found.why_not)
+  return record
+
+
+# ----------------------------------------------------------------------------
+# Step 4: the output directory: refuse, overwrite, resume or rebuild.
+
+
+def _output_directory(out) -> pathlib.Path | None:
+  """`out` as an existing directory (created if missing), or None."""
+  if out is None:
+    return None
+  if isinstance(out, str) and not out.strip():
+    raise ValueError(f"out={out!r} is empty; pass a directory path, or "
+                     "out=None to keep the maps in memory")
+  directory = pathlib.Path(out)
+  if directory.exists() and not directory.is_dir():
+    raise FileExistsError(f"out={str(out)!r} is a file; pass a directory "
+                          "path (it is created if missing)")
+  directory.mkdir(parents=True, exist_ok=True)
+  return directory
+
+
+def _lock_output(directory: pathlib.Path | None, out
+                 ) -> contextlib.AbstractContextManager:
+  """Holds ``out/.lock`` (``LockedError`` if another process does).
+
+  On a filesystem without ``flock`` (some network mounts) it warns and goes on
+  unlocked: one process per `out` is then the caller's duty.
+  """
+  stack = contextlib.ExitStack()
+  if directory is None:
+    return stack
+  try:
+    stack.enter_context(exclusive_lock(directory / _shards.LOCK,
+                                       what=f"out={str(out)!r}"))
+  except OSError as e:
+    if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+      raise
+    warnings.warn(f"out={str(out)!r}: this filesystem cannot lock "
+                  f"{directory / _shards.LOCK} ({e.strerror}); make sure no "
+                  "other process writes this directory", stacklevel=4)
+  return stack
+
+
+def _open_output(directory: pathlib.Path, run: dict[str, Any], *,
+                 explain_id_given: bool, overwrite: bool, resume: bool
+                 ) -> dict[tuple[int, int], dict[str, Any]]:
+  """Prepares `directory` (its lock held) and returns its intact shards.
+
+  Refuses an existing output unless `resume` or `overwrite`, and one of
+  another run; otherwise removes crashed runs' temporary files, writes the
+  unfinished manifest and journals the run's settings.
+  """
+  old = None
+  if overwrite:
+    _shards.remove_outputs(directory)
+  else:
+    old = _previous_run(directory)
+  done = {}
+  if old is not None:
+    if not resume:
+      raise FileExistsError(
+          f"out={str(directory)!r} already holds attributions; pass resume=True "
+          "to continue or re-check them, or overwrite=True to replace them")
+    _check_same_run(directory, old, run, explain_id_given)
+    done = _intact_shards(directory, old, run)
+  elif not explain_id_given and run["explain_fingerprint"] is None:
+    warnings.warn(
+        f"attribute(): explain_fn cannot be fingerprinted "
+        f"({run['explain_fingerprint_unknown']}), so this run in "
+        f"{str(directory)!r} can only be resumed with an explain_id; pass "
+        "explain_id= naming the explanation, its hyper-parameters and "
+        "weights", stacklevel=4)
+  _shards.clean_temporaries(directory)  # Safe: no other process holds the lock.
+  _shards.write_json_atomic(directory / _shards.MANIFEST,
+                            {**run, "complete": False, "shards": []})
+  _shards.append_journal(directory, {"settings": run})
+  return done
+
+
+def _previous_run(directory: pathlib.Path) -> dict[str, Any] | None:
+  """The manifest of the output in `directory`, None if there is none.
+
+  A missing or damaged manifest is rebuilt from the settings the journal
+  recorded (its shards are read from the journal and verified later).
+  """
+  try:
+    manifest = _shards.read_manifest(directory)
+  except _shards.DamagedManifestError as e:
+    manifest, damaged = None, e
+  else:
+    damaged = None
+  if manifest is not None:
+    return manifest
+  journaled = _shards.read_journal_settings(directory)
+  if journaled is not None:
+    warnings.warn(
+        f"{directory / _shards.MANIFEST} is "
+        f"{'damaged' if damaged else 'missing'}; rebuilding it from "
+        f"{_shards.JOURNAL} and the shards it lists (each checked against its "
+        "sha256)", stacklevel=5)
+    return {**journaled, "shards": []}
+  ours = [p.name for p in directory.iterdir()
+          if p.name == _shards.JOURNAL or p.name.startswith("shard-")]
+  if damaged is not None or ours:
+    what = "a damaged" if damaged is not None else "no"
+    raise FileExistsError(
+        f"out={str(directory)!r} holds {what} {_shards.MANIFEST} and no "
+        f"journal record of the run's settings ({_shards.JOURNAL} is missing "
+        "or was written by an older version), so its shards cannot be checked "
+        f"against this run. Restore {_shards.MANIFEST} from a backup, or pass "
+        "overwrite=True to recompute (it deletes only this function's files), "
+        "or choose another `out`")
+  if any(not p.name.startswith(".") for p in directory.iterdir()):
+    raise FileExistsError(
+        f"out={str(directory)!r} holds files but no {_shards.MANIFEST}; choose "
+        "an empty or new directory (or overwrite=True to write into it anyway)")
+  return None
+
+
+def _check_same_run(directory: pathlib.Path, old: Mapping[str, Any],
+                    run: Mapping[str, Any], explain_id_given: bool) -> None:
+  """Refuses to resume `old` with `run` unless both are provably the same run."""
+  diffs = _shards.settings_mismatch(old, run)
+  if not diffs and not explain_id_given:
+    before, now = old.get("explain_fingerprint"), run["explain_fingerprint"]
+    if before is None or now is None:
+      why = (f"explain_fn cannot be fingerprinted: "
+             f"{run['explain_fingerprint_unknown']}" if now is None else
+             "the existing run recorded no fingerprint "
+             f"({old.get('explain_fingerprint_unknown') or 'older version'})")
+      raise ValueError(
+          f"out={str(directory)!r} holds a run of explain_id="
+          f"{old.get('explain_id')!r}, but it cannot be established that "
+          f"explain_fn is the same explanation ({why}). If it is (same "
+          "method, hyper-parameters and weights), resume with explain_id="
+          f"{old.get('explain_id')!r}; otherwise use another `out`, or "
+          "overwrite=True.")
+    if before != now:
+      diffs.append(
+          f"explain_fingerprint: existing {str(before)[:16]}..., requested "
+          f"{now[:16]}... (explain_fn differs in hyper-parameters, weights or "
+          "code)")
+  if diffs:
+    raise ValueError(
+        f"out={str(directory)!r} holds a run with other settings, which would "
+        "mix incompatible maps:\n  " + "\n  ".join(diffs) + "\nUse the "
+        "same arguments to resume, another `out`, or overwrite=True.")
+
+
+def _intact_shards(directory: pathlib.Path, old: Mapping[str, Any],
+                   run: Mapping[str, Any]
+                   ) -> dict[tuple[int, int], dict[str, Any]]:
+  """Shards of the manifest and journal that pass their size and sha256 checks."""
+  entries = {}
+  listed = old.get("shards")
+  for e in (listed if isinstance(listed, list) else []) + _shards.read_journal(
+      directory):
+    if _shards.valid_entry(e):
+      entries[(e["start"], e["stop"])] = e
+  done = {}
+  for (s, e), entry in sorted(entries.items()):
+    problem = _shards.shard_problem(directory, entry, run["map_shape"],
+                                    run["map_dtype"])
+    if problem is None:
+      done[(s, e)] = entry
+    else:
+      warnings.warn(f"Redoing shard [{s}, {e}) in {directory}: {problem}",
+                    stacklevel=5)
+  return done
+
+
+# ----------------------------------------------------------------------------
+# Step 5: explain every batch not done, writing shards while devices compute.
+
+
+def _batch_step(explain_fn, key, mesh: Mesh, data_axis: str,
+                sample_axis: str | None, batch_size: int, examples: _Examples):
+  """Returns ``step(start, stop, xs) -> maps on device`` for one batch.
+
+  Checks the batch's shapes, pads it to the compiled size and dispatches it
+  (asynchronously) to the mesh.
+  """
+  jitted, data_sharding = _build_step(explain_fn, mesh, data_axis, sample_axis)
   key_on_mesh = jax.device_put(key, NamedSharding(mesh, P()))
   n_data = mesh.shape[data_axis]
   compute_batch = -(-batch_size // n_data) * n_data
-  used: list[dict[str, Any]] = []
-  in_memory: list[np.ndarray] = []
-  pending = None  # The batch being computed: (start, stop, maps on device).
-  writes: collections.deque = collections.deque()  # Shards being written.
-  seen = lo
+  expected = (examples.shapes, examples.dtypes)
 
-  def collect(keep: int) -> None:
-    """Journals finished shard writes, in order, until <= `keep` remain."""
-    while writes and (len(writes) > keep or writes[0].done()):
-      entry = writes.popleft().result()
-      _shards.append_journal(directory, entry)
-      used.append(entry)
-      advance(entry["stop"] - entry["start"])
+  def step(start: int, stop: int, xs) -> jax.Array:
+    got = ([tuple(p.shape[1:]) for p in xs], [p.dtype for p in xs])
+    if got != expected:
+      raise ValueError(
+          f"data examples [{start}, {stop}) are {_describe(*got)}, earlier "
+          f"ones {_describe(*expected)}; all must share one shape and dtype")
+    idx = np.arange(start, stop, dtype=np.uint32)
+    if stop - start < compute_batch:  # Pad by repeating the last example.
+      pad = compute_batch - (stop - start)
+      xs = tuple(np.concatenate([p, np.repeat(p[-1:], pad, axis=0)])
+                 for p in xs)
+      idx = np.concatenate([idx, np.repeat(idx[-1:], pad)])
+    return jitted(key_on_mesh, jax.device_put(idx, data_sharding),
+                  jax.device_put(xs, data_sharding))
 
-  def finish(start, stop, maps_device) -> None:
+  return step
+
+
+class _Sink:
+  """Where finished batches go: journaled shards on disk, or one array in memory.
+
+  On disk, two writer threads hash, write and fsync shards while the devices
+  compute; at most `_MAX_PENDING_WRITES` shards wait in host memory, and
+  entries are journaled in order as their writes finish.
+  """
+
+  def __init__(self, directory: pathlib.Path | None, examples: _Examples,
+               map_shape, map_dtype, advance: Callable[[int], None],
+               writer: concurrent.futures.Executor):
+    self._directory = directory
+    self._lo, self._hi = examples.lo, examples.hi
+    self._map_shape, self._map_dtype = map_shape, map_dtype
+    self._advance = advance
+    self._writer = writer
+    self._writes: collections.deque = collections.deque()
+    self._in_memory: list[np.ndarray] = []
+    self.entries: list[dict[str, Any]] = []  # Journaled shards of this output.
+
+  def reuse(self, entry: dict[str, Any]) -> None:
+    """Keeps an intact shard of an earlier run."""
+    self.entries.append(entry)
+    self._advance(entry["stop"] - entry["start"])
+
+  def add(self, start: int, stop: int, maps_device: jax.Array) -> None:
+    """Fetches a computed batch (dropping padding) and stores it."""
     maps = np.asarray(jax.device_get(maps_device))[:stop - start]
-    if directory is None:
-      if hi is None:
-        in_memory.append(maps)
-      else:  # Known size: fill one preallocated array, no final copy.
-        if not in_memory:
-          in_memory.append(np.empty((hi - lo, *map_shape), map_dtype))
-        in_memory[0][start - lo:stop - lo] = maps
-      advance(stop - start)
-    else:  # Hash, write and fsync in a thread while the devices compute.
-      writes.append(writer.submit(_shards.write_shard, directory, start, stop,
-                                  maps))
-      collect(keep=_MAX_PENDING_WRITES)
+    if self._directory is not None:
+      self._writes.append(self._writer.submit(
+          _shards.write_shard, self._directory, start, stop, maps))
+      self._collect(keep=_MAX_PENDING_WRITES)
+    elif self._hi is None:
+      self._in_memory.append(maps)
+      self._advance(stop - start)
+    else:  # Known size: fill one preallocated array, no final copy.
+      if not self._in_memory:
+        self._in_memory.append(np.empty((self._hi - self._lo, *self._map_shape),
+                                        self._map_dtype))
+      self._in_memory[0][start - self._lo:stop - self._lo] = maps
+      self._advance(stop - start)
 
-  desc = ("attribute" if process[1] == 1 else
-          f"attribute [process {process[0]}/{process[1]}]")
-  bar_total = None if hi is None else hi - lo
-  with _progress_bar(progress, bar_total, desc) as advance, \
-       concurrent.futures.ThreadPoolExecutor(2) as writer:
-    try:
-      for start, stop, load in chunks():
-        seen = stop
-        if (start, stop) in done:
-          used.append(done[(start, stop)])
-          advance(stop - start)
-          continue
-        xs = load()
-        got = ([tuple(p.shape[1:]) for p in xs], [p.dtype for p in xs])
-        if got != (shapes, dtypes):
-          raise ValueError(
-              f"examples [{start}, {stop}) are {_describe(*got)}, earlier ones "
-              f"{_describe(shapes, dtypes)}")
-        idx = np.arange(start, stop, dtype=np.uint32)
-        if stop - start < compute_batch:  # Pad by repeating the last example.
-          pad = compute_batch - (stop - start)
-          xs = tuple(np.concatenate([p, np.repeat(p[-1:], pad, axis=0)])
-                     for p in xs)
-          idx = np.concatenate([idx, np.repeat(idx[-1:], pad)])
-        maps = step(key_on_mesh, jax.device_put(idx, data_sharding),
-                    jax.device_put(xs, data_sharding))
-        if pending is not None:
-          finish(*pending)
-        pending = (start, stop, maps)
+  def flush(self) -> None:
+    """Waits for every write and journals it."""
+    self._collect(keep=0)
+
+  def salvage(self, pending) -> None:
+    """After an interruption: stores and journals what is computed, ignoring errors."""
+    if self._directory is None:
+      return
+    with contextlib.suppress(BaseException):
       if pending is not None:
-        finish(*pending)
-        pending = None
-      collect(keep=0)
-    except BaseException:
-      # Interrupted (an error, Ctrl-C): keep what is computed, so a resumed
-      # run has less to do, then re-raise.
-      if directory is not None:
-        with contextlib.suppress(BaseException):
-          if pending is not None:
-            finish(*pending)
-        while writes:
-          future = writes.popleft()
-          with contextlib.suppress(BaseException):
-            _shards.append_journal(directory, future.result())
-      raise
+        self.add(*pending)
+    while self._writes:
+      future = self._writes.popleft()
+      with contextlib.suppress(BaseException):
+        _shards.append_journal(self._directory, future.result())
 
-  if hi is None:  # An iterable of unknown length is exhausted now.
-    hi = seen
-    if num_examples is not None and hi - lo != num_examples:
-      raise ValueError(f"data yielded {hi - lo} examples, but num_examples="
-                       f"{num_examples}; fix or drop num_examples")
-  elif seen != hi:
-    what = (f"num_examples={num_examples}" if num_examples is not None
-            else f"the range [{lo}, {hi}) of this process")
-    raise ValueError(f"data yielded examples only up to index {seen}, short of "
-                     f"{what}; fix or drop num_examples")
-  if total is None:
-    total = hi
-  settings.update(num_examples=total, example_range=[lo, hi])
+  def maps(self) -> np.ndarray:
+    """The in-memory maps, in example order."""
+    parts = self._in_memory
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
+  def _collect(self, keep: int) -> None:
+    """Journals finished writes, in order, until at most `keep` remain."""
+    while self._writes and (len(self._writes) > keep or self._writes[0].done()):
+      entry = self._writes.popleft().result()
+      _shards.append_journal(self._directory, entry)
+      self.entries.append(entry)
+      self._advance(entry["stop"] - entry["start"])
+
+
+def _explain_all(examples: _Examples, done, sink: _Sink, step) -> int:
+  """Explains every batch not in `done` into `sink`; returns the index after the last example read.
+
+  Batch t is dispatched before batch t-1 is fetched, so devices and host
+  overlap. On any interruption (an error, Ctrl-C) what is computed is kept,
+  so a resumed run has less to do.
+  """
+  pending = None  # The batch being computed: (start, stop, maps on device).
+  seen = examples.lo
+  try:
+    for start, stop, load in examples.chunks():
+      seen = stop
+      if (start, stop) in done:
+        sink.reuse(done[(start, stop)])
+        continue
+      maps = step(start, stop, load())
+      if pending is not None:
+        sink.add(*pending)
+      pending = (start, stop, maps)
+    if pending is not None:
+      sink.add(*pending)
+      pending = None
+    sink.flush()
+  except BaseException:
+    sink.salvage(pending)
+    raise
+  return seen
+
+
+# ----------------------------------------------------------------------------
+# Step 6: check the count and finish the output.
+
+
+def _check_count(examples: _Examples, seen: int, num_examples) -> int:
+  """The end of the explained range; an error if data ended short of it."""
+  if examples.hi is None:  # An iterable of unknown length is exhausted now.
+    return seen
+  if seen != examples.hi:
+    if examples.hi == examples.total and examples.lo == 0:
+      raise ValueError(f"data yielded {seen} examples, fewer than num_examples="
+                       f"{num_examples}; pass the true count as num_examples, "
+                       "or num_examples=None to count them")
+    raise ValueError(
+        f"data yielded examples only up to index {seen}, short of the range "
+        f"[{examples.lo}, {examples.hi}) of this process; every process must "
+        f"get the same data of num_examples={examples.total} examples")
+  return examples.hi
+
+
+def _finish(directory: pathlib.Path | None, run: dict[str, Any], sink: _Sink,
+            lo: int, hi: int) -> AttributionResult:
+  """Writes the complete manifest (removing stale shards) or wraps the in-memory maps."""
+  total = run["num_examples"] if run["num_examples"] is not None else hi
+  run = {**run, "num_examples": total, "example_range": [lo, hi]}
   if directory is None:
-    maps = in_memory[0] if len(in_memory) == 1 else np.concatenate(in_memory)
+    maps = sink.maps()
     return AttributionResult(shape=maps.shape, dtype=maps.dtype,
-                             manifest={**settings, "complete": True},
-                             maps=maps)
-  used.sort(key=lambda e: e["start"])
+                             manifest={**run, "complete": True}, maps=maps)
+  used = sorted(sink.entries, key=lambda e: e["start"])
   keep = {e["file"] for e in used}
   for p in directory.glob("shard-*.npy"):  # Stale shards of an older layout.
     if p.name not in keep:
       p.unlink()
   _shards.write_json_atomic(directory / _shards.MANIFEST,
-                            {**settings, "complete": True, "shards": used})
+                            {**run, "complete": True, "shards": used})
   return _shards.load_attributions(directory)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import pathlib
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 from jax.sharding import Mesh
@@ -121,6 +121,7 @@ def attribute_multihost(
     data_axis: str = "data",
     sample_axis: str | None = None,
     explain_id: str | None = None,
+    settings: Mapping[str, Any] | None = None,
     progress: bool = True,
     overwrite: bool = False,
     resume: bool = True,
@@ -150,8 +151,10 @@ def attribute_multihost(
 
   Args:
     explain_fn, key, data, batch_size, num_examples, mesh, data_axis,
-    sample_axis, explain_id, progress, overwrite, resume: as in
-      :func:`attribute`; `mesh` must hold only this process's devices.
+    sample_axis, explain_id, settings, progress, overwrite, resume: as in
+      :func:`attribute`; `mesh` must hold only this process's devices. An
+      iterable is read by each process up to the end of its slice; the last
+      process checks that it yields no more than `num_examples`.
     out: output directory shared by all processes (required).
     merge: after a barrier, merge on process 0 and return the merged result
       on every process; with False return this process's result only.
@@ -170,7 +173,7 @@ def attribute_multihost(
     On every host of a TPU pod slice (``gcloud ... ssh --worker=all``)::
 
       initialize_distributed()  # First JAX call: joins the pod's processes.
-      explain = adapt_smooth(grad_fn, 0.95, 50)
+      explain = adapt_smooth(grad_fn, 0.95, 50, bounds=models.IMAGENET_BOUNDS)
       data = np.load("imagenet_val_224.npy", mmap_mode="r")
       attribute_multihost(explain, jax.random.key(0), data,
                           out="/mnt/shared/maps", batch_size=256,
@@ -178,7 +181,8 @@ def attribute_multihost(
   """
   if out is None:
     raise ValueError("out=None: attribute_multihost writes process-local "
-                     "shards and needs an output directory shared by all hosts")
+                     "shards and needs an output directory shared by all "
+                     "hosts; pass out='/shared/path'")
   if (not _is_initialized() and
       int(os.environ.get("JAX_NUM_PROCESSES", "1") or 1) > 1):
     raise RuntimeError(
@@ -189,13 +193,14 @@ def attribute_multihost(
   if _is_array_data(data):
     total = int((data[0] if isinstance(data, tuple) else data).shape[0])
   elif num_examples is None:
-    raise ValueError("data is an iterable, so pass num_examples=: every process "
-                     "must know the total to take its slice of the examples")
+    raise ValueError("data is an iterable and num_examples=None; pass "
+                     "num_examples= (the total count): every process must know "
+                     "it to take its slice of the examples")
   else:
     total = int(num_examples)
   if total < count:
-    raise ValueError(f"{total} examples cannot be spread over {count} "
-                     "processes; use fewer processes")
+    raise ValueError(f"data holds {total} examples, which cannot be spread "
+                     f"over {count} processes; use at most {total} processes")
   lo, hi = process_range(total, index, count)
   root = pathlib.Path(out)
   if root.exists() and not root.is_dir():
@@ -206,7 +211,7 @@ def attribute_multihost(
       explain_fn, key, data, out=root / _PROCESS_DIR.format(index),
       batch_size=batch_size, num_examples=total, mesh=mesh,
       data_axis=data_axis, sample_axis=sample_axis, explain_id=explain_id,
-      progress=progress, overwrite=overwrite, resume=resume,
+      settings=settings, progress=progress, overwrite=overwrite, resume=resume,
       example_range=(lo, hi), process=(index, count))
   if not merge:
     return local
@@ -263,14 +268,18 @@ def merge_process_outputs(out: str | os.PathLike, *,
                        f"{m['process_index']} (it resumes) and merge again")
     if path.parent.name != _PROCESS_DIR.format(m["process_index"]):
       raise ValueError(f"{path} says process {m['process_index']}; the "
-                       "directory name disagrees")
+                       "directory name disagrees. Move it to "
+                       f"{_PROCESS_DIR.format(m['process_index'])}/ or rerun "
+                       "that process")
     diffs = _shards.settings_mismatch(
         {**first, "example_range": None}, {**m, "example_range": None})
     if m["process_count"] != count:
       diffs.append(f"process_count: {count} vs {m['process_count']}")
     if diffs:
       raise ValueError(f"{path} was written with other settings than "
-                       f"{paths[0]}:\n  " + "\n  ".join(diffs))
+                       f"{paths[0]}:\n  " + "\n  ".join(diffs) + "\nRerun "
+                       "every process with the same arguments (overwrite=True "
+                       "for the odd one out) and merge again")
     for s in m["shards"]:
       problem = (_shards.shard_problem(path.parent, s, m["map_shape"],
                                        m["map_dtype"]) if verify else None)
@@ -288,10 +297,12 @@ def merge_process_outputs(out: str | os.PathLike, *,
   for s in shards:
     if s["start"] != pos:
       raise ValueError(f"{out}: shards of the processes leave a gap or overlap "
-                       f"at example {pos}")
+                       f"at example {pos}; rerun the processes (they resume) "
+                       "and merge again")
     pos = s["stop"]
   if pos != total:
-    raise ValueError(f"{out}: shards end at example {pos}, not {total}")
+    raise ValueError(f"{out}: shards end at example {pos}, not {total}; rerun "
+                     "the processes (they resume) and merge again")
   merged = {**first, "example_range": [0, total], "process_index": None,
             "complete": True, "shards": shards}
   _shards.write_json_atomic(root / _shards.MANIFEST, merged)

@@ -7,10 +7,15 @@ An output directory holds
   written to a temporary file, fsync'ed and atomically renamed;
 * ``shards.jsonl``: a journal with one JSON line per finished shard (file,
   start, stop, bytes, sha256), appended after the rename, so a crash loses at
-  most the shard being written;
-* ``manifest.json``: the settings of the run (format, explanation id, key,
-  shapes, dtypes, batch size, example range) and ``complete``; rewritten
-  atomically at the start and, with the full shard list, at the end.
+  most the shard being written; each run (and each resume) first appends a
+  ``{"settings": ...}`` line, from which a lost manifest is rebuilt;
+* ``manifest.json``: the settings of the run (format, explanation id and
+  fingerprint, key, shapes, dtypes, batch size, example range) and
+  ``complete``; rewritten atomically at the start and, with the full shard
+  list, at the end;
+* ``.lock``: locked (``fcntl.flock``) by the process writing the directory,
+  so a second process is refused instead of deleting the first's temporary
+  files.
 
 A multi-host run writes one such directory per process (``process-00000/``,
 ...) and a merged top-level ``manifest.json`` whose shard files are relative
@@ -28,15 +33,20 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from adaptgrad_jax._files import atomic_write
+
 FORMAT = "adaptgrad-jax/attributions"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 JOURNAL = "shards.jsonl"
-_TMP_PREFIX = ".tmp-"
+LOCK = ".lock"
+_TMP_PREFIX = ".tmp-"  # Temporary files of older versions.
+# Temporary files of atomic_write: "." + final name + random part + ".tmp".
+_TMP_PATTERNS = (f"{_TMP_PREFIX}*", ".shard-*.tmp", f".{MANIFEST}.*.tmp")
 
 # Settings that must agree for a run to resume (or merge) an existing output.
 SETTINGS_KEYS = (
-    "explain_id", "key", "example_shape", "input_dtype", "map_shape",
+    "explain_id", "explain_settings", "key", "example_shape", "input_dtype", "map_shape",
     "map_dtype", "batch_size", "num_examples", "example_range", "samples",
     "process_count",
 )
@@ -68,47 +78,29 @@ class _HashingWriter:
     self._f.flush()
 
 
-def _fsync_dir(path: pathlib.Path) -> None:
-  try:
-    fd = os.open(path, os.O_RDONLY)
-  except OSError:  # Not supported on every platform/filesystem.
-    return
-  try:
-    os.fsync(fd)
-  except OSError:
-    pass
-  finally:
-    os.close(fd)
-
-
 def write_json_atomic(path: pathlib.Path, obj: Any) -> None:
-  tmp = path.with_name(f"{_TMP_PREFIX}{path.name}.{os.getpid()}")
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1)
-    f.write("\n")
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-  _fsync_dir(path.parent)
+  text = json.dumps(obj, indent=1) + "\n"
+  atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def write_shard(directory: pathlib.Path, start: int, stop: int,
                 maps: np.ndarray) -> dict[str, Any]:
   """Writes one shard atomically and returns its journal entry."""
   name = shard_name(start, stop)
-  tmp = directory / f"{_TMP_PREFIX}{name}.{os.getpid()}"
-  with open(tmp, "wb") as f:
-    w = _HashingWriter(f)
-    np.lib.format.write_array(w, np.ascontiguousarray(maps),
+  writers = []
+
+  def write(f):
+    writers.append(_HashingWriter(f))
+    np.lib.format.write_array(writers[-1], np.ascontiguousarray(maps),
                               allow_pickle=False)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, directory / name)
+
+  atomic_write(directory / name, write)
   return {"file": name, "start": int(start), "stop": int(stop),
-          "bytes": w.nbytes, "sha256": w.sha256.hexdigest()}
+          "bytes": writers[-1].nbytes, "sha256": writers[-1].sha256.hexdigest()}
 
 
 def append_journal(directory: pathlib.Path, entry: Mapping[str, Any]) -> None:
+  """Appends one line (a shard entry or a ``{"settings": ...}`` record), fsync'ed."""
   with open(directory / JOURNAL, "a") as f:
     f.write(json.dumps(entry, sort_keys=True) + "\n")
     f.flush()
@@ -127,10 +119,46 @@ def read_journal(directory: pathlib.Path) -> list[dict[str, Any]]:
         entry = json.loads(line)
       except json.JSONDecodeError:
         continue
-      if isinstance(entry, dict) and {"file", "start", "stop", "sha256",
-                                      "bytes"} <= entry.keys():
+      if valid_entry(entry):
         entries.append(entry)
   return entries
+
+
+def valid_entry(entry: Any) -> bool:
+  """Whether `entry` is a well-formed shard entry of one output directory.
+
+  Its file must be the shard's own name (no path: a damaged or hostile
+  journal cannot point outside the directory).
+  """
+  if not isinstance(entry, dict) or not {"file", "start", "stop", "sha256",
+                                         "bytes"} <= entry.keys():
+    return False
+  start, stop, size = entry["start"], entry["stop"], entry["bytes"]
+  if not all(isinstance(v, int) and not isinstance(v, bool)
+             for v in (start, stop, size)):
+    return False
+  sha = entry["sha256"]
+  return (0 <= start < stop and size >= 0 and
+          entry["file"] == shard_name(start, stop) and isinstance(sha, str) and
+          len(sha) == 64 and all(c in "0123456789abcdef" for c in sha))
+
+
+def read_journal_settings(directory: pathlib.Path) -> dict[str, Any] | None:
+  """The settings of the last run journaled in `directory` (None if none are)."""
+  path = directory / JOURNAL
+  if not path.exists():
+    return None
+  found = None
+  with open(path) as f:
+    for line in f:
+      try:
+        entry = json.loads(line)
+      except json.JSONDecodeError:
+        continue
+      if (isinstance(entry, dict) and isinstance(entry.get("settings"), dict)
+          and entry["settings"].get("format") == FORMAT):
+        found = entry["settings"]
+  return found
 
 
 def file_sha256(path: pathlib.Path) -> str:
@@ -163,13 +191,15 @@ def shard_problem(directory: pathlib.Path, entry: Mapping[str, Any],
 
 
 def clean_temporaries(directory: pathlib.Path) -> None:
-  for p in directory.glob(f"{_TMP_PREFIX}*"):
-    p.unlink(missing_ok=True)
+  """Deletes temporary files of crashed runs; call it only with the lock held."""
+  for pattern in _TMP_PATTERNS:
+    for p in directory.glob(pattern):
+      p.unlink(missing_ok=True)
 
 
 def remove_outputs(directory: pathlib.Path) -> None:
   """Deletes the files this module writes (and nothing else) under `directory`."""
-  for pattern in ("shard-*.npy", JOURNAL, MANIFEST, f"{_TMP_PREFIX}*"):
+  for pattern in ("shard-*.npy", JOURNAL, MANIFEST, *_TMP_PATTERNS):
     for p in directory.glob(pattern):
       p.unlink()
   for sub in directory.glob("process-*"):
@@ -181,16 +211,30 @@ def remove_outputs(directory: pathlib.Path) -> None:
         pass
 
 
+class DamagedManifestError(ValueError):
+  """``manifest.json`` exists but is not valid JSON (truncated, overwritten)."""
+
+
 def read_manifest(directory: pathlib.Path) -> dict[str, Any] | None:
+  """The manifest in `directory`, or None if there is none.
+
+  Raises:
+    DamagedManifestError: it is not a JSON object.
+    ValueError: it is JSON but not an attribution manifest.
+  """
   path = directory / MANIFEST
   if not path.exists():
     return None
   try:
     manifest = json.loads(path.read_text())
-  except json.JSONDecodeError as e:
-    raise ValueError(
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise DamagedManifestError(
         f"{path} is not valid JSON ({e}); it is not an adaptgrad-jax output or "
         "it was damaged. Pass overwrite=True to start afresh.") from e
+  if not isinstance(manifest, dict):
+    raise DamagedManifestError(
+        f"{path} holds a JSON {type(manifest).__name__}, not a manifest; it was "
+        "damaged. Pass overwrite=True to start afresh.")
   if manifest.get("format") != FORMAT:
     raise ValueError(
         f"{path} is not an adaptgrad-jax attribution manifest (format="
@@ -324,6 +368,10 @@ def load_attributions(out: str | os.PathLike, *, verify: bool = False
     procs = sorted(directory.glob("process-*/" + MANIFEST))
     hint = (" It holds per-process outputs: run merge_process_outputs(out) "
             "first." if procs else "")
+    if read_journal_settings(directory) is not None:
+      hint = (f" Its {JOURNAL} records a run: call attribute() again with the "
+              "same arguments to rebuild the manifest (intact shards are "
+              "verified, not recomputed).")
     raise FileNotFoundError(
         f"out={str(out)!r} has no {MANIFEST}; it is not the output of a "
         f"finished attribute() run.{hint}")

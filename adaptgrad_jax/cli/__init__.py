@@ -4,6 +4,11 @@
 ``python -m adaptgrad_jax``. It returns the exit code: 0 on success, 2 for a
 bad command line, 1 when the command could not be carried out (the message
 says why and how to fix it, on one line). ``--debug`` shows tracebacks.
+
+Outputs are never half written nor silently replaced: each file is written
+atomically, the ``--out`` folder is locked while a command runs, and an
+interrupted command continues where it stopped when run again (see each
+command's ``--help``).
 """
 
 from __future__ import annotations
@@ -107,7 +112,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       return _errors.EXIT_USAGE
     return int(args.run(args, console, err_console) or 0)
   except KeyboardInterrupt:
-    print(f"{PROG}: interrupted", file=sys.stderr)
+    where = f"{PROG} {command}" if command else PROG
+    print(f"{where}: interrupted; the files written so far are whole: run the same command again to continue",
+          file=sys.stderr)
     return _errors.EXIT_INTERRUPTED
   except Exception as err:  # pylint: disable=broad-except
     if debug:

@@ -13,7 +13,6 @@ CC0 ``chelsea`` and ``coffee``) in a figure like the paper's Figures 1 and 6,
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import time
 from typing import Any
@@ -45,7 +44,7 @@ def add_parser(subparsers, formatter) -> None:
                 " with Grad, SmoothGrad, AdaptGrad and their GI / IG combinations; with the pretrained extra,"
                 " also the bundled photos with the ImageNet EfficientNet-Lite0. No network needed.",
     epilog=EPILOG, formatter_class=formatter)
-  parser.add_argument("--out", default="adaptgrad_demo", metavar="DIR",
+  parser.add_argument("--out", default="adaptgrad_demo", type=_errors.output_folder, metavar="DIR",
                       help="output folder (default: ./adaptgrad_demo)")
   parser.add_argument("--overwrite", action="store_true", help="replace existing figures")
   parser.add_argument("--quick", action="store_true",
@@ -53,7 +52,7 @@ def add_parser(subparsers, formatter) -> None:
   parser.add_argument("--no-photos", action="store_true", help="skip the EfficientNet-Lite0 photo part")
   parser.add_argument("--photo-n", type=_errors.positive_int("--photo-n", "it is N for the photos (10-20 on a CPU)"),
                       default=10, metavar="N", help="noise samples (and IG steps) per photo (default: 10)")
-  parser.add_argument("--seed", type=int, default=0, help="PRNG seed (default: 0)")
+  parser.add_argument("--seed", type=_errors.seed, default=0, help="PRNG seed (default: 0)")
   parser.add_argument("--no-cache", action="store_true", help="train the MLP even if a cached one exists")
   parser.set_defaults(run=run)
 
@@ -155,10 +154,10 @@ def _mnist_part(args, out: pathlib.Path, console, err_console) -> dict[str, Any]
     columns = columns[:5]
   grid = [[np.asarray(maps[m][i]) for i in columns] for m in ROWS]
   figure = out / "mnist.png"
-  viz.plot_grid(grid, row_labels=list(ROW_LABELS), col_labels=[f"{labels[i]} → {int(targets[i])}" for i in columns],
-                images=[np.asarray(xs[i]) for i in columns], cell_size=1.2, dpi=110,
-                title="MNIST MLP (label → explained class)",
-                path=figure, overwrite=True)
+  _shared.write_figure(figure, viz.plot_grid(
+    grid, row_labels=list(ROW_LABELS), col_labels=[f"{labels[i]} → {int(targets[i])}" for i in columns],
+    images=[np.asarray(xs[i]) for i in columns], cell_size=1.2, dpi=110,
+    title="MNIST MLP (label → explained class)"), dpi=110)
 
   sparseness = {m: _sparseness(maps[m]) for m in ROWS}
   console.print(_table(
@@ -231,12 +230,11 @@ def _photo_part(args, out: pathlib.Path, console, err_console) -> dict[str, Any]
                              ("AG", lambda x: ag.adaptive_sigma(x, 0.95, bounds=bounds)))}
   seconds = time.perf_counter() - start
   figure = out / "photos.png"
-  viz.plot_grid([rows[m] for m in ROWS], row_labels=list(ROW_LABELS),
-                col_labels=[f"{nm}: {loaded.class_name(int(c))} ({float(p[c]):.2f})"
-                            for nm, c, p in zip(names, predicted, probs)],
-                images=[loaded.display(np.asarray(x)) for x in xs], cell_size=2.2, dpi=100,
-                title=f"EfficientNet-Lite0, N={n}",
-                path=figure, overwrite=True)
+  _shared.write_figure(figure, viz.plot_grid(
+    [rows[m] for m in ROWS], row_labels=list(ROW_LABELS),
+    col_labels=[f"{nm}: {loaded.class_name(int(c))} ({float(p[c]):.2f})" for nm, c, p in zip(names, predicted, probs)],
+    images=[loaded.display(np.asarray(x)) for x in xs], cell_size=2.2, dpi=100,
+    title=f"EfficientNet-Lite0, N={n}"), dpi=100)
   sparseness = {m: _sparseness(jnp.stack(rows[m])) for m in ROWS}
   console.print(_table(
     "Sparseness of the photo maps (mean over the 2 photos)",
@@ -253,6 +251,13 @@ def _photo_part(args, out: pathlib.Path, console, err_console) -> dict[str, Any]
 
 
 def run(args: argparse.Namespace, console, err_console) -> int:
+  """Runs the demo under the lock of ``--out``; every file is written atomically.
+
+  ``demo.json`` is written first (``complete: false``) and last (the
+  summary): the same command after an interrupted run continues (replacing
+  that run's figures); a finished run, other settings or files of unknown
+  origin are refused unless ``--overwrite``.
+  """
   start = time.perf_counter()
   out = pathlib.Path(args.out).expanduser()
   _errors.require_plotting("demo")
@@ -260,14 +265,21 @@ def run(args: argparse.Namespace, console, err_console) -> int:
     raise _errors.UsageError(f"--out {args.out} is a file; pass a folder")
   photos = not (args.quick or args.no_photos)
   files = [out / "mnist.png", out / "demo.json"] + ([out / "photos.png"] if photos else [])
-  _explain.check_outputs(files, args.overwrite)
-  out.mkdir(parents=True, exist_ok=True)
-  _enable_compilation_cache()
-  summary: dict[str, Any] = {"quick": args.quick, "seed": args.seed}
-  summary["mnist"] = _mnist_part(args, out, console, err_console)
-  if photos:
-    summary["photos"] = _photo_part(args, out, console, err_console)
-  summary["seconds"] = round(time.perf_counter() - start, 1)
-  (out / "demo.json").write_text(json.dumps(summary, indent=2))
+  identity = {"command": "demo", "quick": args.quick, "photos": photos, "photo_n": args.photo_n, "seed": args.seed}
+  with _shared.locked_output(out):
+    _shared.remove_stale_temporaries(out, [f.name for f in files])
+    record = None if args.overwrite else _shared.read_record(out / "demo.json")
+    interrupted = record is not None and record.get("run") == identity and record.get("complete") is False
+    if not interrupted:
+      _explain.check_outputs(files, args.overwrite)
+    _shared.write_json(out / "demo.json", {"complete": False, "run": identity})
+    _enable_compilation_cache()
+    summary: dict[str, Any] = {"complete": False, "run": identity, "quick": args.quick, "seed": args.seed}
+    summary["mnist"] = _mnist_part(args, out, console, err_console)
+    if photos:
+      summary["photos"] = _photo_part(args, out, console, err_console)
+    summary["seconds"] = round(time.perf_counter() - start, 1)
+    summary["complete"] = True
+    _shared.write_json(out / "demo.json", summary)
   console.print(f"demo finished in {summary['seconds']:.0f} s; figures in {out}/")
   return _errors.EXIT_OK

@@ -11,6 +11,7 @@ same way by :func:`describe`. ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 from typing import Callable
 
@@ -44,18 +45,24 @@ def one_line(message: str) -> str:
 
 def describe(err: BaseException) -> tuple[str, int]:
   """The one-line message and exit code for an exception reaching ``main``."""
+  from adaptgrad_jax._files import LockedError  # pylint: disable=import-outside-toplevel
+
   if isinstance(err, CliError):
     return one_line(str(err)), err.exit_code
+  if isinstance(err, LockedError):  # a concurrent run on the same --out
+    return one_line(str(err)), EXIT_FAILURE
   if isinstance(err, ImportError):
     return one_line(str(err)), EXIT_FAILURE
   if isinstance(err, FileExistsError):
     return one_line(f"{err}; pass --overwrite to replace it"), EXIT_FAILURE
   if isinstance(err, MemoryError):
     return "out of memory; lower --batch-size (noise samples evaluated at once) or --n", EXIT_FAILURE
-  if isinstance(err, (ValueError, TypeError, OSError, KeyError)):
+  if isinstance(err, (ValueError, TypeError, OSError, KeyError, OverflowError)):
     text = str(err) or type(err).__name__
     if isinstance(err, OSError) and getattr(err, "filename", None) and err.strerror:
       text = f"{err.filename}: {err.strerror}"
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+      text += "; free some space or choose another --out, then run the same command again to continue"
     return one_line(text), EXIT_FAILURE
   if "RESOURCE_EXHAUSTED" in str(err) or "Out of memory" in str(err):
     return "out of memory; lower --batch-size (noise samples evaluated at once) or --n", EXIT_FAILURE
@@ -92,6 +99,16 @@ def _number(text: str, option: str) -> float:
   return value
 
 
+def output_folder(text: str) -> str:
+  """``--out``: a folder path, never empty (an empty path would mean the current folder)."""
+  if not text.strip():
+    raise argparse.ArgumentTypeError(
+      f"--out {text!r} is empty; pass a folder, e.g. --out maps (--out . for the current folder)")
+  if "\0" in text:
+    raise argparse.ArgumentTypeError(f"--out {text!r} holds a NUL character; pass a folder path")
+  return text
+
+
 def confidence(text: str) -> float:
   """``--c``: a confidence level in (0, 1)."""
   value = _number(text, "--c")
@@ -111,8 +128,11 @@ def noise_level(text: str) -> float:
   return value
 
 
+_MAX_COUNT = 2 ** 31 - 1  # counts beyond int32 overflow inside jitted code
+
+
 def positive_int(option: str, hint: str) -> Callable[[str], int]:
-  """An argparse type for an int >= 1, with a hint on what it counts."""
+  """An argparse type for an int in [1, 2**31 - 1], with a hint on what it counts."""
 
   def parse(text: str) -> int:
     try:
@@ -121,9 +141,22 @@ def positive_int(option: str, hint: str) -> Callable[[str], int]:
       raise argparse.ArgumentTypeError(f"{option} {text!r} must be a whole number >= 1; {hint}") from None
     if value < 1:
       raise argparse.ArgumentTypeError(f"{option} {text} must be >= 1; {hint}")
+    if value > _MAX_COUNT:
+      raise argparse.ArgumentTypeError(f"{option} {text} is too large (at most {_MAX_COUNT}); {hint}")
     return value
 
   return parse
+
+
+def seed(text: str) -> int:
+  """``--seed``: a whole number that fits a 64-bit integer (jax.random.key's range)."""
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"--seed {text!r} must be a whole number, e.g. 0") from None
+  if not -(2 ** 63) <= value < 2 ** 63:
+    raise argparse.ArgumentTypeError(f"--seed {text} does not fit a 64-bit integer; pick a smaller one, e.g. 0")
+  return value
 
 
 def target(text: str) -> int | str:

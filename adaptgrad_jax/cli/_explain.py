@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import time
-from typing import Any, Callable, Optional
+from typing import Optional
 
 import numpy as np
 
-from adaptgrad_jax.cli import _errors, _methods, _models
+from adaptgrad_jax.cli import _errors, _methods, _models, _shared
 from adaptgrad_jax.cli._errors import CliError, UsageError
 
 EPILOG = """\
@@ -27,6 +28,16 @@ outputs: OUT/<image>_<method>.npy is the raw map in the model's input layout
 the map (absolute value, channel sum, 99th-percentile clipping) blended over
 the preprocessed image; OUT/explain.json records the settings and predictions.
 Folders go through adaptgrad_jax.attribute (resumable shards in OUT/shards).
+
+Files sharing a name (cat.png, sub/cat.png) are named by their path from
+their common folder (cat_*, sub_cat_*); names that still collide are refused.
+Every file is written atomically: an interrupted run (Ctrl-C, a full disk)
+leaves only whole files, and running the same command again continues where
+it stopped (explain.json records the run; a finished run is not redone).
+Different settings on a used --out are refused unless --overwrite. A second
+command on the same --out while one runs is refused (OUT/.adaptgrad-jax.lock).
+Images: 16-bit and float grey keep their range; transparency is composited
+over black.
 """
 
 
@@ -66,16 +77,19 @@ def add_smoothing_options(parser: argparse.ArgumentParser, *, n_default: int = 5
     default=None, metavar="B",
     help="evaluate B noise samples (or path points) at a time to bound memory; results do not change"
          " (default: all at once)")
-  group.add_argument("--seed", type=int, default=0, help="PRNG seed (default: 0)")
+  group.add_argument("--seed", type=_errors.seed, default=0, help="PRNG seed (default: 0)")
 
 
 def add_output_options(parser: argparse.ArgumentParser, default: Optional[str]) -> None:
   group = parser.add_argument_group("output")
   if default is None:
-    group.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    group.add_argument("--out", required=True, type=_errors.output_folder, metavar="DIR",
+                       help="output folder (created if missing)")
   else:
-    group.add_argument("--out", default=default, metavar="DIR", help=f"output folder (default: {default})")
-  group.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    group.add_argument("--out", default=default, type=_errors.output_folder, metavar="DIR",
+                       help=f"output folder (default: {default})")
+  group.add_argument("--overwrite", action="store_true",
+                     help="replace existing outputs (without it, an interrupted run continues)")
 
 
 def add_parser(subparsers, formatter) -> None:
@@ -170,12 +184,48 @@ def predictions(logits_fn, xs) -> tuple[np.ndarray, np.ndarray]:
 # Output files.
 
 
-def output_stems(paths: list[pathlib.Path]) -> list[str]:
-  stems, seen = [], {}
+def unique_inputs(paths: list[pathlib.Path]) -> list[pathlib.Path]:
+  """The inputs without repeats of the same file (a folder and a file in it, or a file named twice)."""
+  seen, unique = set(), []
   for p in paths:
-    stem = p.stem
-    seen[stem] = seen.get(stem, 0) + 1
-    stems.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
+    key = p.resolve()
+    if key not in seen:
+      seen.add(key)
+      unique.append(p)
+  return unique
+
+
+def output_stems(paths: list[pathlib.Path]) -> list[str]:
+  """One distinct output stem per input, checked before any work.
+
+  A file's stem (``cat`` for ``cat.png``) names its outputs; files sharing a
+  stem (compared case-insensitively, as on macOS and Windows) are named by
+  their path from their common folder instead, ``_`` for ``/``
+  (``cat.png, sub/cat.png`` -> ``cat, sub_cat``). Stems that still collide
+  (``cat.png, cat.jpg``) are a :class:`UsageError` naming both inputs.
+
+  Example:
+    >>> import pathlib
+    >>> output_stems([pathlib.Path(p) for p in ("cat.png", "sub/cat.png", "cat-2.png")])
+    ['cat', 'sub_cat', 'cat-2']
+  """
+  resolved = [pathlib.Path(os.path.abspath(p)) for p in paths]
+  stems = [p.stem for p in paths]
+  groups: dict[str, list[int]] = {}
+  for i, p in enumerate(paths):
+    groups.setdefault(p.stem.casefold(), []).append(i)
+  for members in groups.values():
+    if len(members) > 1:
+      common = pathlib.Path(os.path.commonpath([str(resolved[i].parent) for i in members]))
+      for i in members:
+        stems[i] = "_".join(resolved[i].relative_to(common).with_suffix("").parts)
+  owner: dict[str, int] = {}
+  for i, stem in enumerate(stems):
+    j = owner.setdefault(stem.casefold(), i)
+    if j != i:
+      raise UsageError(
+        f"{paths[j]} and {paths[i]} would both write {stem}_<method>.npy and .png; rename one, or explain"
+        " them into different --out folders")
   return stems
 
 
@@ -186,11 +236,61 @@ def check_outputs(files: list[pathlib.Path], overwrite: bool) -> None:
     raise CliError(f"{existing[0]} already exists{more}; pass --overwrite to replace, or choose another --out")
 
 
+def check_out_is_not_an_input(out: pathlib.Path, inputs: list[str]) -> None:
+  """Overlays written into an input folder would become inputs of the next run."""
+  target = pathlib.Path(os.path.abspath(out))
+  for item in inputs:
+    folder = pathlib.Path(item).expanduser()
+    if folder.is_dir() and pathlib.Path(os.path.abspath(folder)) == target:
+      raise UsageError(f"--out {out} is also an input folder; its PNG overlays would become inputs of the next"
+                       " run: choose another --out")
+
+
 def save_map(path_npy: pathlib.Path, path_png: pathlib.Path, attribution: np.ndarray, image01: np.ndarray) -> None:
+  """The raw map (.npy), then the overlay (.png), each written atomically; both exist = this image is done."""
   from adaptgrad_jax import viz  # pylint: disable=import-outside-toplevel
 
-  np.save(path_npy, np.asarray(attribution, np.float32))
-  viz.save_png(path_png, viz.overlay(image01, np.asarray(attribution), alpha=0.5), overwrite=True)
+  _shared.write_npy(path_npy, np.asarray(attribution, np.float32))
+  _shared.write_png(path_png, viz.overlay(image01, np.asarray(attribution), alpha=0.5))
+
+
+RECORD = "explain.json"
+
+
+def run_identity(args: argparse.Namespace, method: str, paths: list[pathlib.Path], stems: list[str]) -> dict:
+  """What decides the maps: a rerun with the same identity may continue an interrupted run."""
+  weights = args.weights
+  if weights not in (None, "random", "download", "pretrained"):
+    weights = _shared.file_identity(weights)
+  identity = {
+    "command": "explain", "method": method, "model": args.model, "weights": weights, "target": args.target,
+    "seed": args.seed, "options": dict(vars(options_from(args))),
+    "images": [_shared.file_identity(p) for p in paths], "stems": stems,
+  }
+  return json.loads(json.dumps(identity))  # as read back from explain.json
+
+
+def done_images(out: pathlib.Path, identity: dict, names: list[tuple[str, str]],
+                overwrite: bool) -> tuple[set[int], bool]:
+  """``(done, finished)``: the images an earlier run with the same identity wrote, and whether it ended.
+
+  Raises:
+    CliError: when OUT holds outputs of another run (or of no recorded run)
+      and ``overwrite`` is False.
+  """
+  if overwrite:
+    return set(), False
+  record = _shared.read_record(out / RECORD)
+  if record is None:
+    check_outputs([out / name for pair in names for name in pair], overwrite=False)
+    return set(), False
+  if record.get("run") != identity:
+    diff = _shared.differences(record.get("run") or {}, identity) if isinstance(record.get("run"), dict) else []
+    what = f"differs in {', '.join(diff)}" if diff else "was written by another command or version"
+    raise CliError(f"{out / RECORD} records another run ({what}); pass --overwrite to replace its outputs,"
+                   " or choose another --out")
+  done = {i for i, (npy, png) in enumerate(names) if (out / npy).exists() and (out / png).exists()}
+  return done, record.get("complete") is True
 
 
 def progress_bar(console, total: int, description: str):
@@ -205,41 +305,62 @@ def progress_bar(console, total: int, description: str):
 
 
 def run(args: argparse.Namespace, console, err_console) -> int:
-  import jax  # pylint: disable=import-outside-toplevel
-
-  from adaptgrad_jax.cpu import compiler_options as cpu_compiler_options  # pylint: disable=import-outside-toplevel
-
   method = _methods.canonical(args.method)
   _errors.require_plotting("explain")
-  options = options_from(args)
-  paths = _models.expand_inputs(args.inputs)
-  from_folder = any(pathlib.Path(i).expanduser().is_dir() for i in args.inputs)
+  paths = unique_inputs(_models.expand_inputs(args.inputs))
   out = pathlib.Path(args.out).expanduser()
   if out.exists() and not out.is_dir():
     raise UsageError(f"--out {args.out} is a file; pass a folder")
+  check_out_is_not_an_input(out, args.inputs)
   stems = output_stems(paths)
-  files = [out / f"{s}_{method}.{ext}" for s in stems for ext in ("npy", "png")]
-  check_outputs(files + [out / "explain.json"], args.overwrite)
-  _models.check_images(paths)
-
   spec = _models.spec_for(args.model)
+  import jax  # pylint: disable=import-outside-toplevel
+
   devices = jax.local_devices()
   if args.devices is not None and args.devices > len(devices):
     raise UsageError(
       f"--devices {args.devices}: only {len(devices)} local device(s) ({devices[0].platform}); on CPU,"
       f" XLA_FLAGS=--xla_force_host_platform_device_count={args.devices} simulates more")
+  # Decodes all: a bad image fails before any output.
+  _shared.check_images(paths, grayscale=spec.grayscale, short_side=_shared.resize_short_side(spec))
+  identity = run_identity(args, method, paths, stems)
+  names = [(f"{s}_{method}.npy", f"{s}_{method}.png") for s in stems]
+  all_names = [name for pair in names for name in pair] + [RECORD]
+  _shared.check_output_names(all_names)
+  with _shared.locked_output(out):
+    _shared.remove_stale_temporaries(out, all_names)
+    done, finished = done_images(out, identity, names, args.overwrite)
+    if finished and len(done) == len(paths):
+      console.print(f"nothing to do: the {len(paths)} {method} map(s) in {out} are complete ({out / RECORD});"
+                    " --overwrite computes them again")
+      return _errors.EXIT_OK
+    return _run_locked(args, console, err_console, method, paths, names, out, spec, devices, identity, done)
+
+
+def _run_locked(args, console, err_console, method, paths, names, out, spec, devices, identity, done):
+  """The work, under the lock of ``out``: maps of the images not in ``done``, then the record."""
+  import jax  # pylint: disable=import-outside-toplevel
+
+  from adaptgrad_jax.cpu import compiler_options as cpu_compiler_options  # pylint: disable=import-outside-toplevel
+
+  options = options_from(args)
+  from_folder = any(pathlib.Path(i).expanduser().is_dir() for i in args.inputs)
   loaded = _models.load(args.model, args.weights)
   check_target(args.target, loaded)
   explain_one, logits_fn = make_explain_one(method, loaded, options, args.target)
+  resumed = f"; {len(done)} already done, continuing" if done else ""
   err_console.print(
     f"{_methods.label(method)} with {spec.name} ({loaded.weights}); {len(paths)} image(s),"
-    f" {_methods.cost(method, options)} gradient evaluation(s) each")
-  out.mkdir(parents=True, exist_ok=True)
+    f" {_methods.cost(method, options)} gradient evaluation(s) each{resumed}")
+  _shared.write_json(out / RECORD, {
+    "complete": False, "run": identity,
+    "note": "running or interrupted: an image whose .npy and .png both exist is done; run the same command"
+            " again to continue"})
   key = jax.random.key(args.seed)
   start = time.perf_counter()
 
   def load_x(path):
-    return loaded.preprocess(_models.read_image(path, grayscale=spec.grayscale))
+    return loaded.preprocess(_shared.read_image(path, grayscale=spec.grayscale))
 
   use_attribute = from_folder or args.devices is not None
   if use_attribute:
@@ -251,39 +372,42 @@ def run(args: argparse.Namespace, console, err_console) -> int:
   progress, total, description = progress_bar(err_console, len(paths), "explaining" if maps is None else "writing")
   with progress:
     task = progress.add_task(description, total=total)
-    for i, (path, stem) in enumerate(zip(paths, stems)):
+    for i, (path, (npy, png)) in enumerate(zip(paths, names)):
       x = load_x(path)
-      if maps is None:
-        attribution = np.asarray(jitted(jax.random.fold_in(key, i), x))
-      else:
-        attribution = np.asarray(maps[i])
-      if not np.all(np.isfinite(attribution)):
-        raise CliError(f"the {method} map of {path} holds NaN or inf; try --method grad to check the model")
+      if i not in done:
+        if maps is None:
+          attribution = np.asarray(jitted(jax.random.fold_in(key, i), x))
+        else:
+          attribution = np.asarray(maps[i])
+        if not np.all(np.isfinite(attribution)):
+          raise CliError(f"the {method} map of {path} holds NaN or inf; try --method grad to check the model")
+        save_map(out / npy, out / png, attribution, loaded.display(x))
       predicted, probs = predictions(logits_fn, x[None])
       target = int(predicted[0]) if args.target == "predicted" else int(args.target)
-      save_map(out / f"{stem}_{method}.npy", out / f"{stem}_{method}.png", attribution, loaded.display(x))
       records.append({
-        "image": str(path), "npy": f"{stem}_{method}.npy", "png": f"{stem}_{method}.png",
+        "image": str(path), "npy": npy, "png": png,
         "predicted": int(predicted[0]), "predicted_name": loaded.class_name(int(predicted[0])),
         "probability": float(probs[0, predicted[0]]), "target": target, "target_name": loaded.class_name(target),
       })
       progress.update(task, advance=1)
   elapsed = time.perf_counter() - start
   summary = {
+    "complete": True, "run": identity,
     "method": method, "label": _methods.label(method), "model": spec.name, "weights": loaded.weights,
     "options": {k: v for k, v in vars(options).items()}, "seed": args.seed, "target": args.target,
     "key_per_image": "jax.random.fold_in(jax.random.key(seed), index)", "seconds": round(elapsed, 2),
     "images": records,
   }
-  (out / "explain.json").write_text(json.dumps(summary, indent=2))
+  _shared.write_json(out / RECORD, summary)
   _print_table(console, records, method)
-  console.print(f"wrote {2 * len(records)} files to {out} in {elapsed:.1f} s")
+  written = len(paths) - len(done)
+  console.print(f"wrote {2 * written} files to {out} in {elapsed:.1f} s"
+                + (f" ({len(done)} image(s) done by an earlier run)" if done else ""))
   return _errors.EXIT_OK
 
 
 def _explain_sharded(explain_one, key, paths, load_x, out, args, devices):
   """Folders: adaptgrad_jax.attribute over a mesh of local devices, resumable shards in OUT/shards."""
-  import jax  # pylint: disable=import-outside-toplevel
   from jax.sharding import Mesh  # pylint: disable=import-outside-toplevel
 
   from adaptgrad_jax.attribute import attribute  # pylint: disable=import-outside-toplevel

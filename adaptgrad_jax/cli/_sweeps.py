@@ -7,13 +7,22 @@ column averages the first 10 samples of the N = 100 column), so the figure
 shows one estimate converging, as in the paper. ``confidence`` reproduces
 Figure 4: AdaptGrad for each confidence level c, with the same noise draws
 ``z_j`` for every c (only sigma changes), so the columns differ by c alone.
+
+Both write ``OUT/<image>_<kind>.npz`` (the maps, the input and the run's
+settings, as JSON in ``settings``) and then ``OUT/<image>_<kind>.png``, each
+atomically, under the lock of ``OUT``: an interrupted run leaves whole files
+only and the same command continues it; the same command after a finished run
+does nothing; other settings are refused unless ``--overwrite``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import pathlib
 import time
+from typing import Iterator, NamedTuple, Optional
 
 import numpy as np
 
@@ -29,6 +38,8 @@ examples:
 
 The maps for N < max(N) are running means over the first N of the same
 max(N) samples (one converging estimate, as in the paper's Figures 2 and 5).
+Files are written atomically under a lock of --out; the same command after an
+interruption continues, after a finished run does nothing (--overwrite redoes it).
 """
 
 CONFIDENCE_EPILOG = """\
@@ -41,6 +52,8 @@ examples:
 Every c uses the same noise draws z_j (sigma_i(c) * z_j), so the columns
 differ by c alone. Larger c means smaller sigma: less inherent noise, more of
 the gradient's own noise; the paper recommends c = 0.95.
+Files are written atomically under a lock of --out; the same command after an
+interruption continues, after a finished run does nothing (--overwrite redoes it).
 """
 
 
@@ -75,33 +88,91 @@ def add_parsers(subparsers, formatter) -> None:
   _explain.add_output_options(conf, "adaptgrad_figures")
 
 
-def _prepare(args):
-  _errors.require_plotting(args.command)
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-
+def _image_path(args) -> pathlib.Path:
   path = pathlib.Path(args.image).expanduser()
   if not path.is_file():
     raise UsageError(f"{args.image}: no such image file")
+  return path
+
+
+def _prepare(args, path: pathlib.Path):
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
   spec = _models.spec_for(args.model)
   loaded = _models.load(args.model, args.weights)
   _explain.check_target(args.target, loaded)
-  x = loaded.preprocess(_models.read_image(path, grayscale=spec.grayscale))
+  x = loaded.preprocess(_shared.read_image(path, grayscale=spec.grayscale))
   f, logits_fn, _ = _explain.model_functions(loaded)
   predicted, probs = _explain.predictions(logits_fn, x[None])
   target = int(predicted[0]) if args.target == "predicted" else int(args.target)
-  return path, loaded, jnp.asarray(x), jax.grad(f), target, float(probs[0, target])
+  return loaded, jnp.asarray(x), jax.grad(f), target, float(probs[0, target])
 
 
-def _outputs(args, path, kind):
+def _settings(args, path: pathlib.Path, kind: str) -> str:
+  """The run's identity as JSON, stored in the .npz: a rerun with it continues or does nothing."""
+  skip = {"run", "out", "overwrite", "debug", "image", "command"}
+  values = {k: v for k, v in sorted(vars(args).items()) if k not in skip}
+  if values.get("weights") not in (None, "random", "download", "pretrained"):
+    values["weights"] = _shared.file_identity(values["weights"])
+  return json.dumps({"command": kind, "image": _shared.file_identity(path), **values}, sort_keys=True)
+
+
+def _recorded_settings(npz: pathlib.Path) -> Optional[str]:
+  try:
+    with np.load(npz, allow_pickle=False) as data:
+      return str(data["settings"]) if "settings" in data.files else None
+  except Exception:  # pylint: disable=broad-except  # unreadable: not ours to replace without --overwrite
+    return None
+
+
+class _Claim(NamedTuple):
+  out: pathlib.Path
+  png: pathlib.Path
+  npz: pathlib.Path
+  settings: str
+  done: bool  # a finished run with the same settings: nothing to do
+
+
+@contextlib.contextmanager
+def _claim(args, kind: str) -> Iterator[_Claim]:
+  """Checks the image and the outputs, and holds the lock of ``--out`` meanwhile.
+
+  The .npz (written first) carries the settings: with the same settings, an
+  .npz without its .png is an interrupted run to continue, both files a
+  finished one; anything else is refused unless ``--overwrite``.
+  """
+  _errors.require_plotting(args.command)
+  path = _image_path(args)
+  spec = _models.spec_for(args.model)
+  _shared.check_images([path], grayscale=spec.grayscale, short_side=_shared.resize_short_side(spec))
   out = pathlib.Path(args.out).expanduser()
-  files = [out / f"{path.stem}_{kind}.png", out / f"{path.stem}_{kind}.npz"]
-  _explain.check_outputs(files, args.overwrite)
-  return out, files
+  png, npz = out / f"{path.stem}_{kind}.png", out / f"{path.stem}_{kind}.npz"
+  settings = _settings(args, path, kind)
+  _shared.check_output_names([png.name, npz.name])
+  with _shared.locked_output(out):
+    _shared.remove_stale_temporaries(out, [png.name, npz.name])
+    ours = not args.overwrite and npz.exists() and _recorded_settings(npz) == settings
+    if not ours:
+      _explain.check_outputs([png, npz], args.overwrite)
+    yield _Claim(out, png, npz, settings, ours and png.exists())
+
+
+def _save(claim: _Claim, figure, dpi: int, **arrays) -> None:
+  _shared.write_npz(claim.npz, settings=np.asarray(claim.settings), **arrays)
+  _shared.write_figure(claim.png, figure, dpi=dpi)
+
+
+def _nothing_to_do(console, claim: _Claim) -> int:
+  console.print(f"nothing to do: {claim.png} and {claim.npz} hold this run already; --overwrite computes it again")
+  return _errors.EXIT_OK
 
 
 def _title(loaded, target, prob, extra):
   return f"{loaded.spec.name}: class {target} {loaded.class_name(target)} (p = {prob:.2f}); {extra}"
+
+
+_DPI = 150
 
 
 def run_convergence(args, console, err_console) -> int:
@@ -111,29 +182,30 @@ def run_convergence(args, console, err_console) -> int:
   from adaptgrad_jax import viz  # pylint: disable=import-outside-toplevel
 
   ns = sorted(set(args.ns))
-  path = pathlib.Path(args.image)
-  out, (png, npz) = _outputs(args, path, "convergence")
-  path, loaded, x, grad_fn, target, prob = _prepare(args)
-  n_max = max(ns)
-  start = time.perf_counter()
-  smoother = jax.jit(_shared.sigma_input_smoother(grad_fn, n_max, batch_size=args.batch_size, per_sample=True),
-                     compiler_options=ag.cpu.compiler_options())
-  sigmas = {
-    "SG": ag.smoothgrad_sigma(args.alpha, bounds=loaded.bounds),
-    "AG": ag.adaptive_sigma(x, args.c, bounds=loaded.bounds, rule=args.sigma_rule),
-  }
-  rows = {}
-  with console.status(f"SG and AG with {n_max} samples each on {path.name}"):
-    for i, (name, sigma) in enumerate(sigmas.items()):
-      _, samples = smoother(jax.random.fold_in(jax.random.key(args.seed), i), x, sigma, target)
-      rows[name] = [np.asarray(m) for m in _shared.cumulative_means(samples, ns)]
-  out.mkdir(parents=True, exist_ok=True)
-  viz.plot_grid([rows["SG"], rows["AG"]], row_labels=["SG", "AG"], col_labels=[f"N={k}" for k in ns],
-                images=loaded.display(np.asarray(x)),
-                title=_title(loaded, target, prob, f"SG alpha={args.alpha}, AG c={args.c}"),
-                path=png, overwrite=True)
-  np.savez(npz, ns=np.asarray(ns), sg=np.stack(rows["SG"]), ag=np.stack(rows["AG"]), image=np.asarray(x))
-  console.print(f"wrote {png} and {npz} in {time.perf_counter() - start:.1f} s "
+  with _claim(args, "convergence") as claim:
+    if claim.done:
+      return _nothing_to_do(console, claim)
+    path = _image_path(args)
+    loaded, x, grad_fn, target, prob = _prepare(args, path)
+    n_max = max(ns)
+    start = time.perf_counter()
+    smoother = jax.jit(_shared.sigma_input_smoother(grad_fn, n_max, batch_size=args.batch_size, per_sample=True),
+                       compiler_options=ag.cpu.compiler_options())
+    sigmas = {
+      "SG": ag.smoothgrad_sigma(args.alpha, bounds=loaded.bounds),
+      "AG": ag.adaptive_sigma(x, args.c, bounds=loaded.bounds, rule=args.sigma_rule),
+    }
+    rows = {}
+    with console.status(f"SG and AG with {n_max} samples each on {path.name}"):
+      for i, (name, sigma) in enumerate(sigmas.items()):
+        _, samples = smoother(jax.random.fold_in(jax.random.key(args.seed), i), x, sigma, target)
+        rows[name] = [np.asarray(m) for m in _shared.cumulative_means(samples, ns)]
+    figure = viz.plot_grid([rows["SG"], rows["AG"]], row_labels=["SG", "AG"], col_labels=[f"N={k}" for k in ns],
+                           images=loaded.display(np.asarray(x)),
+                           title=_title(loaded, target, prob, f"SG alpha={args.alpha}, AG c={args.c}"), dpi=_DPI)
+    _save(claim, figure, _DPI, ns=np.asarray(ns), sg=np.stack(rows["SG"]), ag=np.stack(rows["AG"]),
+          image=np.asarray(x))
+  console.print(f"wrote {claim.png} and {claim.npz} in {time.perf_counter() - start:.1f} s "
                 f"(class {target} {loaded.class_name(target)}, p = {prob:.2f})")
   return _errors.EXIT_OK
 
@@ -145,24 +217,24 @@ def run_confidence(args, console, err_console) -> int:
   from adaptgrad_jax import viz  # pylint: disable=import-outside-toplevel
 
   cs = list(dict.fromkeys(args.cs))
-  path = pathlib.Path(args.image)
-  out, (png, npz) = _outputs(args, path, "confidence")
-  path, loaded, x, grad_fn, target, prob = _prepare(args)
-  start = time.perf_counter()
-  smoother = jax.jit(_shared.sigma_input_smoother(grad_fn, args.n, batch_size=args.batch_size),
-                     compiler_options=ag.cpu.compiler_options())
-  key = jax.random.key(args.seed)
-  maps = []
-  with console.status(f"AG with {args.n} samples at {len(cs)} confidence levels on {path.name}"):
-    for c in cs:
-      sigma = ag.adaptive_sigma(x, c, bounds=loaded.bounds, rule=args.sigma_rule)
-      maps.append(np.asarray(smoother(key, x, sigma, target)))
-  out.mkdir(parents=True, exist_ok=True)
-  viz.plot_grid([maps], row_labels=["AG"], col_labels=[f"c={c:g}" for c in cs],
-                images=loaded.display(np.asarray(x)),
-                title=_title(loaded, target, prob, f"N={args.n}, {args.sigma_rule} sigma rule"),
-                path=png, overwrite=True)
-  np.savez(npz, cs=np.asarray(cs), ag=np.stack(maps), image=np.asarray(x))
-  console.print(f"wrote {png} and {npz} in {time.perf_counter() - start:.1f} s "
+  with _claim(args, "confidence") as claim:
+    if claim.done:
+      return _nothing_to_do(console, claim)
+    path = _image_path(args)
+    loaded, x, grad_fn, target, prob = _prepare(args, path)
+    start = time.perf_counter()
+    smoother = jax.jit(_shared.sigma_input_smoother(grad_fn, args.n, batch_size=args.batch_size),
+                       compiler_options=ag.cpu.compiler_options())
+    key = jax.random.key(args.seed)
+    maps = []
+    with console.status(f"AG with {args.n} samples at {len(cs)} confidence levels on {path.name}"):
+      for c in cs:
+        sigma = ag.adaptive_sigma(x, c, bounds=loaded.bounds, rule=args.sigma_rule)
+        maps.append(np.asarray(smoother(key, x, sigma, target)))
+    figure = viz.plot_grid([maps], row_labels=["AG"], col_labels=[f"c={c:g}" for c in cs],
+                           images=loaded.display(np.asarray(x)),
+                           title=_title(loaded, target, prob, f"N={args.n}, {args.sigma_rule} sigma rule"), dpi=_DPI)
+    _save(claim, figure, _DPI, cs=np.asarray(cs), ag=np.stack(maps), image=np.asarray(x))
+  console.print(f"wrote {claim.png} and {claim.npz} in {time.perf_counter() - start:.1f} s "
                 f"(class {target} {loaded.class_name(target)}, p = {prob:.2f})")
   return _errors.EXIT_OK

@@ -13,10 +13,11 @@ from typing import NamedTuple
 
 import numpy as np
 
+from adaptgrad_jax._files import CACHE_ENV, cache_dir
 from adaptgrad_jax.datasets import _idx
 
 ENV_MNIST = "ADAPTGRAD_JAX_MNIST"
-ENV_CACHE = "ADAPTGRAD_JAX_CACHE"
+ENV_CACHE = CACHE_ENV  # the one cache directory: adaptgrad_jax._files.cache_dir()
 MNIST_FILES = {  # name: (key, md5 of the .gz as distributed)
     "train-images-idx3-ubyte": ("x_train", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
     "train-labels-idx1-ubyte": ("y_train", "d53e105ee54ea40749a09fcbcd1e9432"),
@@ -40,12 +41,6 @@ class MNIST(NamedTuple):
   y_train: np.ndarray
   x_test: np.ndarray
   y_test: np.ndarray
-
-
-def cache_dir() -> pathlib.Path:
-  """``$ADAPTGRAD_JAX_CACHE`` or ``~/.cache/adaptgrad_jax``."""
-  root = os.environ.get(ENV_CACHE)
-  return pathlib.Path(root) if root else pathlib.Path.home() / ".cache" / "adaptgrad_jax"
 
 
 def _how_to_get(searched: list[str]) -> str:

@@ -2,12 +2,18 @@
 
 Sanity checks (Consistency, Invariance), Sparseness, Information Level
 (XRAI's Performance Information Curves), deletion / insertion, faithfulness
-correlation and localisation. Every metric scores ONE map (or one pair of
-batches for the paired tests); use ``jax.vmap`` over a batch where the metric
-is a pure JAX function (sparseness, rank_correlation, deletion, insertion,
+correlation and localisation; robustness (Max- / Avg-Sensitivity, Local
+Lipschitz Estimate, Relative Input / Output Stability), Infidelity,
+Completeness, Complexity and randomisation tests (Random Logit, smooth and
+efficient MPRT). Metrics on maps score ONE map; the metrics that take an
+explainer ``explain_fn(key, x, ...)`` score ONE input (the MPRT family one
+batch), and the paired tests one pair of batches; use ``jax.vmap`` over a
+batch where the metric is a pure JAX function (sparseness, rank_correlation, deletion, insertion,
 faithfulness_correlation, pointing_game, energy_localisation).
 """
 
+from adaptgrad_jax.metrics._completeness import completeness as completeness
+from adaptgrad_jax.metrics._complexity import complexity as complexity
 from adaptgrad_jax.metrics._correlation import abs_scale as abs_scale
 from adaptgrad_jax.metrics._correlation import average_ranks as average_ranks
 from adaptgrad_jax.metrics._correlation import no_abs_scale as no_abs_scale
@@ -31,35 +37,67 @@ from adaptgrad_jax.metrics._localisation import energy_localisation as energy_lo
 from adaptgrad_jax.metrics._localisation import pointing_game as pointing_game
 from adaptgrad_jax.metrics._localisation import region_mask as region_mask
 from adaptgrad_jax.metrics._randomisation import consistency as consistency
+from adaptgrad_jax.metrics._randomisation import efficient_mprt as efficient_mprt
+from adaptgrad_jax.metrics._randomisation import random_logit as random_logit
+from adaptgrad_jax.metrics._randomisation import smooth_mprt as smooth_mprt
+from adaptgrad_jax.metrics._randomisation import ssim_1d as ssim_1d
 from adaptgrad_jax.metrics._randomisation import model_parameter_randomisation as model_parameter_randomisation
 from adaptgrad_jax.metrics._randomisation import randomise_layer as randomise_layer
+from adaptgrad_jax.metrics._robustness import GaussianNoise as GaussianNoise
+from adaptgrad_jax.metrics._robustness import UniformNoise as UniformNoise
+from adaptgrad_jax.metrics._robustness import avg_sensitivity as avg_sensitivity
+from adaptgrad_jax.metrics._robustness import gaussian_noise as gaussian_noise
+from adaptgrad_jax.metrics._robustness import infidelity as infidelity
+from adaptgrad_jax.metrics._robustness import local_lipschitz_estimate as local_lipschitz_estimate
+from adaptgrad_jax.metrics._robustness import max_sensitivity as max_sensitivity
+from adaptgrad_jax.metrics._robustness import relative_input_stability as relative_input_stability
+from adaptgrad_jax.metrics._robustness import relative_output_stability as relative_output_stability
+from adaptgrad_jax.metrics._robustness import sensitivity as sensitivity
+from adaptgrad_jax.metrics._robustness import uniform_noise as uniform_noise
 from adaptgrad_jax.metrics._sparseness import sparseness as sparseness
 
 __all__ = (
     "CurveResult",
+    "GaussianNoise",
     "PAPER_THRESHOLDS",
     "PicResult",
     "PicSkipped",
+    "UniformNoise",
     "XRAI_THRESHOLDS",
     "abs_scale",
     "average_ranks",
+    "avg_sensitivity",
     "blurred_image",
+    "completeness",
+    "complexity",
     "consistency",
     "deletion",
+    "efficient_mprt",
     "energy_localisation",
     "estimate_image_entropy",
     "faithfulness_correlation",
+    "gaussian_noise",
+    "infidelity",
     "information_level",
     "insertion",
     "invariance",
+    "local_lipschitz_estimate",
+    "max_sensitivity",
     "model_parameter_randomisation",
     "no_abs_scale",
     "performance_information_curve",
     "pointing_game",
+    "random_logit",
     "random_pixel_mask",
     "randomise_layer",
     "rank_correlation",
     "region_mask",
+    "relative_input_stability",
+    "relative_output_stability",
+    "sensitivity",
     "shift_first_layer_bias",
+    "smooth_mprt",
     "sparseness",
+    "ssim_1d",
+    "uniform_noise",
 )

@@ -96,23 +96,30 @@ def blurred_image(image: np.ndarray, pixel_mask: np.ndarray) -> np.ndarray:
 
   The four corners are always kept; the result has the dtype of ``image``
   (rounded for integer images). ``image`` is (H, W) or (H, W, C).
+
+  The arithmetic is PAIR saliency's ``create_blurred_image`` (0.2.1) step
+  for step, so that the bytes (and hence the entropy estimates) agree: the
+  working copy is ``image * mask`` with a float32 mask (float32 for a uint8
+  image), the interpolated values are stored into it (rounded to float32),
+  and integer images are rounded in that precision before the cast back.
   """
   from scipy import interpolate  # pylint: disable=import-outside-toplevel
+  image = np.asarray(image)
   dtype = image.dtype
   img = image[..., None] if image.ndim == 2 else image
   h, w = pixel_mask.shape
-  mask = pixel_mask.copy()
+  mask = np.array(pixel_mask, dtype=bool, copy=True)
   mask[[0, 0, h - 1, h - 1], [0, w - 1, 0, w - 1]] = True
   if np.all(mask):
     return image.copy()
-  out = img.astype(np.float64) * mask[..., None]
+  mean_color = np.mean(img, axis=(0, 1))
+  out = img * mask[..., None].astype(np.float32)
   known = np.argwhere(mask)
   unknown = np.argwhere(~mask)
   for c in range(img.shape[-1]):
-    channel = img[..., c].astype(np.float64)
     values = interpolate.griddata(
-        known, channel[tuple(known.T)], unknown, method="linear",
-        fill_value=float(channel.mean()))
+        known, img[..., c][tuple(known.T)], unknown, method="linear",
+        fill_value=mean_color[c])
     out[..., c][tuple(unknown.T)] = values
   if image.ndim == 2:
     out = out[..., 0]
@@ -251,7 +258,7 @@ def performance_information_curve(
         f"the prediction on the fully blurred image ({blurred_pred:.4f}) is "
         f"not lower than on the original ({original_pred:.4f}).")
 
-  points = [(0.0, 0.0), (1.0, 1.0)]
+  points = []
   best = 0.0
   for ent, pred in zip(entropies[2:], preds[2:]):
     x = np.clip((ent - blurred_entropy) / (original_entropy - blurred_entropy),
@@ -263,10 +270,19 @@ def performance_information_curve(
 
 
 def _curve_from_points(points, num_data_points: int) -> PicResult:
-  # scipy's interp1d over unsorted points with possible duplicate x: sort by x
-  # (stable, so for equal x the later threshold wins as in interp1d).
+  """The PIC curve through the thresholds' ``points`` (x, y), as PAIR 0.2.1.
+
+  The anchors (0, 0) and (1, 1) are appended AFTER the thresholds' points and
+  the list goes to ``scipy.interpolate.interp1d`` unsorted: interp1d sorts by
+  x with a stable sort, so among points that share an x value (an entropy
+  clipped to 0 or 1) the anchor comes last, exactly as in PAIR's
+  ``compute_pic_metric``. Which of the tied points the interpolation then
+  uses is scipy's choice; keeping PAIR's order keeps PAIR's value (putting
+  the anchors first gives e.g. 0.5 instead of 0.35 for three points at
+  (1, 0.7)).
+  """
   from scipy import interpolate  # pylint: disable=import-outside-toplevel
-  xs, ys = zip(*points)
+  xs, ys = zip(*(list(points) + [(0.0, 0.0), (1.0, 1.0)]))
   f = interpolate.interp1d(np.asarray(xs), np.asarray(ys))
   curve_x = np.linspace(0.0, 1.0, num_data_points, endpoint=False)
   curve_y = np.asarray(f(curve_x), dtype=np.float64)

@@ -7,6 +7,22 @@ convention). Call ``model.eval()`` before explaining: batch norm then uses its
 running statistics and dropout is off.
 """
 
+from adaptgrad_jax.models._convnext import CNBlock as CNBlock
+from adaptgrad_jax.models._convnext import ConvNeXt as ConvNeXt
+from adaptgrad_jax.models._convnext import convnext_base as convnext_base
+from adaptgrad_jax.models._convnext import convnext_large as convnext_large
+from adaptgrad_jax.models._convnext import convnext_micro as convnext_micro
+from adaptgrad_jax.models._convnext import convnext_small as convnext_small
+from adaptgrad_jax.models._convnext import convnext_tiny as convnext_tiny
+from adaptgrad_jax.models._densenet import DenseBlock as DenseBlock
+from adaptgrad_jax.models._densenet import DenseLayer as DenseLayer
+from adaptgrad_jax.models._densenet import DenseNet as DenseNet
+from adaptgrad_jax.models._densenet import Transition as Transition
+from adaptgrad_jax.models._densenet import densenet121 as densenet121
+from adaptgrad_jax.models._densenet import densenet161 as densenet161
+from adaptgrad_jax.models._densenet import densenet169 as densenet169
+from adaptgrad_jax.models._densenet import densenet201 as densenet201
+from adaptgrad_jax.models._densenet import densenet_micro as densenet_micro
 from adaptgrad_jax.models._efficientnet import EfficientNetLite as EfficientNetLite
 from adaptgrad_jax.models._efficientnet import MBConvBlock as MBConvBlock
 from adaptgrad_jax.models._efficientnet import efficientnet_lite0 as efficientnet_lite0
@@ -39,6 +55,15 @@ from adaptgrad_jax.models._loading import load_weights as load_weights
 from adaptgrad_jax.models._loading import state_dict_from_model as state_dict_from_model
 from adaptgrad_jax.models._mlp import MLP as MLP
 from adaptgrad_jax.models._mlp import mlp as mlp
+from adaptgrad_jax.models._mobilenetv3 import InvertedResidual as InvertedResidual
+from adaptgrad_jax.models._mobilenetv3 import InvertedResidualConfig as InvertedResidualConfig
+from adaptgrad_jax.models._mobilenetv3 import MOBILENET_V3_LARGE as MOBILENET_V3_LARGE
+from adaptgrad_jax.models._mobilenetv3 import MOBILENET_V3_SMALL as MOBILENET_V3_SMALL
+from adaptgrad_jax.models._mobilenetv3 import MobileNetV3 as MobileNetV3
+from adaptgrad_jax.models._mobilenetv3 import SqueezeExcitation as SqueezeExcitation
+from adaptgrad_jax.models._mobilenetv3 import mobilenet_v3_large as mobilenet_v3_large
+from adaptgrad_jax.models._mobilenetv3 import mobilenet_v3_micro as mobilenet_v3_micro
+from adaptgrad_jax.models._mobilenetv3 import mobilenet_v3_small as mobilenet_v3_small
 from adaptgrad_jax.models._resnet import BasicBlock as BasicBlock
 from adaptgrad_jax.models._resnet import Bottleneck as Bottleneck
 from adaptgrad_jax.models._resnet import ResNet as ResNet
@@ -60,13 +85,26 @@ from adaptgrad_jax.models._vgg import vgg16 as vgg16
 from adaptgrad_jax.models._vgg import vgg16_bn as vgg16_bn
 from adaptgrad_jax.models._vgg import vgg19 as vgg19
 from adaptgrad_jax.models._vgg import vgg19_bn as vgg19_bn
+from adaptgrad_jax.models._vit import EncoderBlock as EncoderBlock
+from adaptgrad_jax.models._vit import MultiheadAttention as MultiheadAttention
+from adaptgrad_jax.models._vit import VisionTransformer as VisionTransformer
+from adaptgrad_jax.models._vit import vit_b_16 as vit_b_16
+from adaptgrad_jax.models._vit import vit_b_32 as vit_b_32
+from adaptgrad_jax.models._vit import vit_l_16 as vit_l_16
+from adaptgrad_jax.models._vit import vit_micro as vit_micro
 
 __all__ = [
   "BasicBlock",
   "BasicConv2d",
   "Bottleneck",
+  "CNBlock",
+  "ConvNeXt",
+  "DenseBlock",
+  "DenseLayer",
+  "DenseNet",
   "EFFICIENTNET_LITE_BOUNDS",
   "EfficientNetLite",
+  "EncoderBlock",
   "IMAGENET_BOUNDS",
   "IMAGENET_MEAN",
   "IMAGENET_STD",
@@ -78,14 +116,33 @@ __all__ = [
   "InceptionC",
   "InceptionD",
   "InceptionE",
+  "InvertedResidual",
+  "InvertedResidualConfig",
   "LoadResult",
   "MBConvBlock",
   "MLP",
+  "MOBILENET_V3_LARGE",
+  "MOBILENET_V3_SMALL",
+  "MobileNetV3",
+  "MultiheadAttention",
   "PHOTOS",
   "ResNet",
+  "SqueezeExcitation",
+  "Transition",
   "VGG",
+  "VisionTransformer",
   "adaptive_avg_pool",
   "build_model",
+  "convnext_base",
+  "convnext_large",
+  "convnext_micro",
+  "convnext_small",
+  "convnext_tiny",
+  "densenet121",
+  "densenet161",
+  "densenet169",
+  "densenet201",
+  "densenet_micro",
   "efficientnet_lite0",
   "efficientnet_lite0_checkpoint",
   "imagenet_classes",
@@ -96,6 +153,9 @@ __all__ = [
   "load_weights",
   "max_pool",
   "mlp",
+  "mobilenet_v3_large",
+  "mobilenet_v3_micro",
+  "mobilenet_v3_small",
   "preprocess_efficientnet_lite",
   "preprocess_imagenet",
   "pretrained_efficientnet_lite0",
@@ -114,5 +174,9 @@ __all__ = [
   "vgg16_bn",
   "vgg19",
   "vgg19_bn",
+  "vit_b_16",
+  "vit_b_32",
+  "vit_l_16",
+  "vit_micro",
   "wide_resnet50_2",
 ]

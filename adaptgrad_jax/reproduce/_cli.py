@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import pathlib
 import sys
 from typing import Sequence
 
@@ -27,6 +28,20 @@ def _parser() -> argparse.ArgumentParser:
 
   t1 = sub.add_parser("table1", help="Consistency and Invariance of MNIST MLPs (Table 1)")
   common(t1)
+  t1.add_argument("--protocol", choices=("fixed", "released"), default="fixed",
+                  help="'released': the authors' released models through their code's pipeline, "
+                       "each deviation from a correct pipeline kept and listed (reproduces the "
+                       "paper's Table 1; needs --weights-dir); 'fixed' (default): the released "
+                       "models on real digits with every deviation corrected (if --weights-dir "
+                       "is given) and our own optax-trained models")
+  t1.add_argument("--weights-dir", default=None,
+                  help="folder with the authors' mlp.pth, random_mlp.pth, bias_mlp.pth")
+  t1.add_argument("--skip-ours", action="store_true",
+                  help="fixed protocol: measure the released weights only, not our own models")
+  t1.add_argument("--no-ladder", action="store_true",
+                  help="fixed protocol: skip measuring each correction's effect one at a time")
+  t1.add_argument("--json", default=None,
+                  help="write the result as JSON to this file (and markdown beside it, .md)")
   t1.add_argument("--mnist", default=None,
                   help="MNIST .npz or directory of IDX files (default: datasets.mnist() lookup)")
   t1.add_argument("--shifted-bounds", choices=("own", "released", "both"), default=None,
@@ -57,6 +72,38 @@ def _override(config, **values):
   return dataclasses.replace(config, **{k: v for k, v in values.items() if v is not None})
 
 
+def _run_table1(args):
+  """Runs Table 1 under ``args.protocol``; returns (result, output name) or (None, None)."""
+  from adaptgrad_jax.reproduce import _table1, _table1_released  # pylint: disable=import-outside-toplevel
+  if args.protocol == "released":
+    if args.weights_dir is None:
+      print("--protocol released needs --weights-dir: the folder with the authors' released "
+            "mlp.pth, random_mlp.pth and bias_mlp.pth (AiShare-WHU/AdaptGrad, saved_models/).",
+            file=sys.stderr)
+      return None, None
+    base = _table1.Table1Config(num_examples=1000, m=50)
+    if args.quick:
+      base = dataclasses.replace(base, num_examples=40, m=3)
+    config = _override(base, seed=args.seed, num_examples=args.examples, n=args.n, m=args.m)
+    result = _table1_released.table1_released_weights(
+        args.weights_dir, _table1_released.Pipeline.released(), mnist=args.mnist, config=config)
+    return result, "reproduce_table1_released"
+  if args.skip_ours and args.weights_dir is None:
+    print("--skip-ours leaves nothing to measure without --weights-dir.", file=sys.stderr)
+    return None, None
+  ours = _table1.QUICK_TABLE1 if args.quick else _table1.Table1Config()
+  ours = _override(ours, seed=args.seed, shifted_bounds=args.shifted_bounds, epochs=args.epochs,
+                   num_examples=args.examples, n=args.n, m=args.m)
+  released = _table1.Table1Config(num_examples=40 if args.quick else 1000,
+                                  m=3 if args.quick else 10)
+  released = _override(released, seed=args.seed, num_examples=args.examples, n=args.n, m=args.m)
+  result = _table1_released.table1_fixed(args.weights_dir, mnist=args.mnist,
+                                         released_config=released,
+                                         ours_config=None if args.skip_ours else ours,
+                                         ladder=not args.no_ladder)
+  return result, "reproduce_table1" if args.weights_dir is None else "reproduce_table1_fixed"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   """Runs one reproduction from command-line arguments; returns the exit status.
 
@@ -66,15 +113,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   from adaptgrad_jax.reproduce import _inherent_noise, _table1, _table2  # pylint: disable=import-outside-toplevel
   if args.experiment == "table1":
-    base = _table1.QUICK_TABLE1 if args.quick else _table1.Table1Config()
-    config = _override(base, seed=args.seed, shifted_bounds=args.shifted_bounds,
-                       epochs=args.epochs, num_examples=args.examples, n=args.n, m=args.m)
     try:
-      result = _table1.table1(config, mnist=args.mnist)
+      result, name = _run_table1(args)
     except FileNotFoundError as e:
       print(e, file=sys.stderr)
       return 2
-    name = "reproduce_table1"
+    if result is None:
+      return 2
   elif args.experiment == "table2":
     base = _table2.QUICK_TABLE2 if args.quick else _table2.Table2Config()
     config = _override(base, seed=args.seed, n=args.n, ig_steps=args.ig_steps, ig_n=args.ig_n,
@@ -92,6 +137,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = _inherent_noise.inherent_noise_experiment(config)
     name = "reproduce_inherent_noise"
   result.print()
+  if getattr(args, "json", None):
+    from adaptgrad_jax.reproduce import _report  # pylint: disable=import-outside-toplevel
+    json_path = pathlib.Path(args.json)
+    paths = _report.write_outputs(json_path.parent, json_path.stem, result.to_dict(),
+                                  result.to_markdown())
+    print("wrote " + ", ".join(str(p) for p in paths))
   if args.out:
     from adaptgrad_jax.reproduce import _report  # pylint: disable=import-outside-toplevel
     stem = args.name or (name + ("_quick" if args.quick else ""))

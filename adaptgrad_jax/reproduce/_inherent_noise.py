@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adaptgrad_jax import _sigma
+import adaptgrad_jax as ag
 from adaptgrad_jax.reproduce import _report
 
 __all__ = (
@@ -101,10 +101,10 @@ def imagenet_photo_batch(photos=("chelsea", "coffee"), crops_per_photo: int = 0,
 def _sigma_fns(config: InherentNoiseConfig) -> dict[str, Callable[[Any, Any], Any]]:
   """label -> sigma_fn(x, bounds)."""
   fns = {f"SmoothGrad (alpha={config.alpha:g})":
-         lambda x, b: jnp.broadcast_to(_sigma.smoothgrad_sigma(config.alpha, bounds=b), x.shape)}
+         lambda x, b: jnp.broadcast_to(ag.smoothgrad_sigma(config.alpha, bounds=b), x.shape)}
   for rule in RULES:
     fns[f"AdaptGrad {rule} (c={config.c:g})"] = (
-        lambda x, b, r=rule: _sigma.adaptive_sigma(x, config.c, bounds=b, rule=r))
+        lambda x, b, r=rule: ag.adaptive_sigma(x, config.c, bounds=b, rule=r))
   return fns
 
 
@@ -125,9 +125,9 @@ def out_of_range_rows(key: jax.Array, images: jax.Array, config: InherentNoiseCo
       out = []
       for i, fn in enumerate(fns.values()):
         sigma = fn(x, (lower, upper))
-        rate = _sigma.out_of_range_rate(jax.random.fold_in(k1, i), x, sigma, config.n,
+        rate = ag.out_of_range_rate(jax.random.fold_in(k1, i), x, sigma, config.n,
                                         bounds=(lower, upper))
-        expected = jnp.mean(_sigma.inherent_noise(x, sigma, bounds=(lower, upper)))
+        expected = jnp.mean(ag.inherent_noise(x, sigma, bounds=(lower, upper)))
         out.append(jnp.stack([rate.per_element, rate.per_input, expected, jnp.mean(sigma)]))
       return jnp.stack(out)
     return jax.lax.map(one, (jax.random.split(k, xs.shape[0]), xs))
@@ -142,7 +142,7 @@ def _figure3_rows(config: InherentNoiseConfig) -> list[list[Any]]:
   x = jnp.linspace(b[0], b[1], 20001)
   fns = _sigma_fns(config)
   rates = jax.jit(lambda x: jnp.stack(
-      [jnp.mean(_sigma.inherent_noise(x, fn(x, b), bounds=b)) for fn in fns.values()]))(x)
+      [jnp.mean(ag.inherent_noise(x, fn(x, b), bounds=b)) for fn in fns.values()]))(x)
   return [[label, float(r)] for label, r in zip(fns, rates)]
 
 

@@ -25,10 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adaptgrad_jax import _noisegrad
-from adaptgrad_jax import _smoothing
-from adaptgrad_jax._attribution import explain_batch
-from adaptgrad_jax._attribution import integrated_gradients
+import adaptgrad_jax as ag
 from adaptgrad_jax.reproduce import _report
 
 __all__ = (
@@ -131,15 +128,15 @@ def table2_explainers(grad_fn: Callable[..., Any], config: Table2Config, bounds:
     return grad_fn(x, params, target)
 
   def sg(n):
-    return _smoothing.smooth_grad(grad_fn, config.alpha, n, **{**sg_kw, "batch_size": min(bs, n)})
+    return ag.smooth_grad(grad_fn, config.alpha, n, **{**sg_kw, "batch_size": min(bs, n)})
 
-  def ag(n):
-    return _smoothing.adapt_smooth(grad_fn, config.c, n, **{**ag_kw, "batch_size": min(bs, n)})
+  def adapt(n):
+    return ag.adapt_smooth(grad_fn, config.c, n, **{**ag_kw, "batch_size": min(bs, n)})
 
   def ig(inner, baseline, samples_per_point):
     points = max(1, bs // samples_per_point)
-    fn = integrated_gradients(inner, config.ig_steps, baseline=baseline, bounds=bounds,
-                              batch_size=min(points, config.ig_steps))
+    fn = ag.integrated_gradients(inner, config.ig_steps, baseline=baseline, bounds=bounds,
+                                 batch_size=min(points, config.ig_steps))
     if inner is not grad_fn:
       return fn
 
@@ -149,18 +146,18 @@ def table2_explainers(grad_fn: Callable[..., Any], config: Table2Config, bounds:
     return deterministic_ig
 
   def ng(inner, samples_per_param):
-    return _noisegrad.noise_grad(inner, config.m, sigma=config.ng_sigma,
-                                 mask=lambda path: path[0] != "_fc",
-                                 batch_size=max(1, min(config.m, bs // samples_per_param)))
+    return ag.noise_grad(inner, config.m, sigma=config.ng_sigma,
+                         mask=lambda path: path[0] != "_fc",
+                         batch_size=max(1, min(config.m, bs // samples_per_param)))
 
-  out = {"Grad": grad, "SG": sg(config.n), "AG": ag(config.n)}
+  out = {"Grad": grad, "SG": sg(config.n), "AG": adapt(config.n)}
   for name, baseline in (("W", "white"), ("B", "black")):
     out[f"IG({name})"] = ig(grad_fn, baseline, 1)
     out[f"S-IG({name})"] = ig(sg(config.ig_n), baseline, config.ig_n)
-    out[f"A-IG({name})"] = ig(ag(config.ig_n), baseline, config.ig_n)
+    out[f"A-IG({name})"] = ig(adapt(config.ig_n), baseline, config.ig_n)
   out["NG"] = ng(grad_fn, 1)
   out["S-NG"] = ng(sg(config.n), config.n)
-  out["A-NG"] = ng(ag(config.n), config.n)
+  out["A-NG"] = ng(adapt(config.n), config.n)
   return out
 
 
@@ -281,8 +278,10 @@ def table2(
   t0 = time.perf_counter()
   for i, (name, explainer) in enumerate(explainers.items()):
     t1 = time.perf_counter()
-    fn = jax.jit(lambda k, xs, p, t, e=explainer: explain_batch(e, k, xs, t, shared=(p,)))
-    maps[name] = np.asarray(fn(jax.random.fold_in(key, i), images, params, targets))
+    fn = jax.jit(lambda keys, xs, p, ts, e=explainer:
+                 jax.vmap(lambda k, x, t: e(k, x, p, t))(keys, xs, ts))
+    keys = jax.random.split(jax.random.fold_in(key, i), images.shape[0])
+    maps[name] = np.asarray(fn(keys, images, params, targets))
     say(f"{name}: {time.perf_counter() - t1:.0f} s")
   for plain in ("Grad", "SG", "AG"):
     maps[{"Grad": "GI", "SG": "S-GI", "AG": "A-GI"}[plain]] = maps[plain] * np.asarray(images)

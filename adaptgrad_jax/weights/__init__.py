@@ -1,4 +1,10 @@
-"""Reading checkpoints safely (no torch, no pickle code) and fetching torchvision's pretrained weights."""
+"""Reading checkpoints safely and fetching torchvision's pretrained weights.
+
+`read_checkpoint` reads PyTorch, safetensors and NumPy files without torch and
+without running any code, in memory and time bounded by the file's size and
+the tensors it declares; `pretrained` downloads verified files into a cache
+that concurrent callers cannot corrupt.
+"""
 
 from adaptgrad_jax.weights._checkpoint import CheckpointError as CheckpointError
 from adaptgrad_jax.weights._checkpoint import UnsafeCheckpointError as UnsafeCheckpointError
