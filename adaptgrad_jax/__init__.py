@@ -10,6 +10,8 @@ from adaptgrad_jax._attribution import gradient_x_input as gradient_x_input
 from adaptgrad_jax._attribution import integrated_gradients as integrated_gradients
 from adaptgrad_jax._bounds import check_bounds as check_bounds
 from adaptgrad_jax._memory import AutoBatchSize as AutoBatchSize
+from adaptgrad_jax._monte_carlo import Estimate as Estimate
+from adaptgrad_jax._monte_carlo import relative_error as relative_error
 from adaptgrad_jax._memory import auto_batch_size as auto_batch_size
 from adaptgrad_jax._noisegrad import noise_grad as noise_grad
 from adaptgrad_jax._sigma import OutOfRange as OutOfRange
@@ -28,6 +30,7 @@ __version__ = "0.2.0"
 
 __all__ = (
     "AutoBatchSize",
+    "Estimate",
     "OutOfRange",
     "adapt_smooth",
     "adaptive_sigma",
@@ -42,6 +45,7 @@ __all__ = (
     "is_stochastic",
     "noise_grad",
     "out_of_range_rate",
+    "relative_error",
     "smooth_grad",
     "smoothgrad_sigma",
     "stochastic",

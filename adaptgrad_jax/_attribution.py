@@ -384,11 +384,13 @@ def integrated_gradients(
       check_same_shapes(grad, x, f"{name}: the gradient")
       grad_like.append(jax.tree.map(lambda g: jax.ShapeDtypeStruct(jnp.shape(g), jnp.result_type(g)), grad))
       w = weight_table[step]
-      return jax.tree.map(lambda g: w.astype(compute_dtype(g.dtype)) * g.astype(compute_dtype(g.dtype)), grad), None
+      return jax.tree.map(lambda g: (w.astype(compute_dtype(g.dtype)) * g.astype(compute_dtype(g.dtype)))[None],
+                          grad), None
 
     sums = _monte_carlo.sample_sums(weighted, jnp.arange(n_steps, dtype=jnp.int32), batch_size=batch_size,
-                                    squares=False, cpu_rewrite=cpu_rewrite)
-    return jax.tree.map(lambda s, dx, g: (s * dx.astype(s.dtype)).astype(g.dtype), sums.first, diff, grad_like[0])
+                                    names=("m1",), cpu_rewrite=cpu_rewrite)
+    total = jax.tree.map(lambda m: m * n_steps, sums.sums["m1"])  # the mean over steps times their count
+    return jax.tree.map(lambda s, dx, g: (s * dx.astype(s.dtype)).astype(g.dtype), total, diff, grad_like[0])
 
   return wrap(ig, grad_fn, name, is_stochastic_result=stochastic, adds_key=False)
 

@@ -291,19 +291,20 @@ def choose_batch_size(
   return size
 
 
-def resolve_batch_size(fn: Callable[[Any], Any], keys: Any, batch_size: Any) -> Optional[int]:
-  """Turns ``"auto"`` / `AutoBatchSize` into an int; passes None and ints through."""
+def resolve_batch_size(fn: Callable[[Any], Any], keys: Any, batch_size: Any, *, group: int = 1) -> Optional[int]:
+  """Turns ``"auto"`` / `AutoBatchSize` into a number of samples; passes None and ints through.
+
+  ``fn`` maps one unit's input (a row of ``keys``) to ``group`` samples.
+  """
   if batch_size is None or isinstance(batch_size, int):
     return batch_size
   if isinstance(batch_size, str):  # "auto", validated earlier
     batch_size = AutoBatchSize()
-  n = keys.shape[0]
-  backend = jax.default_backend()
-  budget = batch_size.budget if batch_size.budget is not None else default_memory_budget(backend)
+  units = keys.shape[0]
+  budget = batch_size.budget if batch_size.budget is not None else default_memory_budget()
   estimate = estimate_memory(fn, keys)
-  return choose_batch_size(n, estimate, budget, max_batch_size=batch_size.max_batch_size)
-
-
+  cap = None if batch_size.max_batch_size is None else max(1, batch_size.max_batch_size // group)
+  return group * choose_batch_size(units, estimate, budget, max_batch_size=cap)
 
 
 def validate_batch_size(batch_size: Any) -> Union[None, int, str, AutoBatchSize]:

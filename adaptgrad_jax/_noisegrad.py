@@ -24,7 +24,7 @@ from adaptgrad_jax._noise import check_key
 from adaptgrad_jax._pytree import compute_dtype, replace_arg
 from adaptgrad_jax._typing import GradFn, PyTree
 from adaptgrad_jax._wrapping import resolve_stochastic, split_key_args, validate_argnums
-from adaptgrad_jax._wrapping import validate_choice, validate_count, validate_number, wrap
+from adaptgrad_jax._wrapping import validate_choice, validate_count, validate_flag, validate_number, wrap
 
 Mask = Union[None, PyTree, Callable[[tuple], bool]]
 
@@ -204,6 +204,7 @@ def noise_grad(
     batch_size: Any = None,
     aggregate: str = "mean",
     stochastic: Optional[bool] = None,
+    return_stderr: bool = False,
     cpu_rewrite: Optional[bool] = None,
 ) -> Callable[..., Any]:
   """NoiseGrad: averages explanations over models with noisy parameters.
@@ -245,6 +246,10 @@ def noise_grad(
       :func:`adapt_smooth`.
     stochastic: whether ``grad_fn`` takes a leading key; None uses its mark
       (see :func:`is_stochastic`).
+    return_stderr: return an :class:`Estimate` ``(value, stderr,
+      num_samples)``, the standard error from the spread of the n parameter
+      samples (each with its own inner noise when ``grad_fn`` is stochastic,
+      so for A-NG it covers both sources of noise).
     cpu_rewrite: the CPU switch (:mod:`adaptgrad_jax.cpu`).
 
   Returns:
@@ -278,6 +283,7 @@ def noise_grad(
   batch_size = _memory.validate_batch_size(batch_size)
   aggregate = validate_choice(aggregate, "aggregate", _monte_carlo.AGGREGATES)
   cpu_rewrite = cpu.validate_switch(cpu_rewrite)
+  return_stderr = validate_flag(return_stderr, "return_stderr")
   name = "noise_grad"
 
   def ng(key, *args, **kwargs):
@@ -293,13 +299,13 @@ def noise_grad(
         param_key = sample_key
       noisy = perturb_params(param_key, params, sigma, selected)
       new_args = replace_arg(args, argnums, noisy)
-      if stochastic:
-        return grad_fn(inner_key, *new_args, **kwargs), None
-      return grad_fn(*new_args, **kwargs), None
+      grad = grad_fn(inner_key, *new_args, **kwargs) if stochastic else grad_fn(*new_args, **kwargs)
+      return jax.tree.map(lambda g: jnp.asarray(g)[None], grad), None
 
     keys = _monte_carlo.sample_keys(key, n, cpu_rewrite)
     sums = _monte_carlo.sample_sums(at_sample, keys, batch_size=batch_size,
-                                    squares=aggregate != "mean", cpu_rewrite=cpu_rewrite)
-    return _monte_carlo.aggregate_sums(sums, aggregate)
+                                    names=_monte_carlo.needed_sums(aggregate, return_stderr),
+                                    cpu_rewrite=cpu_rewrite)
+    return _monte_carlo.finish(sums, aggregate, stderr=return_stderr)
 
   return wrap(ng, grad_fn, name, is_stochastic_result=True, adds_key=not stochastic)

@@ -18,7 +18,7 @@ from adaptgrad_jax import _monte_carlo
 from adaptgrad_jax import _sigma
 from adaptgrad_jax import cpu
 from adaptgrad_jax._bounds import require_bounds
-from adaptgrad_jax._noise import add_noise, check_key, sample_noise
+from adaptgrad_jax._noise import NOISE_SCHEMES, add_noise, check_key, group_size, unit_noise
 from adaptgrad_jax._pytree import broadcast_like, check_same_shapes, replace_arg
 from adaptgrad_jax._typing import Bounds, GradFn, PyTree
 from adaptgrad_jax._wrapping import split_key_args, validate_argnums, validate_choice
@@ -65,6 +65,9 @@ def gaussian_smooth(
     has_aux: bool = False,
     aggregate: Aggregate = "mean",
     include_clean: bool = False,
+    noise: str = "iid",
+    return_stderr: bool = False,
+    rtol: Optional[float] = None,
     cpu_rewrite: Optional[bool] = None,
 ) -> Callable[..., Any]:
   """Monte Carlo Gaussian convolution of a gradient function (Eqs. 2-5, 11), for any sigma rule.
@@ -91,6 +94,25 @@ def gaussian_smooth(
       gradients, SmoothGrad-squared) or ``"var"`` (their variance, VarGrad).
     include_clean: also evaluate ``grad_fn`` on the unperturbed input and
       count it as one more sample (the released AdaptGrad code does this).
+    noise: how the n noise vectors are drawn; each is marginally
+      ``N(0, diag(sigma^2))``, so every scheme is unbiased for the Gaussian
+      convolution (Eq. 5). ``"iid"`` (default): independent draws, sample j
+      from ``jax.random.split(key, n)[j]``. ``"antithetic"``: pairs ``+z,
+      -z`` (n even), which cancels the odd part of the gradient exactly (the
+      first-order term of its Taylor expansion). ``"orthogonal"``: blocks of
+      8 exactly orthogonal Gaussian directions with chi norms (n a multiple
+      of 8).
+    return_stderr: return an :class:`Estimate` ``(value, stderr,
+      num_samples)`` instead of the map: ``stderr`` is the per-element
+      standard error of the Monte Carlo estimate, computed in the same pass
+      from the spread of the independent units (samples, antithetic pairs or
+      orthogonal blocks). :func:`relative_error` summarises it in one number.
+    rtol: sample in chunks of ``batch_size`` until the relative standard
+      error ``||stderr|| / ||value||`` is at most ``rtol`` (checked after
+      each chunk from the second on) or n samples are used; returns an
+      :class:`Estimate` whose ``num_samples`` says how many were used. Needs
+      an int ``batch_size`` (a multiple of the scheme's unit: 2 for
+      antithetic, 8 for orthogonal) and ``has_aux=False``.
     cpu_rewrite: the CPU switch (:mod:`adaptgrad_jax.cpu`): None reads
       ``$ADAPTGRAD_JAX_CPU_REWRITE`` (unset: on), True or False.
 
@@ -114,6 +136,15 @@ def gaussian_smooth(
   has_aux = validate_flag(has_aux, "has_aux")
   include_clean = validate_flag(include_clean, "include_clean")
   cpu_rewrite = cpu.validate_switch(cpu_rewrite)
+  noise = validate_choice(noise, "noise", NOISE_SCHEMES, "'iid' is the paper's; 'antithetic' needs an even n.")
+  group = group_size(noise)
+  if n % group:
+    raise ValueError(
+        f"n={n} is not a multiple of {group}: noise={noise!r} draws its samples"
+        f" in independent units of {group}; pass n={n + group - n % group}."
+    )
+  return_stderr = validate_flag(return_stderr, "return_stderr")
+  rtol = _monte_carlo.validate_rtol(rtol, batch_size, group, has_aux)
   if not callable(sigma_fn):
     raise TypeError(f"sigma_fn={sigma_fn!r} must map the input to its noise scale.")
   name = getattr(sigma_fn, "transform_name", "gaussian_smooth")
@@ -125,21 +156,28 @@ def gaussian_smooth(
     sigma = sigma_fn(x)
     check_noise_scale(sigma, x)
 
-    def at_sample(sample_key):
-      noisy = add_noise(x, sample_noise(sample_key, x, sigma))
-      grad, aux = split_aux(grad_fn(*replace_arg(args, argnums, noisy), **kwargs), has_aux, name)
-      return grad, aux
+    def at_unit(unit_key):
+      def at_noise(eps):
+        noisy = add_noise(x, eps)
+        return split_aux(grad_fn(*replace_arg(args, argnums, noisy), **kwargs), has_aux, name)
 
-    keys = _monte_carlo.sample_keys(key, n, cpu_rewrite)
-    sums = _monte_carlo.sample_sums(at_sample, keys, batch_size=batch_size,
-                                    squares=aggregate != "mean", cpu_rewrite=cpu_rewrite)
+      eps = unit_noise(unit_key, x, sigma, noise)
+      if group == 1:  # no inner vmap of size 1 in the program
+        return jax.tree.map(lambda v: jnp.asarray(v)[None], at_noise(jax.tree.map(lambda e: e[0], eps)))
+      return jax.vmap(at_noise)(eps)
+
+    stats = return_stderr or rtol is not None
+    keys = _monte_carlo.sample_keys(key, n // group, cpu_rewrite)
+    sums = _monte_carlo.sample_sums(at_unit, keys, group=group, batch_size=batch_size,
+                                    names=_monte_carlo.needed_sums(aggregate, stats),
+                                    cpu_rewrite=cpu_rewrite, rtol=rtol, aggregate=aggregate)
     aux = sums.extras
     if include_clean:
       clean, clean_aux = split_aux(grad_fn(*args, **kwargs), has_aux, name)
-      sums = _monte_carlo.add_sample(sums, clean)
+      sums = sums._replace(clean=clean)
       if has_aux:
         aux = jax.tree.map(lambda a, b: jnp.concatenate([a, jnp.asarray(b)[None]]), aux, clean_aux)
-    result = _monte_carlo.aggregate_sums(sums, aggregate)
+    result = _monte_carlo.finish(sums, aggregate, stderr=stats)
     return (result, aux) if has_aux else result
 
   return wrap(smoothed, grad_fn, name, is_stochastic_result=True, adds_key=True)
@@ -162,6 +200,9 @@ def adapt_smooth(
     has_aux: bool = False,
     aggregate: Aggregate = "mean",
     include_clean: bool = False,
+    noise: str = "iid",
+    return_stderr: bool = False,
+    rtol: Optional[float] = None,
     cpu_rewrite: Optional[bool] = None,
 ) -> Callable[..., Any]:
   r"""AdaptGrad: smooths a gradient function with per-element adaptive noise (Eq. 11).
@@ -192,8 +233,8 @@ def adapt_smooth(
     sigma_rule: ``"two_sided"`` (default, the released code's rule),
       ``"eq13"`` (Eq. 13 as printed) or ``"exact"`` (solves Eq. 14); see
       :func:`adaptive_sigma`.
-    batch_size, argnums, has_aux, aggregate, include_clean, cpu_rewrite: as
-      in :func:`gaussian_smooth`.
+    batch_size, argnums, has_aux, aggregate, include_clean, noise,
+      return_stderr, rtol, cpu_rewrite: as in :func:`gaussian_smooth`.
 
   Returns:
     ``smoothed(key, *args, **kwargs)``, the smoothed gradient in the dtype
@@ -221,7 +262,8 @@ def adapt_smooth(
   sigma_fn = functools.partial(_sigma.adaptive_sigma, c=c, bounds=bounds, rule=sigma_rule)
   return gaussian_smooth(grad_fn, _named(sigma_fn, "adapt_smooth"),
       n, batch_size=batch_size, argnums=argnums, has_aux=has_aux,
-      aggregate=aggregate, include_clean=include_clean, cpu_rewrite=cpu_rewrite)
+      aggregate=aggregate, include_clean=include_clean, noise=noise, return_stderr=return_stderr,
+      rtol=rtol, cpu_rewrite=cpu_rewrite)
 
 
 def smooth_grad(
@@ -236,6 +278,9 @@ def smooth_grad(
     has_aux: bool = False,
     aggregate: Aggregate = "mean",
     include_clean: bool = False,
+    noise: str = "iid",
+    return_stderr: bool = False,
+    rtol: Optional[float] = None,
     cpu_rewrite: Optional[bool] = None,
 ) -> Callable[..., Any]:
   """SmoothGrad: smooths a gradient function with isotropic Gaussian noise (Eqs. 2, 6).
@@ -254,8 +299,8 @@ def smooth_grad(
       of ``bounds`` and ``sigma``.
     sigma: an absolute noise scale (a finite scalar >= 0, a broadcastable
       array or a pytree), instead of ``alpha`` and ``bounds``.
-    batch_size, argnums, has_aux, aggregate, include_clean, cpu_rewrite: as
-      in :func:`gaussian_smooth`.
+    batch_size, argnums, has_aux, aggregate, include_clean, noise,
+      return_stderr, rtol, cpu_rewrite: as in :func:`gaussian_smooth`.
 
   Returns:
     ``smoothed(key, *args, **kwargs)``.
@@ -282,4 +327,5 @@ def smooth_grad(
     fixed = _sigma.validate_sigma(sigma)
   return gaussian_smooth(grad_fn, _named(lambda x: fixed, "smooth_grad"),
       n, batch_size=batch_size, argnums=argnums, has_aux=has_aux,
-      aggregate=aggregate, include_clean=include_clean, cpu_rewrite=cpu_rewrite)
+      aggregate=aggregate, include_clean=include_clean, noise=noise, return_stderr=return_stderr,
+      rtol=rtol, cpu_rewrite=cpu_rewrite)
