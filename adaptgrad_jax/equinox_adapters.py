@@ -150,7 +150,9 @@ def inference_model(model: Any) -> Any:
   return eqx.nn.inference_mode(model, True)
 
 
-def _logits_call(state: Optional[PyTree], call: Optional[Call], batch_axis: bool) -> Callable[[Any, jax.Array], jax.Array]:
+def _logits_call(
+  state: Optional[PyTree], call: Optional[Call], batch_axis: bool
+) -> Callable[[Any, jax.Array], jax.Array]:
   """``logits(model, x)`` for one example: ``call``, else ``model(x)`` or ``model(x, state)[0]``."""
   if call is not None and not callable(call):
     raise TypeError(f"call={call!r} must be a callable call(model, x) -> logits")
@@ -288,7 +290,7 @@ def eqx_param_fn(
     >>> from adaptgrad_jax import equinox_adapters
     >>> model = eqx.nn.MLP(4, 3, 8, 2, key=jax.random.key(0))
     >>> f, params = equinox_adapters.eqx_param_fn(model, 0)
-    >>> ng = jax.jit(ag.noise_grad(jax.grad(f), 4))
+    >>> ng = jax.jit(ag.noise_grad(jax.grad(f), 4, sigma=0.2, argnums=1))
     >>> ng(jax.random.key(0), jnp.ones(4), params).shape
     (4,)
   """

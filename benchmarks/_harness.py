@@ -23,8 +23,10 @@ from __future__ import annotations
 import functools
 import math
 import os
+import pathlib
 import platform
 import resource
+import sys
 import time
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -52,10 +54,20 @@ class ModelSpec(NamedTuple):
   default_size: int
 
 
-def _torch():
-  from benchmarks import _torch_reference  # pylint: disable=import-outside-toplevel
+TESTS_DIR = pathlib.Path(__file__).resolve().parents[1] / "tests"
 
-  return _torch_reference
+
+def _torch():
+  """The PyTorch models and baselines: ``tests/torch_reference.py``, shared with the tests (not shipped).
+
+  Imported under the name the tests use (pytest puts ``tests/`` on
+  ``sys.path``), so one module object serves both.
+  """
+  if str(TESTS_DIR) not in sys.path:
+    sys.path.append(str(TESTS_DIR))
+  import torch_reference  # pylint: disable=import-outside-toplevel
+
+  return torch_reference
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -73,15 +85,13 @@ MODELS: dict[str, ModelSpec] = {
   ),
   "vgg16": ModelSpec(
     lambda size: models.vgg16(rngs=nnx.Rngs(0)),
-    lambda size: _torch().TorchVGG(
-      [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
-    ),
+    lambda size: _torch().torch_vgg("vgg16"),
     lambda size: (size, size, 3),
     224,
   ),
   "resnet50": ModelSpec(
     lambda size: models.resnet50(rngs=nnx.Rngs(0)),
-    lambda size: _torch().TorchResNet50(),
+    lambda size: _torch().torch_resnet("resnet50"),
     lambda size: (size, size, 3),
     224,
   ),
@@ -263,14 +273,26 @@ def torch_device() -> str:
 
 
 def clean_gradients(workload: Workload) -> tuple[np.ndarray, np.ndarray]:
-  """The unsmoothed input gradient in JAX and in PyTorch (a check that the weights agree)."""
+  """The unsmoothed input gradient in JAX and in PyTorch, both in float64 (a check that the weights agree).
+
+  Float64 on both sides (JAX under `jax.enable_x64`, the weights and input
+  cast): in float32 a ReLU or max-pool input a fraction of an ulp from its
+  kink takes either side depending on the CPU's rounding, and the gradient
+  jumps by percents, so no float32 tolerance separates a wrong port from
+  another CPU.
+  """
   import torch  # pylint: disable=import-outside-toplevel
 
   ref = _torch()
-  jax_grad = np.asarray(jax.jit(jax.grad(workload.logit))(jnp.asarray(workload.x), workload.state))
-  module = ref.load_numpy_state_dict(MODELS[workload.name].build_torch(workload.size), workload.state_dict())
-  x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(workload.x, -1, 0)))[None]
-  torch_grad = ref.torch_loop_smooth(module, x, torch.zeros_like(x), workload.target, 1)
+  with jax.enable_x64(True):
+    state = jax.tree.map(lambda a: a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a, workload.state)
+    x = jnp.asarray(workload.x, jnp.float64)
+    jax_grad = np.asarray(jax.jit(jax.grad(workload.logit))(x, state))
+  assert jax_grad.dtype == np.float64
+  module = ref.load_numpy_state_dict(MODELS[workload.name].build_torch(workload.size), workload.state_dict()).double()
+  x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(workload.x, -1, 0)))[None].double()
+  with ref.single_threaded_torch():
+    torch_grad = ref.torch_loop_smooth(module, x, torch.zeros_like(x), workload.target, 1)
   return jax_grad, np.moveaxis(torch_grad.numpy()[0], 0, -1)
 
 

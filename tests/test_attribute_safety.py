@@ -467,6 +467,31 @@ def test_lost_manifest_without_journal_settings_says_how_to_recover(xs,
   assert res.shape == (N, worker.D_IN)
 
 
+def test_hostile_manifest_is_refused_cleanly(xs, tmp_path):
+  out = tmp_path / "run"
+  _run(out, xs)
+  path = out / "manifest.json"
+  manifest = json.loads(path.read_text())
+  manifest.update(example_range=5, shards="x", explain_fingerprint=7,
+                  batch_size=[8])
+  path.write_text(json.dumps(manifest))
+  with pytest.raises(ValueError, match=r"(?s)batch_size: existing \[8\].*"
+                     r"example_range: existing 5"):
+    _run(out, xs)
+
+
+def test_load_refuses_manifest_pointing_outside(xs, tmp_path):
+  out = tmp_path / "run"
+  _run(out, xs)
+  path = out / "manifest.json"
+  manifest = json.loads(path.read_text())
+  np.save(tmp_path / "shard-outside.npy", np.zeros((8, worker.D_IN), np.float32))
+  manifest["shards"][0]["file"] = "../shard-outside.npy"
+  path.write_text(json.dumps(manifest))
+  with pytest.raises(ValueError, match=r"malformed shard entry .*rebuild it"):
+    load_attributions(out)
+
+
 # ----------------------------------------------------------------------------
 # 6. Errors name the argument, the value and the fix.
 

@@ -91,7 +91,7 @@ def test_param_fn_for_noise_grad(eqx):
   shifted = jax.tree.map(lambda p: p + 0.1, params)
   assert abs(float(f(x, shifted)) - float(f(x, params))) > 1e-4  # the argument is used
   assert jax.tree.structure(jax.grad(f, argnums=1)(x, params)) == jax.tree.structure(params)
-  ng = jax.jit(ag.noise_grad(jax.grad(f), 3))
+  ng = jax.jit(ag.noise_grad(jax.grad(f), 3, sigma=0.2, argnums=1))
   assert ng(jax.random.key(0), x, params).shape == x.shape
 
 

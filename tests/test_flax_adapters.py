@@ -82,8 +82,7 @@ def test_nnx_target_as_argument_and_batches(net, getkey):
   np.testing.assert_allclose(grads, ref, rtol=1e-5, atol=1e-7)
   # A batch explained with the targets resolved once on the clean batch
   # equals the per-example explanation with that fixed int target.
-  maps = jax.jit(lambda xs, ts: ag.explain_batch(
-      ag.gradient_x_input(jax.grad(f)), None, xs, ts))(xs, targets)
+  maps = jax.jit(jax.vmap(ag.gradient_x_input(jax.grad(f))))(xs, targets)
   fixed = jax.grad(fa.nnx_target_fn(net, int(targets[3])))
   np.testing.assert_allclose(maps[3], fixed(xs[3]) * xs[3], rtol=1e-5, atol=1e-7)
   np.testing.assert_array_equal(fa.resolve_targets(net, xs, 1), jnp.ones(5, jnp.int32))

@@ -11,141 +11,10 @@ from adaptgrad_jax import models
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-# ---------------------------------------------------------------------------
-# Reference architectures, written to torchvision's definitions and parameter names.
-
-
-class TorchMLP(nn.Module):
-  def __init__(self, hidden=200, num_classes=10):
-    super().__init__()
-    self.fc1 = nn.Linear(784, hidden)
-    self.fc2 = nn.Linear(hidden, num_classes)
-
-  def forward(self, x):
-    return self.fc2(torch.relu(self.fc1(x.flatten(1))))
-
-
-VGG_CONFIGS = {
-  "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-  "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
-}
-
-
-class TorchVGG(nn.Module):
-  def __init__(self, config, batch_norm, num_classes=1000, hidden=4096):
-    super().__init__()
-    layers, cin = [], 3
-    for v in config:
-      if v == "M":
-        layers.append(nn.MaxPool2d(2, 2))
-      else:
-        layers += [nn.Conv2d(cin, v, 3, padding=1)] + ([nn.BatchNorm2d(v)] if batch_norm else []) + [nn.ReLU()]
-        cin = v
-    self.features = nn.Sequential(*layers)
-    self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
-    self.classifier = nn.Sequential(
-      nn.Linear(cin * 49, hidden), nn.ReLU(), nn.Dropout(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(),
-      nn.Linear(hidden, num_classes),
-    )
-
-  def forward(self, x):
-    return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
-
-
-def _shortcut(cin, cout, stride):
-  if stride == 1 and cin == cout:
-    return None
-  return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-
-class TorchBasicBlock(nn.Module):
-  expansion = 1
-
-  def __init__(self, cin, planes, stride, groups=1, base_width=64):
-    super().__init__()
-    self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
-    self.bn1 = nn.BatchNorm2d(planes)
-    self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-    self.bn2 = nn.BatchNorm2d(planes)
-    self.downsample = _shortcut(cin, planes, stride)
-
-  def forward(self, x):
-    out = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
-    return torch.relu(out + (x if self.downsample is None else self.downsample(x)))
-
-
-class TorchBottleneck(nn.Module):
-  expansion = 4
-
-  def __init__(self, cin, planes, stride, groups=1, base_width=64):
-    super().__init__()
-    width = int(planes * base_width / 64) * groups
-    self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
-    self.bn1 = nn.BatchNorm2d(width)
-    self.conv2 = nn.Conv2d(width, width, 3, stride, 1, groups=groups, bias=False)
-    self.bn2 = nn.BatchNorm2d(width)
-    self.conv3 = nn.Conv2d(width, planes * 4, 1, bias=False)
-    self.bn3 = nn.BatchNorm2d(planes * 4)
-    self.downsample = _shortcut(cin, planes * 4, stride)
-
-  def forward(self, x):
-    out = torch.relu(self.bn1(self.conv1(x)))
-    out = torch.relu(self.bn2(self.conv2(out)))
-    out = self.bn3(self.conv3(out))
-    return torch.relu(out + (x if self.downsample is None else self.downsample(x)))
-
-
-class TorchResNet(nn.Module):
-  def __init__(self, block, layers, num_classes=1000, groups=1, base_width=64):
-    super().__init__()
-    self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-    self.bn1 = nn.BatchNorm2d(64)
-    self.maxpool = nn.MaxPool2d(3, 2, 1)
-    cin = 64
-    for i, (planes, n) in enumerate(zip((64, 128, 256, 512), layers)):
-      blocks = []
-      for j in range(n):
-        blocks.append(block(cin, planes, 2 if i > 0 and j == 0 else 1, groups, base_width))
-        cin = planes * block.expansion
-      setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
-    self.avgpool = nn.AdaptiveAvgPool2d(1)
-    self.fc = nn.Linear(cin, num_classes)
-
-  def forward(self, x):
-    x = self.maxpool(torch.relu(self.bn1(self.conv1(x))))
-    x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-    return self.fc(torch.flatten(self.avgpool(x), 1))
-
-
-RESNETS = {
-  "resnet18": (TorchBasicBlock, (2, 2, 2, 2), {}),
-  "resnet50": (TorchBottleneck, (3, 4, 6, 3), {}),
-  "resnet34": (TorchBasicBlock, (3, 4, 6, 3), {}),
-  "resnext50_32x4d": (TorchBottleneck, (3, 4, 6, 3), {"groups": 32, "base_width": 4}),
-  "wide_resnet50_2": (TorchBottleneck, (3, 4, 6, 3), {"base_width": 128}),
-}
+import torch_reference as ref_lib  # noqa: E402  (tests/, after the torch check)  pylint: disable=wrong-import-position
 
 # ---------------------------------------------------------------------------
-# Helpers.
-
-
-def _randomize(module, seed=0):
-  """Random weights with a stable scale and non-trivial batch-norm statistics."""
-  gen = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for name, tensor in module.state_dict().items():
-      if name.endswith("num_batches_tracked"):
-        continue
-      if name.endswith("running_var"):
-        tensor.copy_(torch.rand(tensor.shape, generator=gen) + 0.5)
-      elif name.endswith("weight") and tensor.ndim == 1:  # batch-norm gamma
-        tensor.copy_(torch.rand(tensor.shape, generator=gen) * 0.5 + 0.5)
-      elif tensor.ndim == 1:  # biases, beta, running_mean
-        tensor.copy_(torch.randn(tensor.shape, generator=gen) * 0.1)
-      else:
-        fan_in = tensor[0].numel()
-        tensor.copy_(torch.randn(tensor.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
-  return module.eval()
+# Helpers (the reference models are in tests/torch_reference.py).
 
 
 def _random_weights(build, seed=0, **kwargs):
@@ -158,8 +27,7 @@ def _random_weights(build, seed=0, **kwargs):
   }
 
 
-def _state_dict(module):
-  return {k: v.numpy() for k, v in module.state_dict().items()}
+_state_dict = ref_lib.numpy_state_dict
 
 
 def _assert_close(actual, expected, rtol=1e-4):
@@ -170,48 +38,19 @@ def _assert_close(actual, expected, rtol=1e-4):
   np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale)
 
 
-def _compare(flax_model, torch_module, x_nhwc, seed=0):
-  """Logits and input gradients of a random projection of the logits agree.
-
-  The reference runs in float64 (torch's float32 CPU kernels alone drift by ~1e-3
-  relative in the deeper VGG gradients); ours in float32, jitted.
-  """
-  torch_module = torch_module.double()
-  x_t = torch.tensor(np.moveaxis(x_nhwc, -1, 1) if x_nhwc.ndim == 4 else x_nhwc, dtype=torch.float64)
-  x_t.requires_grad_()
-  logits_t = torch_module(x_t)
-  w = np.random.default_rng(seed).normal(size=logits_t.shape).astype(np.float32)
-  (logits_t * torch.tensor(w, dtype=torch.float64)).sum().backward()
-  grad_t = x_t.grad.numpy()
-  if x_nhwc.ndim == 4:
-    grad_t = np.moveaxis(grad_t, 1, -1)
-
-  flax_model.eval()
-
-  @nnx.jit
-  def grad_and_logits(model, x):
-    def projected(x):
-      logits = model(x)
-      return (logits * w).sum(), logits
-
-    return jax.grad(projected, has_aux=True)(x)
-
-  grad, logits = grad_and_logits(flax_model, jnp.asarray(x_nhwc))
-  assert logits.dtype == grad.dtype == jnp.float32
-  _assert_close(logits, logits_t.detach().numpy())
-  _assert_close(grad, grad_t)
-
-
 # ---------------------------------------------------------------------------
 # Models against torch.
 
 
+# Each compares float32 logits and float64 input gradients (`torch_reference.assert_matches_torch`).
+
+
 @pytest.mark.parametrize("shape", [(3, 28, 28), (3, 28, 28, 1), (3, 784)])
 def test_mlp_matches_torch(shape, rng):
-  ref = _randomize(TorchMLP())
+  ref = ref_lib.randomize(ref_lib.TorchMLP())
   model = models.mlp(weights=_state_dict(ref), rngs=nnx.Rngs(0))
   x = rng.uniform(size=shape).astype(np.float32)
-  _compare(model, ref, x)
+  ref_lib.assert_matches_torch(model, ref, x)
 
 
 def test_mlp_rejects_wrong_input_size():
@@ -227,26 +66,22 @@ def test_mlp_rejects_wrong_input_size():
 def test_vgg_matches_torch(name, batch_norm, size, rng):
   # Full conv widths, narrow classifier (hidden=64) to keep the test fast; 36 x 36 exercises
   # torch's floor mode (9 -> 4), 64 x 64 a 2 x 2 -> 7 x 7 adaptive pool and the flatten permutation.
-  ref = _randomize(TorchVGG(VGG_CONFIGS[name], batch_norm, num_classes=10, hidden=64))
-  build = getattr(models, name + ("_bn" if batch_norm else ""))
-  model = build(weights=_state_dict(ref), num_classes=10, hidden=64, rngs=nnx.Rngs(0))
-  _compare(model, ref, rng.uniform(size=(2, size, size, 3)).astype(np.float32))
+  name += "_bn" if batch_norm else ""
+  ref = ref_lib.randomize(ref_lib.torch_vgg(name, num_classes=10, hidden=64))
+  model = getattr(models, name)(weights=_state_dict(ref), num_classes=10, hidden=64, rngs=nnx.Rngs(0))
+  ref_lib.assert_matches_torch(model, ref, rng.uniform(size=(2, size, size, 3)).astype(np.float32))
 
 
 @pytest.mark.parametrize("name,size", [("resnet18", 57), ("resnet50", 64)])
 def test_resnet_matches_torch(name, size, rng):
-  block, layers, kwargs = RESNETS[name]
-  ref = _randomize(TorchResNet(block, layers, num_classes=10, **kwargs))
+  ref = ref_lib.randomize(ref_lib.torch_resnet(name, num_classes=10))
   model = getattr(models, name)(weights=_state_dict(ref), num_classes=10, rngs=nnx.Rngs(0))
-  _compare(model, ref, rng.uniform(size=(2, size, size, 3)).astype(np.float32))
+  ref_lib.assert_matches_torch(model, ref, rng.uniform(size=(2, size, size, 3)).astype(np.float32))
 
 
 def _torch_full_size(name):
   with torch.device("meta"):
-    if name.startswith("vgg"):
-      return TorchVGG(VGG_CONFIGS[name.removesuffix("_bn")], name.endswith("_bn"))
-    block, layers, kwargs = RESNETS[name]
-    return TorchResNet(block, layers, **kwargs)
+    return ref_lib.torch_vgg(name) if name.startswith("vgg") else ref_lib.torch_resnet(name)
 
 
 @pytest.mark.parametrize(

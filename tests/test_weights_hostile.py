@@ -343,6 +343,9 @@ _MALFORMED = {
   "too_many_tensor_args": (_dict([("w", _tensor().replace(b"tR", b"K\x00K\x00K\x00tR"))]), "arguments"),
   "storage_missing": (_dict([("w", _tensor(key="9"))]), "storage 9 is missing"),
   "unknown_rebuild": (b"ctorch._utils\n_rebuild_qtensor\n", "quantized tensor"),
+  "nested_rebuild_from_type": (b"ctorch._tensor\n_rebuild_from_type_v2\n(ctorch._tensor\n_rebuild_from_type_v2\n"
+                               b"ctorch\nTensor\n)}tR", "a tensor-rebuilding function"),
+  "ordered_dict_bad_pairs": (b"ccollections\nOrderedDict\n(((K\x01tltR", "(key, value) pairs"),
 }
 
 
@@ -643,3 +646,34 @@ def test_npz_compressed_fortran_and_object_arrays(tmp_path):
   np.savez(tmp_path / "o.npz", o=np.array([{"x": 1}], dtype=object))
   with pytest.raises(weights.CheckpointError, match="holds Python objects"):
     weights.read_checkpoint(tmp_path / "o.npz")
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_pickle_size_limit(tmp_path, monkeypatch, zip_format):
+  torch = pytest.importorskip("torch")
+  path = tmp_path / "m.pth"
+  torch.save({f"w{i}": torch.zeros(1) for i in range(50)}, path, _use_new_zipfile_serialization=zip_format)
+  monkeypatch.setattr(_checkpoint, "MAX_PICKLE_BYTES", 300)
+  with pytest.raises(weights.CheckpointError, match="MAX_PICKLE_BYTES=300"):
+    weights.read_checkpoint(path)
+  monkeypatch.undo()
+  assert len(weights.read_checkpoint(path)) == 50
+
+
+def test_python2_ordered_dict_with_pairs(tmp_path):
+  body = b"ccollections\nOrderedDict\n(((" + _str("w") + _tensor(numel=2, size=(2,)) + b"lltR"
+  path = _torch_zip(tmp_path / "py2.pth", body, {"0": np.array([1.5, -2], np.float32).tobytes()})
+  np.testing.assert_array_equal(weights.read_checkpoint(path)["w"], [1.5, -2])
+
+
+def test_distinct_tensors_over_one_storage_cannot_multiply_it(tmp_path):
+  n = 2**20  # 2000 distinct full views of 4 MiB would be 8 GiB of copies
+  body = _dict([(f"w{i}", _tensor(numel=n, size=(n,))) for i in range(2000)])
+  path = _torch_zip(tmp_path / "views.pth", body, {"0": np.arange(n, dtype=np.float32).tobytes()})
+  report = _read_limited(path)
+  assert report["ok"] and report["names"] == 2000 and report["distinct"] == 2000, report
+  assert report["peak_mib"] < 64, report
+  state = weights.read_checkpoint(path)
+  assert state["w0"].flags.writeable and not state["w1999"].flags.writeable  # copies, then views
+  for value in state.values():
+    np.testing.assert_array_equal(value[:: n // 7], np.arange(n, dtype=np.float32)[:: n // 7])

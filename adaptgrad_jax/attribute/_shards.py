@@ -250,9 +250,10 @@ def settings_mismatch(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[st
     # num_examples may be unknown (None) for an iterator until it is exhausted.
     if k == "num_examples" and (a is None or b is None):
       continue
-    if k == "example_range" and (a is None or b is None or
-                                 a[1] is None or b[1] is None):
-      if a is not None and b is not None and a[0] != b[0]:
+    ranges = all(isinstance(r, list) and len(r) == 2 for r in (a, b))
+    if k == "example_range" and (a is None or b is None or (
+        ranges and (a[1] is None or b[1] is None))):
+      if ranges and a[0] != b[0]:
         diffs.append(f"{k}: existing {a}, requested {b}")
       continue
     if a != b:
@@ -339,8 +340,29 @@ class AttributionResult:
 
 def _entries_for(manifest: Mapping[str, Any], directory: pathlib.Path
                  ) -> list[tuple[int, int, pathlib.Path]]:
-  return sorted((int(s["start"]), int(s["stop"]), directory / s["file"])
-                for s in manifest["shards"])
+  """The manifest's shards as (start, stop, path), checked to lie in `directory`."""
+  where = directory / MANIFEST
+  shards = manifest.get("shards")
+  rng = manifest.get("example_range")
+  if not isinstance(shards, list) or not (
+      isinstance(rng, list) and len(rng) == 2 and
+      all(isinstance(v, int) and not isinstance(v, bool) for v in rng)):
+    raise ValueError(f"{where} is damaged (its shards or example_range are "
+                     "malformed); call attribute() again with the same "
+                     "arguments to rebuild it from its journal")
+  entries = []
+  for s in shards:
+    name = s.get("file") if isinstance(s, dict) else None
+    parts = pathlib.PurePosixPath(name).parts if isinstance(name, str) else ()
+    if (not parts or parts[0] == "/" or ".." in parts or len(parts) > 2 or
+        not parts[-1].startswith("shard-") or
+        not all(isinstance(s.get(k), int) for k in ("start", "stop"))):
+      raise ValueError(f"{where} lists a malformed shard entry {s!r} (a shard "
+                       "file inside the output, with integer start and stop); "
+                       "the manifest is damaged: call attribute() again with "
+                       "the same arguments to rebuild it from its journal")
+    entries.append((s["start"], s["stop"], directory.joinpath(*parts)))
+  return sorted(entries)
 
 
 def load_attributions(out: str | os.PathLike, *, verify: bool = False
@@ -391,8 +413,8 @@ def load_attributions(out: str | os.PathLike, *, verify: bool = False
     raise ValueError(f"{directory / MANIFEST}: shards end at {pos}, not {hi}")
   if verify:
     for s in manifest["shards"]:
-      problem = shard_problem(directory, s, manifest["map_shape"],
-                              manifest["map_dtype"])
+      problem = shard_problem(directory, s, manifest.get("map_shape"),
+                              manifest.get("map_dtype"))
       if problem:
         raise ValueError(f"Damaged output in {str(out)!r}: {problem}. Call "
                          "attribute() again with the same arguments to redo it.")

@@ -102,7 +102,8 @@ def path_matches(path: str, prefix: str) -> bool:
 
 
 def check_explain_fn(explain_fn: Any, x: Any, args: tuple[Any, ...],
-                     name: str = "explain_fn", *, with_key: bool = True) -> Any:
+                     name: str = "explain_fn", *, with_key: bool = True,
+                     key: Any = None) -> Any:
   """Checks that ``explain_fn(key, x, *args)`` can be called; returns its output shape.
 
   The check is by arity (``inspect.signature(...).bind``), never by parameter
@@ -115,7 +116,7 @@ def check_explain_fn(explain_fn: Any, x: Any, args: tuple[Any, ...],
     raise TypeError(
         f"{name} must be a function explain_fn(key, x, ...) returning a map; "
         f"got {type(explain_fn).__name__}.")
-  key = jax.random.key(0)
+  key = jax.random.key(0) if key is None else key
   call_args = ((key,) if with_key else ()) + (x,) + tuple(args)
   try:
     sig = inspect.signature(explain_fn)

@@ -223,10 +223,10 @@ def ssim_1d(a: jax.Array, b: jax.Array, *, win_size: int = 7) -> jax.Array:
   dt = jnp.promote_types(a.dtype, jnp.float32)
   a, b = a.astype(dt), b.astype(dt)
   r = jnp.maximum(jnp.max(a), jnp.max(b)) - jnp.minimum(jnp.min(a), jnp.min(b))
-  kernel = jnp.ones(win_size, dt) / win_size
+  m = a.shape[0] - win_size + 1
 
-  def box(v):  # the filtered values at the kept positions: a valid convolution
-    return jnp.convolve(v, kernel, mode="valid")
+  def box(v):  # window means at the kept positions: sums of shifted slices
+    return sum(v[o:o + m] for o in range(win_size)) / win_size
 
   cov_norm = win_size / (win_size - 1.0)
   ux, uy = box(a), box(b)
@@ -385,10 +385,10 @@ def _check_batch_explainer(explain_fn, xs, params, targets):
   _common.check_finite(xs, "xs")
   if xs.ndim < 2:
     raise ValueError(f"xs has shape {xs.shape}; pass a batch (B, ...) of inputs.")
-  args = (params,) if targets is None else (params, jnp.asarray(targets)[0])
   if targets is not None and jnp.shape(targets) != (xs.shape[0],):
     raise ValueError(f"targets has shape {jnp.shape(targets)}; pass one class "
                      f"per input, shape ({xs.shape[0]},).")
+  args = (params,) if targets is None else (params, jnp.asarray(targets)[0])
   out = _common.check_explain_fn(explain_fn, xs[0], args)
   _common.check_map_shape(out, xs.shape[1:], "explain_fn")
   return xs, None if targets is None else jnp.asarray(targets)

@@ -90,7 +90,7 @@ def _check_common(key, explain_fn, x, args, num_samples, perturb_fn, name="num_s
         f"{key.dtype} and shape {key.shape}.")
   x = _common.as_float_array(x, "x")
   _common.check_finite(x, "x")
-  out = _common.check_explain_fn(explain_fn, x, args)
+  out = _common.check_explain_fn(explain_fn, x, args, key=key)
   per_pixel = _common.check_map_shape(out, x.shape, "explain_fn")
   return key, x, per_pixel
 

@@ -88,6 +88,7 @@ from adaptgrad_jax.models._vgg import vgg19_bn as vgg19_bn
 from adaptgrad_jax.models._vit import EncoderBlock as EncoderBlock
 from adaptgrad_jax.models._vit import MultiheadAttention as MultiheadAttention
 from adaptgrad_jax.models._vit import VisionTransformer as VisionTransformer
+from adaptgrad_jax.models._vit import interpolate_pos_embedding as interpolate_pos_embedding
 from adaptgrad_jax.models._vit import vit_b_16 as vit_b_16
 from adaptgrad_jax.models._vit import vit_b_32 as vit_b_32
 from adaptgrad_jax.models._vit import vit_l_16 as vit_l_16
@@ -148,6 +149,7 @@ __all__ = [
   "imagenet_classes",
   "imagenet_synsets",
   "inception_v3",
+  "interpolate_pos_embedding",
   "load_photo",
   "load_state_dict",
   "load_weights",

@@ -266,7 +266,7 @@ def mobilenet_v3_large(*, weights: Any = None, rngs: nnx.Rngs, **kwargs: Any) ->
 
 
 def mobilenet_v3_small(*, weights: Any = None, rngs: nnx.Rngs, **kwargs: Any) -> MobileNetV3:
-  """MobileNetV3-Small, torchvision's ``mobilenet_v3_small``; ``weights`` and ``**kwargs`` as in `mobilenet_v3_large`."""
+  """MobileNetV3-Small, torchvision's ``mobilenet_v3_small``; arguments as in `mobilenet_v3_large`."""
   return _mobilenet(MOBILENET_V3_SMALL, 1024, weights, rngs, kwargs)
 
 

@@ -27,9 +27,11 @@ torchvision weights), a multiple of ``patch_size``; its position embeddings
 have one entry per patch of that grid plus the class token. Other input sizes
 are rejected with an error: resize or crop the image to ``image_size`` (as
 `preprocess_imagenet` does), or build the model for another size and load
-position embeddings made for that grid (position embeddings are not
-interpolated here). Dropout is not implemented (torchvision's ViTs train with
-dropout rate 0).
+weights whose position embeddings were resized to that grid by
+`interpolate_pos_embedding` (torchvision's ``interpolate_embeddings``: bicubic,
+corners aligned; the model then computes a different function from the 224
+one, as in torchvision). Dropout is not implemented (torchvision's ViTs train
+with dropout rate 0).
 
 Initialisation without weights is Flax's default (the class token and
 position embeddings drawn with standard deviation 0.02), not torchvision's
@@ -45,6 +47,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from adaptgrad_jax.models import _loading
@@ -54,6 +57,7 @@ __all__ = [
   "EncoderBlock",
   "MultiheadAttention",
   "VisionTransformer",
+  "interpolate_pos_embedding",
   "vit_b_16",
   "vit_b_32",
   "vit_l_16",
@@ -229,7 +233,7 @@ class VisionTransformer(nnx.Module):
         f"this ViT takes NHWC images (B, {self.image_size}, {self.image_size}, {self.in_channels}), got shape "
         f"{tuple(x.shape)}{hint}; resize or crop to {self.image_size} x {self.image_size} (e.g. "
         f"preprocess_imagenet(img, crop={self.image_size})), or build the model with image_size=... and "
-        "position embeddings for that grid (they are not interpolated)"
+        "weights=interpolate_pos_embedding(state_dict, image_size, patch_size=...)"
       )
 
   def tokens(self, x: jax.Array) -> jax.Array:
@@ -244,6 +248,82 @@ class VisionTransformer(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     """Maps NHWC images ``(B, image_size, image_size, C)`` to logits ``(B, num_classes)``."""
     return self.heads(self.tokens(x)[:, 0])
+
+
+def _bicubic_matrix(size_in: int, size_out: int) -> np.ndarray:
+  """``(size_out, size_in)`` weights of torch's bicubic resize with ``align_corners=True`` (A = -0.75, clamped)."""
+  a = -0.75
+  near = lambda t: ((a + 2) * t - (a + 3)) * t * t + 1  # noqa: E731  |t| <= 1
+  far = lambda t: ((a * t - 5 * a) * t + 8 * a) * t - 4 * a  # noqa: E731  1 < |t| < 2
+  scale = (size_in - 1) / (size_out - 1) if size_out > 1 else 0.0
+  matrix = np.zeros((size_out, size_in))
+  for i in range(size_out):
+    src = i * scale
+    left = math.floor(src)
+    t = src - left
+    for offset, weight in zip((-1, 0, 1, 2), (far(t + 1), near(t), near(1 - t), far(2 - t))):
+      matrix[i, min(max(left + offset, 0), size_in - 1)] += weight
+  return matrix
+
+
+def interpolate_pos_embedding(
+  state_dict: Mapping[str, Any], image_size: int, *, patch_size: int
+) -> dict[str, np.ndarray]:
+  """Resizes a ViT checkpoint's position embeddings to the patch grid of ``image_size``.
+
+  torchvision's ``interpolate_embeddings``: the class token's embedding is
+  kept, the patch embeddings, a square grid, are resized by bicubic
+  interpolation with aligned corners (torch's ``F.interpolate(...,
+  mode="bicubic", align_corners=True)``), computed here in float64 and cast
+  back. Build the model with the same ``image_size`` and load the result.
+
+  Args:
+    state_dict: torchvision-named arrays holding ``encoder.pos_embedding``
+      ``(1, 1 + g * g, D)``.
+    image_size: the new input side, a multiple of ``patch_size``.
+    patch_size: the model's patch side (16 for ``vit_b_16``).
+
+  Returns:
+    A new dict, ``state_dict`` with ``encoder.pos_embedding`` of shape
+    ``(1, 1 + (image_size / patch_size) ** 2, D)`` (NumPy arrays).
+
+  Raises:
+    ValueError: if ``image_size`` is not a multiple of ``patch_size`` or the
+      checkpoint's embeddings are not a square grid plus a class token.
+
+  Example:
+    >>> import numpy as np
+    >>> from flax import nnx
+    >>> from adaptgrad_jax import models
+    >>> abstract = nnx.eval_shape(lambda: models.vit_micro(rngs=nnx.Rngs(0)))  # 32 x 32 inputs, 8 x 8 patches
+    >>> sd = {k: np.zeros(v.shape, v.dtype) for k, v in models.state_dict_from_model(abstract).items()}
+    >>> sd48 = models.interpolate_pos_embedding(sd, 48, patch_size=8)
+    >>> sd48["encoder.pos_embedding"].shape
+    (1, 37, 16)
+    >>> model = models.vit_micro(image_size=48, weights=sd48, rngs=nnx.Rngs(0))
+    >>> model(np.zeros((1, 48, 48, 3), np.float32)).shape
+    (1, 10)
+  """
+  if image_size % patch_size:
+    raise ValueError(f"image_size={image_size} must be a multiple of patch_size={patch_size}")
+  key = "encoder.pos_embedding"
+  if key not in state_dict:
+    raise ValueError(f"state_dict has no {key!r}; pass a torchvision ViT state dict")
+  embedding = np.asarray(_loading._as_numpy(state_dict[key]))  # pylint: disable=protected-access
+  grid = math.isqrt(embedding.shape[1] - 1) if embedding.ndim == 3 and embedding.shape[1] > 1 else 0
+  if embedding.ndim != 3 or embedding.shape[0] != 1 or grid * grid != embedding.shape[1] - 1:
+    raise ValueError(
+      f"{key} has shape {embedding.shape}; expected (1, 1 + g * g, hidden_dim), a class token and a square grid"
+    )
+  new_grid = image_size // patch_size
+  out = dict(state_dict)
+  if new_grid == grid:
+    return out
+  matrix = _bicubic_matrix(grid, new_grid)
+  patches = embedding[0, 1:].astype(np.float64).reshape(grid, grid, -1)
+  resized = np.einsum("ih,hwd,jw->ijd", matrix, patches, matrix).reshape(1, new_grid * new_grid, -1)
+  out[key] = np.concatenate([embedding[:, :1], resized.astype(embedding.dtype)], axis=1)
+  return out
 
 
 _MLP_LEGACY = re.compile(r"^(.*\.mlp\.)linear_([12])\.(weight|bias)$")

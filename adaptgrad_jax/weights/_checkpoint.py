@@ -46,6 +46,7 @@ Formats:
 
 from __future__ import annotations
 
+import codecs
 import collections
 import io
 import json
@@ -73,7 +74,7 @@ __all__ = [
 ]
 
 MAX_PICKLE_BYTES = 64 * 2**20
-"""Largest pickle program read (``data.pkl`` after inflation); a state dict of 10^5 tensors takes about 15 MB."""
+"""Largest pickle read (``data.pkl`` after inflation, or the pickles heading a legacy file); 10^5 tensors take ~15 MB."""
 
 MAX_PICKLE_OBJECTS = 4_000_000
 """Most pickle opcodes executed per file; each creates or places at most one object (about 100 bytes)."""
@@ -261,6 +262,8 @@ def _describe(obj: Any) -> str:
     return repr(obj[:40]) + ("..." if len(obj) > 40 else "")
   if isinstance(obj, (bool, float)) or obj is None or (isinstance(obj, int) and obj.bit_length() < 128):
     return repr(obj)
+  if isinstance(obj, int):
+    return f"an integer of {obj.bit_length()} bits"
   if isinstance(obj, (tuple, list, dict, set, frozenset)):
     return f"a {type(obj).__name__} of {len(obj)} items"
   return f"a {type(obj).__name__}"
@@ -277,8 +280,9 @@ def _error(what: str, message: str) -> CheckpointError:
 class _Source:
   """Bounded reads from a file or buffer: nothing past ``size`` bytes is ever requested or allocated."""
 
-  def __init__(self, f: Any, size: int, what: str, part: str):
+  def __init__(self, f: Any, size: int, what: str, part: str, capped: bool = False):
     self.f, self.left, self.size, self.what, self.part = f, size, size, what, part
+    self.capped = capped  # ``size`` is MAX_PICKLE_BYTES, not the end of the data
 
   @property
   def pos(self) -> int:
@@ -286,6 +290,8 @@ class _Source:
 
   def read(self, n: int) -> bytes:
     if n > self.left:
+      if self.capped:
+        raise _error(self.what, f"the pickles run past MAX_PICKLE_BYTES={MAX_PICKLE_BYTES} bytes")
       raise _error(self.what, f"truncated {self.part}: {n} bytes needed at byte {self.pos}, {self.left} remain")
     data = self.f.read(n)
     if len(data) != n:
@@ -297,6 +303,8 @@ class _Source:
     line = self.f.readline(min(self.left, _MAX_LINE))
     self.left -= len(line)
     if not line.endswith(b"\n"):
+      if self.capped and not self.left:
+        raise _error(self.what, f"the pickles run past MAX_PICKLE_BYTES={MAX_PICKLE_BYTES} bytes")
       raise _error(self.what, f"unterminated or over-long ({len(line)} bytes) text argument in the {self.part}")
     return line[:-1]
 
@@ -358,7 +366,7 @@ class _PickleMachine:
     except KeyError as e:
       raise self.fail(f"malformed pickle: memo entry {e} is missing") from None
     except (ValueError, TypeError, OverflowError, UnicodeError, struct.error) as e:
-      raise self.fail(f"malformed pickle ({type(e).__name__}: {e})") from None
+      raise self.fail(f"malformed pickle ({type(e).__name__}: {str(e)[:200]})") from None
 
   # Helpers.
   def pop_mark(self) -> list[Any]:
@@ -418,10 +426,15 @@ class _PickleMachine:
     if not isinstance(args, tuple):
       raise self.fail(f"malformed pickle: arguments of {func.name} are a {type(args).__name__}, not a tuple")
     name = func.name
-    if name == _ORDERED_DICT:
-      if args:
-        raise self.fail("OrderedDict called with arguments (torch.save never does this)")
-      return collections.OrderedDict()
+    if name == _ORDERED_DICT:  # OrderedDict() (Python 3), or OrderedDict([[key, value], ...]) (Python 2 pickles)
+      out = collections.OrderedDict()
+      if len(args) > 1 or (args and not isinstance(args[0], (list, tuple))):
+        raise self.fail("OrderedDict takes at most one list of (key, value) pairs")
+      for pair in args[0] if args else ():
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+          raise self.fail("OrderedDict takes (key, value) pairs")
+        out[_check_key(pair[0], self.what)] = pair[1]
+      return out
     if name == _TORCH_SIZE:
       if len(args) != 1:
         raise self.fail("torch.Size takes one tuple of ints")
@@ -431,8 +444,9 @@ class _PickleMachine:
         raise self.fail(f"{name} needs a tensor as its first argument")
       return args[0]
     if name == _REBUILD_FROM_TYPE:  # (func, new_type, args, state): tensor subclasses become plain arrays
-      if len(args) != 4 or not isinstance(args[1], _Marker) or args[1].name not in _TYPE_MARKERS:
-        raise self.fail(f"{name} needs (function, torch.Tensor or Parameter, arguments, state)")
+      if (len(args) != 4 or not isinstance(args[1], _Marker) or args[1].name not in _TYPE_MARKERS
+          or not isinstance(args[0], _Marker) or args[0].name == _REBUILD_FROM_TYPE):
+        raise self.fail(f"{name} needs (a tensor-rebuilding function, torch.Tensor or Parameter, arguments, state)")
       return self.call(args[0], args[2])
     # _rebuild_tensor (storage, offset, size, stride), _v2 (... requires_grad, hooks[, metadata]),
     # _v3 (... requires_grad, hooks, dtype[, metadata]).
@@ -494,8 +508,6 @@ def _op_table() -> dict[bytes, Callable[[_PickleMachine], Any]]:
     data = m.src.readline()
     if len(data) < 2 or data[0] != data[-1] or data[:1] not in (b"'", b'"'):
       raise m.fail("malformed pickle: STRING argument is not quoted")
-    import codecs  # pylint: disable=import-outside-toplevel
-
     m.push(m.decode_py2(codecs.escape_decode(data[1:-1])[0]))
 
   def dict_from(m, items):
@@ -819,13 +831,16 @@ def _tensor_paths(root: Any, what: str, ops: int) -> list[tuple[str, _Tensor]]:
   return out
 
 
-def _materialize(tensor: _Tensor, buffer: bytearray, alone: bool, big_endian: bool, what: str) -> np.ndarray:
+def _materialize(tensor: _Tensor, buffer: bytearray, alone: bool, big_endian: bool, what: str,
+                 budget: list[int]) -> np.ndarray:
   """The array of ``tensor`` over its storage's ``buffer``.
 
   A C-contiguous tensor alone on its storage is returned without a copy; a
   tensor that overlaps itself (more elements than bytes covered: stride 0) as a
-  read-only strided view; any other as a contiguous copy, which is never larger
-  than the bytes it covers.
+  read-only strided view; any other as a contiguous copy (never larger than the
+  bytes it covers) while the storage's copy budget (``budget[0]`` bytes, twice
+  the storage) lasts, then as a read-only view: many distinct tensors over one
+  storage cannot multiply it.
   """
   size, dtype, stride = tensor.size, tensor.dtype, tensor.stride
   numel = math.prod(size)
@@ -850,6 +865,13 @@ def _materialize(tensor: _Tensor, buffer: bytearray, alone: bool, big_endian: bo
       kind = "big-endian" if big_endian else "complex32"
       raise _error(what, f"a {kind} tensor of size {size} with overlapping strides {stride} cannot be read as a view")
     return view
+  cost = numel * item
+  if cost > budget[0]:
+    if big_endian or dtype is _COMPLEX32:
+      raise _error(what, f"the tensors over storage {tensor.storage.key[:40]} would need copies of more than twice "
+                   "its size")
+    return view
+  budget[0] -= cost
   out = np.array(view, order="C")
   if big_endian:
     out = out.byteswap()
@@ -878,8 +900,9 @@ def _finish(root: Any, reader: _TorchReader, read_storages: Callable[[list[_Stor
   arrays: dict[int, np.ndarray] = {}
   for storage, buffer in read_storages(needed):
     tensors = by_storage[id(storage)]
+    budget = [2 * len(buffer)]
     for t in tensors:
-      arrays[id(t)] = _materialize(t, buffer, len(tensors) == 1, big_endian, what)
+      arrays[id(t)] = _materialize(t, buffer, len(tensors) == 1, big_endian, what, budget)
   return {name: arrays[id(t)] for name, t in paths}
 
 
@@ -972,7 +995,7 @@ def _read_torch_zip(path: pathlib.Path, what: str) -> dict[str, np.ndarray]:
 def _read_torch_legacy(path: pathlib.Path, what: str) -> dict[str, np.ndarray]:
   file_size = path.stat().st_size
   with open(path, "rb") as f:
-    source = _Source(f, file_size, what, "file")
+    source = _Source(f, min(file_size, MAX_PICKLE_BYTES), what, "file", capped=file_size > MAX_PICKLE_BYTES)
     reader = _TorchReader(what, legacy=True)
     magic = reader.run(source)
     if type(magic) is not int or magic != _LEGACY_MAGIC:
@@ -987,6 +1010,7 @@ def _read_torch_legacy(path: pathlib.Path, what: str) -> dict[str, np.ndarray]:
     keys = reader.run(source)
     if not isinstance(keys, list):
       raise _error(what, "corrupt storage key list")
+    data = _Source(f, file_size - source.pos, what, "storage data")
 
     def read_storages(storages: list[_Storage]):
       # The data follow in key-list order: an 8-byte element count, then the bytes. Check every header,
@@ -1001,11 +1025,11 @@ def _read_torch_legacy(path: pathlib.Path, what: str) -> dict[str, np.ndarray]:
         if key in done:
           raise _error(what, f"storage key {key[:40]!r} is listed twice")
         done.add(key)
-        numel = int.from_bytes(source.read(8), "little")
+        numel = int.from_bytes(data.read(8), "little")
         unit = storage.dtype.itemsize if storage.dtype is not None else 1
         if numel * unit != storage.nbytes:
           raise _error(what, f"storage {key[:40]} has {numel} elements, the pickle says {storage.nbytes // unit}")
-        if storage.nbytes > source.left:
+        if storage.nbytes > data.left:
           raise _error(what, f"storage {key[:40]} of {storage.nbytes} bytes runs past the end of the file (truncated)")
         if id(storage) in wanted:
           buffer = bytearray(storage.needed)
@@ -1016,7 +1040,7 @@ def _read_torch_legacy(path: pathlib.Path, what: str) -> dict[str, np.ndarray]:
           wanted.discard(id(storage))
         else:
           f.seek(storage.nbytes, os.SEEK_CUR)
-        source.left -= storage.nbytes
+        data.left -= storage.nbytes
       if wanted:
         raise _error(what, f"the data of {len(wanted)} storage(s) are missing (truncated)")
 
@@ -1036,6 +1060,7 @@ def _read_safetensors(path: pathlib.Path, what: str) -> dict[str, np.ndarray]:
     hint = " (truncated)" if "incomplete" in message or "too small" in message else ""
     raise _error(what, f"invalid safetensors file{hint}: {message}") from None
   out = {}
+  file_size = path.stat().st_size
   with open(path, "rb") as f:
     size = int.from_bytes(f.read(8), "little")
     header = json.loads(f.read(size))
@@ -1047,9 +1072,12 @@ def _read_safetensors(path: pathlib.Path, what: str) -> dict[str, np.ndarray]:
         raise _error(what, f"tensor {name!r} has the safetensors dtype {info['dtype']}, which has no NumPy "
                      f"equivalent here; supported: {', '.join(_SAFETENSORS_DTYPES)}")
       begin, end = info["data_offsets"]
+      if not 0 <= begin <= end <= file_size - 8 - size:  # validated above; re-checked in case the file changed
+        raise _error(what, f"tensor {name!r} bytes [{begin}, {end}) lie outside the file")
       buffer = bytearray(end - begin)
       f.seek(8 + size + begin)
-      f.readinto(buffer)
+      if f.readinto(buffer) != end - begin:
+        raise _error(what, f"tensor {name!r} is truncated")
       out[name] = np.frombuffer(buffer, dtype).reshape(info["shape"])
   return out
 
@@ -1116,7 +1144,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
   Arrays are C-contiguous and writable, except tensors whose strides make them
   larger than the bytes they cover (stride 0, as ``torch.expand`` makes):
   those are read-only strided views (``np.broadcast_to``-like), never copied to
-  their logical size. dtypes: float16/32/64, bfloat16 and float8 (as
+  their logical size. Likewise, once the tensors over one storage have been
+  copied to twice its size (only a hostile file gets there: a state dict's
+  tensors partition their storages), the rest are read-only views of it. dtypes: float16/32/64, bfloat16 and float8 (as
   ``ml_dtypes`` types), signed and unsigned 8 to 64-bit integers, bool,
   complex64/128, and complex32 (returned as complex64, exactly); quantized,
   4-bit and sub-byte dtypes raise `CheckpointError` saying so.
