@@ -1,16 +1,18 @@
 """adaptgrad-jax: AdaptGrad and other gradient-smoothing explanations as JAX transforms.
 
 The core is a handful of function transforms in the style of ``jax.grad``:
-``adapt_smooth(jax.grad(f), c, n)`` returns ``smoothed(key, x)``.
+``adapt_smooth(jax.grad(f), c, n, bounds=(x_min, x_max))`` returns
+``smoothed(key, x)``.
 """
 
 from adaptgrad_jax._attribution import completeness_gap as completeness_gap
-from adaptgrad_jax._attribution import explain_batch as explain_batch
 from adaptgrad_jax._attribution import gradient_x_input as gradient_x_input
 from adaptgrad_jax._attribution import integrated_gradients as integrated_gradients
-from adaptgrad_jax._attribution import is_stochastic as is_stochastic
 from adaptgrad_jax._bounds import check_bounds as check_bounds
-from adaptgrad_jax._noisegrad import fusion_grad as fusion_grad
+from adaptgrad_jax._memory import AutoBatchSize as AutoBatchSize
+from adaptgrad_jax._monte_carlo import Estimate as Estimate
+from adaptgrad_jax._monte_carlo import relative_error as relative_error
+from adaptgrad_jax._memory import auto_batch_size as auto_batch_size
 from adaptgrad_jax._noisegrad import noise_grad as noise_grad
 from adaptgrad_jax._sigma import OutOfRange as OutOfRange
 from adaptgrad_jax._sigma import adaptive_sigma as adaptive_sigma
@@ -20,24 +22,22 @@ from adaptgrad_jax._sigma import smoothgrad_sigma as smoothgrad_sigma
 from adaptgrad_jax._smoothing import adapt_smooth as adapt_smooth
 from adaptgrad_jax._smoothing import gaussian_smooth as gaussian_smooth
 from adaptgrad_jax._smoothing import smooth_grad as smooth_grad
-from adaptgrad_jax._strategy import AutoBatchSize as AutoBatchSize
-from adaptgrad_jax._strategy import auto_batch_size as auto_batch_size
-from adaptgrad_jax._strategy import cpu_compiler_options as cpu_compiler_options
-from adaptgrad_jax._strategy import rewrite_convolutions as rewrite_convolutions
+from adaptgrad_jax._wrapping import is_stochastic as is_stochastic
+from adaptgrad_jax._wrapping import stochastic as stochastic
+from adaptgrad_jax import cpu as cpu
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = (
     "AutoBatchSize",
+    "Estimate",
     "OutOfRange",
     "adapt_smooth",
     "adaptive_sigma",
     "auto_batch_size",
     "check_bounds",
+    "cpu",
     "completeness_gap",
-    "cpu_compiler_options",
-    "explain_batch",
-    "fusion_grad",
     "gaussian_smooth",
     "gradient_x_input",
     "inherent_noise",
@@ -45,7 +45,8 @@ __all__ = (
     "is_stochastic",
     "noise_grad",
     "out_of_range_rate",
-    "rewrite_convolutions",
+    "relative_error",
     "smooth_grad",
     "smoothgrad_sigma",
+    "stochastic",
 )

@@ -1,40 +1,27 @@
 """Gradient x Input and Integrated Gradients as transforms of a gradient function.
 
 Both take a gradient function and return a function, so they compose with the
-smoothing transforms: ``integrated_gradients(adapt_smooth(jax.grad(f)))`` is
-A-IG and ``gradient_x_input(smooth_grad(jax.grad(f)))`` is S-GI (Zhou et al.,
-Section 5.1.3).
-
-The calling convention, shared by every transform of the package:
-
-* a *stochastic* function takes a PRNG key first, ``fn(key, *args)``; the
-  smoothing transforms and :func:`noise_grad` return one;
-* a *deterministic* transform keeps the signature of the function it wraps:
-  ``gradient_x_input(jax.grad(f))`` is called as ``gi(x)``;
-* a deterministic transform of a stochastic function is stochastic:
-  ``integrated_gradients(adapt_smooth(g))`` is called as ``ig(key, x)``.
-
-Whether a function is stochastic is read from its signature: its first
-parameter is named ``key`` (what :func:`adapt_smooth` and friends set). Pass
-``stochastic=True`` or ``False`` to override the detection, e.g. for your own
-``lambda rng, x: ...``. ``argnums`` always counts the arguments *after* the
-key, as in :func:`adapt_smooth`.
+smoothing transforms: ``integrated_gradients(adapt_smooth(jax.grad(f), bounds=b))``
+is A-IG and ``gradient_x_input(smooth_grad(jax.grad(f), bounds=b))`` is S-GI
+(Zhou et al., Section 5.1.3). A deterministic transform of a stochastic
+function is stochastic; the rule is in ``adaptgrad_jax._wrapping``.
 """
 
-import functools
-import inspect
 from typing import Any, Callable, Literal, Optional, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adaptgrad_jax import _sigma
-from adaptgrad_jax._bounds import broadcast_bounds, validate_bounds
-from adaptgrad_jax._smoothing import map_samples, replace_arg
-from adaptgrad_jax._smoothing import validate_batch_size, validate_count
-from adaptgrad_jax._smoothing import validate_grad_fn
+from adaptgrad_jax import _memory
+from adaptgrad_jax import _monte_carlo
+from adaptgrad_jax import cpu
+from adaptgrad_jax._bounds import broadcast_bounds, require_bounds, validate_bounds
+from adaptgrad_jax._noise import check_key
+from adaptgrad_jax._pytree import broadcast_like, check_same_shapes, compute_dtype, replace_arg
 from adaptgrad_jax._typing import Bounds, GradFn, KeyArray, PyTree
+from adaptgrad_jax._wrapping import is_stochastic, resolve_stochastic, split_key_args
+from adaptgrad_jax._wrapping import validate_argnums, validate_count, wrap
 
 IGMethod = Literal[
     "riemann_left",
@@ -54,128 +41,6 @@ Baseline = Union[float, jax.typing.ArrayLike, PyTree, str, Callable[[PyTree], Py
 BASELINE_NAMES = ("black", "white")
 
 
-# ----------------------------------------------------------------------------
-# The calling convention: stochastic (leading key) or deterministic.
-
-
-def is_stochastic(fn: Callable[..., Any]) -> bool:
-  """True if ``fn``'s first parameter is named ``key``: ``fn(key, *args)``.
-
-  This is the signature :func:`adapt_smooth`, :func:`smooth_grad`,
-  :func:`noise_grad` and the transforms of this module give the functions
-  they return; ``jax.jit`` of such a function keeps it.
-
-  Example:
-    >>> import adaptgrad_jax as ag
-    >>> g = jax.grad(lambda x: jnp.sum(x ** 2))
-    >>> ag.is_stochastic(g), ag.is_stochastic(ag.smooth_grad(g))
-    (False, True)
-  """
-  try:
-    params = list(inspect.signature(fn).parameters.values())
-  except (TypeError, ValueError):
-    return False
-  return bool(params) and params[0].name == "key" and params[0].kind in (
-      inspect.Parameter.POSITIONAL_ONLY,
-      inspect.Parameter.POSITIONAL_OR_KEYWORD,
-  )
-
-
-def resolve_stochastic(fn: Callable[..., Any], stochastic: Optional[bool]) -> bool:
-  """``stochastic`` if given (a bool), else :func:`is_stochastic` of ``fn``."""
-  if stochastic is None:
-    return is_stochastic(fn)
-  if not isinstance(stochastic, (bool, np.bool_)):
-    raise TypeError(
-        f"stochastic={stochastic!r} must be None (read it from the signature:"
-        " a first parameter named 'key'), True (grad_fn is called as"
-        " grad_fn(key, *args)) or False."
-    )
-  return bool(stochastic)
-
-
-def validate_argnums(grad_fn, argnums, stochastic: bool, name: str = "grad_fn") -> int:
-  """Checks ``argnums`` (counted after the key for a stochastic ``grad_fn``)."""
-  if isinstance(argnums, bool) or not isinstance(argnums, (int, np.integer)) or argnums < 0:
-    raise ValueError(
-        f"argnums={argnums!r} must be a non-negative int: the index of the"
-        f" positional argument of {name} (after the key, if it takes one) that"
-        " holds the input (0 for grad_fn(x, ...))."
-    )
-  argnums = int(argnums)
-  try:
-    validate_grad_fn(grad_fn, argnums + int(stochastic), name)
-  except ValueError:
-    where = " after its key" if stochastic else ""
-    raise ValueError(
-        f"argnums={argnums} is out of range: {name} has no positional argument"
-        f" {argnums}{where}. argnums counts the arguments after the key, as in"
-        " adapt_smooth."
-    ) from None
-  return argnums
-
-
-def _signature(fn: Callable[..., Any], stochastic: bool) -> inspect.Signature:
-  """``fn``'s signature; for a stochastic ``fn`` its first parameter is ``key``."""
-  key = inspect.Parameter("key", inspect.Parameter.POSITIONAL_ONLY)
-  try:
-    signature = inspect.signature(fn)
-  except (TypeError, ValueError):
-    params = [
-        inspect.Parameter("args", inspect.Parameter.VAR_POSITIONAL),
-        inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD),
-    ]
-    return inspect.Signature(([key] if stochastic else []) + params)
-  params = list(signature.parameters.values())
-  if not stochastic or is_stochastic(fn):
-    return signature
-  # stochastic=True overrides a function whose key is named otherwise
-  # (``lambda rng, x: ...``): name it ``key`` so the result is detected.
-  if params and params[0].kind in (
-      inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD
-  ):
-    params = params[1:]
-  params = [p.replace(kind=inspect.Parameter.POSITIONAL_ONLY)
-            if p.kind == inspect.Parameter.POSITIONAL_ONLY else p for p in params]
-  return inspect.Signature([key] + params)
-
-
-def wrap_like(wrapper, wrapped, name: str, stochastic: bool):
-  """Gives ``wrapper`` ``wrapped``'s metadata and signature (key included).
-
-  Unlike ``functools.wraps`` it drops ``__wrapped__`` and sets
-  ``__signature__``, so ``jax.jit`` and :func:`is_stochastic` read the
-  right arguments.
-  """
-  functools.update_wrapper(wrapper, wrapped)
-  del wrapper.__wrapped__
-  wrapper.__signature__ = _signature(wrapped, stochastic)
-  wrapped_name = getattr(wrapped, "__name__", type(wrapped).__name__)
-  wrapper.__name__ = f"{name}({wrapped_name})"
-  wrapper.__qualname__ = wrapper.__name__
-  return wrapper
-
-
-def split_key_args(call_args: tuple, stochastic: bool, argnums: int, name: str):
-  """``(key, args)`` from a call, with a clear error if the input is missing."""
-  if stochastic:
-    if not call_args:
-      raise TypeError(
-          f"{name} wraps a stochastic function: call it as fn(key, x, ...)."
-      )
-    key, args = call_args[0], call_args[1:]
-  else:
-    key, args = None, call_args
-  if len(args) <= argnums:
-    how = "fn(key, x, ...)" if stochastic else "fn(x, ...)"
-    raise TypeError(
-        f"{name} reads the input from positional argument argnums={argnums}"
-        f"{' after the key' if stochastic else ''}, but was called with"
-        f" {len(args)} such argument(s); pass the input positionally: {how}."
-    )
-  return key, args
-
-
 def _structure_error(what: str, grad, x, argnums: int) -> ValueError:
   return ValueError(
       f"{what}: the gradient has tree structure {jax.tree.structure(grad)} but"
@@ -188,10 +53,11 @@ def _structure_error(what: str, grad, x, argnums: int) -> ValueError:
 def _multiply(grad: PyTree, x: PyTree, argnums: int, what: str) -> PyTree:
   if jax.tree.structure(grad) != jax.tree.structure(x):
     raise _structure_error(what, grad, x, argnums)
+  check_same_shapes(grad, x, f"{what}: the gradient")
 
   def times(g, leaf):
     g = jnp.asarray(g)
-    dtype = _sigma.compute_dtype(g.dtype)
+    dtype = compute_dtype(g.dtype)
     return (g.astype(dtype) * jnp.asarray(leaf).astype(dtype)).astype(g.dtype)
 
   return jax.tree.map(times, grad, x)
@@ -223,8 +89,8 @@ def gradient_x_input(
     argnums: the positional argument (after the key, if any) that is the
       input; ``grad_fn`` must return the gradient with respect to it, with the
       same tree structure.
-    stochastic: whether ``grad_fn`` takes a leading key; None reads it from the
-      signature (see :func:`is_stochastic`).
+    stochastic: whether ``grad_fn`` takes a leading key; None uses its mark
+      (see :func:`is_stochastic`: the library's transforms set it).
 
   Returns:
     A function with ``grad_fn``'s signature (key included if it has one)
@@ -252,11 +118,13 @@ def gradient_x_input(
   name = "gradient_x_input"
 
   def gi(*call_args, **kwargs):
-    _, args = split_key_args(call_args, stochastic, argnums, name)
+    key, args = split_key_args(call_args, stochastic, argnums, name)
+    if stochastic:
+      check_key(key)
     grad = grad_fn(*call_args, **kwargs)
     return _multiply(grad, args[argnums], argnums, name)
 
-  return wrap_like(gi, grad_fn, name, stochastic)
+  return wrap(gi, grad_fn, name, is_stochastic_result=stochastic, adds_key=False)
 
 
 # ----------------------------------------------------------------------------
@@ -321,7 +189,8 @@ def validate_baseline(baseline, bounds) -> tuple[Any, Any]:
           " lower bound of `bounds`) or 'white' (the upper bound), a number,"
           " an array, or a callable of x."
       )
-    return baseline, validate_bounds((0.0, 1.0) if bounds is None else bounds)
+    return baseline, require_bounds(
+        bounds, f"baseline={baseline!r}", why=f"{baseline!r} is the {'lower' if baseline == 'black' else 'upper'} bound")
   if bounds is not None:
     bounds = validate_bounds(bounds)
   if callable(baseline):
@@ -350,7 +219,6 @@ def validate_baseline(baseline, bounds) -> tuple[Any, Any]:
 
 def resolve_baseline(baseline, x: PyTree, bounds) -> PyTree:
   """The baseline as a pytree with ``x``'s structure, shapes and dtypes."""
-  structure = jax.tree.structure(x)
   if isinstance(baseline, str):
     lower, upper = broadcast_bounds(x, bounds)
     value = lower if baseline == "black" else upper
@@ -361,15 +229,7 @@ def resolve_baseline(baseline, x: PyTree, bounds) -> PyTree:
   else:
     value = baseline
     what = "baseline"
-  value_structure = jax.tree.structure(value)
-  if value_structure != structure:
-    if value_structure.num_leaves != 1:
-      raise ValueError(
-          f"{what} has tree structure {value_structure}, which matches neither"
-          f" a single array nor the input's {structure}; pass one array (used"
-          " for every leaf) or a pytree like the input."
-      )
-    value = jax.tree.unflatten(structure, jax.tree.leaves(value) * structure.num_leaves)
+  value = broadcast_like(value, x, what)
 
   def fit(b, leaf):
     b, leaf = jnp.asarray(b), jnp.asarray(leaf)
@@ -395,9 +255,10 @@ def integrated_gradients(
     baseline: Baseline = 0.0,
     method: IGMethod = "riemann_trapezoid",
     bounds: Optional[Bounds] = None,
-    batch_size: Optional[int] = None,
+    batch_size: Any = None,
     argnums: int = 0,
     stochastic: Optional[bool] = None,
+    cpu_rewrite: Optional[bool] = None,
 ) -> Callable[..., Any]:
   r"""Integrated Gradients: the gradient integrated along a straight path.
 
@@ -434,17 +295,19 @@ def integrated_gradients(
       ``"riemann_right"``, ``"riemann_middle"`` or ``"gauss_legendre"``
       (Gauss-Legendre nodes on [0, 1], computed once at build time; the most
       accurate for smooth models). See :func:`quadrature`.
-    bounds: ``(x_min, x_max)`` for the named baselines, each a scalar, a
-      per-channel array or a pytree like the input; default ``(0.0, 1.0)``.
-      Unused by other baselines.
+    bounds: ``(x_min, x_max)``, required by the named baselines (no default:
+      ``(0.0, 1.0)`` for images in [0, 1], ``models.IMAGENET_BOUNDS`` after
+      ImageNet normalisation); each a scalar, a per-channel array or a pytree
+      like the input. Unused by other baselines.
     batch_size: evaluate this many path points at a time (bounded memory);
       None evaluates all ``n_steps`` in one ``jax.vmap``; ``"auto"`` picks
       the largest chunk that fits the memory budget, as in
       :func:`adapt_smooth`. The result does not depend on it.
+    cpu_rewrite: the CPU switch (:mod:`adaptgrad_jax.cpu`).
     argnums: the positional argument (after the key, if any) holding the
       input; ``grad_fn`` must return the gradient with respect to it.
-    stochastic: whether ``grad_fn`` takes a leading key; None reads it from
-      the signature (see :func:`is_stochastic`).
+    stochastic: whether ``grad_fn`` takes a leading key; None uses its mark
+      (see :func:`is_stochastic`).
 
   Returns:
     ``ig(*args)`` with ``grad_fn``'s signature (``ig(key, *args)`` if
@@ -465,7 +328,8 @@ def integrated_gradients(
     >>> ig(x).round(4)  # x_i^3: exact for a polynomial, up to rounding
     Array([1., 8.], dtype=float32)
     >>> a_ig = jax.jit(ag.integrated_gradients(
-    ...     ag.adapt_smooth(jax.grad(f), 0.95, 4), 8, baseline="black"))
+    ...     ag.adapt_smooth(jax.grad(f), 0.95, 4, bounds=(0.0, 1.0)), 8,
+    ...     baseline="black", bounds=(0.0, 1.0)))
     >>> a_ig(jax.random.key(0), jnp.array([0.5, 0.25])).shape
     (2,)
 
@@ -479,19 +343,22 @@ def integrated_gradients(
   n_steps = validate_count(
       n_steps, "n_steps",
       "it is the number of points on the path from the baseline to x (Captum"
-      " uses 50).",
+      " uses 50).", maximum=_monte_carlo.MAX_SAMPLES,
   )
   method = _validate_method(method, n_steps)
   baseline, bounds = validate_baseline(baseline, bounds)
-  batch_size = validate_batch_size(batch_size)
+  batch_size = _memory.validate_batch_size(batch_size)
+  cpu_rewrite = cpu.validate_switch(cpu_rewrite)
   alphas, weights = quadrature(method, n_steps)
   name = "integrated_gradients"
 
   def ig(*call_args, **kwargs):
     key, args = split_key_args(call_args, stochastic, argnums, name)
+    if stochastic:
+      check_key(key)
     x = args[argnums]
     base = resolve_baseline(baseline, x, bounds)
-    compute = jax.tree.map(lambda leaf: _sigma.compute_dtype(jnp.asarray(leaf).dtype), x)
+    compute = jax.tree.map(lambda leaf: compute_dtype(jnp.asarray(leaf).dtype), x)
     base_c = jax.tree.map(lambda b, d: b.astype(d), base, compute)
     diff = jax.tree.map(lambda leaf, b, d: jnp.asarray(leaf).astype(d) - b, x, base_c, compute)
     alpha_table = jnp.asarray(alphas, jnp.float32)
@@ -508,27 +375,24 @@ def integrated_gradients(
         return grad_fn(jax.random.fold_in(key, step), *new_args, **kwargs)
       return grad_fn(*new_args, **kwargs)
 
+    grad_like = []  # the gradient's shapes and dtypes, recorded while tracing
+
     def weighted(step):
       grad = gradient_at(step)
+      if jax.tree.structure(grad) != jax.tree.structure(x):
+        raise _structure_error(name, grad, x, argnums)
+      check_same_shapes(grad, x, f"{name}: the gradient")
+      grad_like.append(jax.tree.map(lambda g: jax.ShapeDtypeStruct(jnp.shape(g), jnp.result_type(g)), grad))
       w = weight_table[step]
-      return jax.tree.map(
-          lambda g: w.astype(_sigma.compute_dtype(g.dtype)) * g.astype(_sigma.compute_dtype(g.dtype)),
-          grad,
-      ), None
+      return jax.tree.map(lambda g: (w.astype(compute_dtype(g.dtype)) * g.astype(compute_dtype(g.dtype)))[None],
+                          grad), None
 
-    steps = jnp.arange(n_steps, dtype=jnp.int32)
-    like = jax.eval_shape(gradient_at, steps[0])
-    if jax.tree.structure(like) != jax.tree.structure(x):
-      raise _structure_error(name, like, x, argnums)
-    total, _ = map_samples(
-        weighted, steps, batch_size,
-        lambda values: jax.tree.map(lambda v: jnp.sum(v, axis=0), values),
-    )
-    return jax.tree.map(
-        lambda s, dx, g: (s * dx.astype(s.dtype)).astype(g.dtype), total, diff, like
-    )
+    sums = _monte_carlo.sample_sums(weighted, jnp.arange(n_steps, dtype=jnp.int32), batch_size=batch_size,
+                                    names=("m1",), cpu_rewrite=cpu_rewrite)
+    total = jax.tree.map(lambda m: m * n_steps, sums.sums["m1"])  # the mean over steps times their count
+    return jax.tree.map(lambda s, dx, g: (s * dx.astype(s.dtype)).astype(g.dtype), total, diff, grad_like[0])
 
-  return wrap_like(ig, grad_fn, name, stochastic)
+  return wrap(ig, grad_fn, name, is_stochastic_result=stochastic, adds_key=False)
 
 
 def completeness_gap(
@@ -557,8 +421,7 @@ def completeness_gap(
     x: the input.
     baseline: the baseline the attributions used, in any form
       :func:`integrated_gradients` accepts.
-    bounds: ``(x_min, x_max)`` for ``baseline="black"`` / ``"white"``;
-      default ``(0.0, 1.0)``.
+    bounds: ``(x_min, x_max)``, required for ``baseline="black"`` / ``"white"``.
     key: the key for a stochastic IG function.
 
   Returns:
@@ -585,81 +448,7 @@ def completeness_gap(
       attributions = attributions(x)
   base = resolve_baseline(baseline, x, bounds)
   total = sum(
-      jnp.sum(jnp.asarray(a).astype(_sigma.compute_dtype(jnp.asarray(a).dtype)))
+      jnp.sum(jnp.asarray(a).astype(compute_dtype(jnp.asarray(a).dtype)))
       for a in jax.tree.leaves(attributions)
   )
   return total - (f(x) - f(base))
-
-
-# ----------------------------------------------------------------------------
-# Batches.
-
-
-def explain_batch(
-    explainer: Callable[..., Any],
-    key: Optional[KeyArray],
-    xs: PyTree,
-    targets: Optional[jax.typing.ArrayLike] = None,
-    *,
-    shared: tuple = (),
-    stochastic: Optional[bool] = None,
-) -> Any:
-  """Applies a one-example explainer to a batch, one key per example.
-
-  Every transform here explains ONE example (no batch dimension). This is
-  the ``jax.vmap`` recipe for a batch: example ``i`` is explained by
-  ``explainer(keys[i], xs[i], *shared, targets[i])`` with ``keys =
-  jax.random.split(key, len(xs))`` (no key for a deterministic explainer,
-  whose ``key`` argument is ignored and may be None). ``shared`` arguments
-  (e.g. the model parameters for NoiseGrad) are the same for every example;
-  ``targets`` (e.g. from ``flax_adapters.resolve_targets``) go last.
-
-  Args:
-    explainer: e.g. ``jax.jit(ag.adapt_smooth(jax.grad(f)))`` with
-      ``f(x, target)``.
-    key: a PRNG key for a stochastic explainer, else None.
-    xs: a batch (leading axis) or a pytree of batches.
-    targets: per-example targets (leading axis), or None if the explainer
-      takes none.
-    shared: positional arguments passed unbatched, between x and the target.
-    stochastic: whether the explainer takes a key; None reads its signature.
-
-  Returns:
-    The explanations, stacked along a leading batch axis.
-
-  Example:
-    >>> import adaptgrad_jax as ag
-    >>> f = lambda x, t: jnp.sin(x)[t]
-    >>> explain = ag.smooth_grad(jax.grad(f), 0.1, 8)
-    >>> xs, ts = jnp.zeros((4, 3)), jnp.array([0, 1, 2, 0])
-    >>> batched = jax.jit(lambda key, xs, ts: ag.explain_batch(explain, key, xs, ts))
-    >>> batched(jax.random.key(0), xs, ts).shape
-    (4, 3)
-  """
-  if not callable(explainer):
-    raise TypeError(f"explainer={explainer!r} is not callable.")
-  stochastic = resolve_stochastic(explainer, stochastic)
-  if not isinstance(shared, tuple):
-    raise TypeError(f"shared={shared!r} must be a tuple of positional arguments.")
-  leaves = jax.tree.leaves(xs)
-  if not leaves:
-    raise ValueError("xs has no arrays; pass a batch with a leading axis.")
-  size = jnp.shape(leaves[0])[0] if jnp.ndim(leaves[0]) else None
-  if size is None:
-    raise ValueError(f"xs has shape {jnp.shape(leaves[0])}; it needs a leading batch axis.")
-  if targets is not None and jnp.shape(targets)[:1] != (size,):
-    raise ValueError(
-        f"targets has shape {jnp.shape(targets)} but xs has {size} examples;"
-        " pass one target per example (e.g. flax_adapters.resolve_targets)."
-    )
-
-  def one(k, x, t):
-    args = (x,) + shared + (() if t is None else (t,))
-    return explainer(k, *args) if stochastic else explainer(*args)
-
-  if stochastic:
-    if key is None:
-      raise TypeError("the explainer is stochastic: pass a PRNG key, e.g. jax.random.key(0).")
-    keys = jax.random.split(key, size)
-    return jax.vmap(one, in_axes=(0, 0, None if targets is None else 0))(keys, xs, targets)
-  return jax.vmap(lambda x, t: one(None, x, t), in_axes=(0, None if targets is None else 0))(xs, targets)

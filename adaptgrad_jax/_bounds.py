@@ -6,7 +6,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adaptgrad_jax._pytree import broadcast_like
 from adaptgrad_jax._typing import Bounds, PyTree
+
+
+def require_bounds(bounds: Bounds, where: str, *, sigma_ok: bool = False,
+                   why: str = "the noise scale depends on it") -> tuple[Any, Any]:
+  """``validate_bounds`` for a transform whose noise scale depends on the data range: no default.
+
+  Raises:
+    TypeError: if ``bounds`` is None, explaining the convention.
+  """
+  if bounds is None:
+    alternative = " (or an absolute sigma=...)" if sigma_ok else ""
+    raise TypeError(
+        f"{where} needs bounds=(x_min, x_max){alternative}: the range of the"
+        f" data as the model sees it, after normalisation, because {why}. Use"
+        " bounds=(0.0, 1.0) for inputs in [0, 1] and"
+        " bounds=adaptgrad_jax.models.IMAGENET_BOUNDS for torchvision's"
+        " ImageNet normalisation ((0 - mean) / std, (1 - mean) / std per"
+        " channel). There is no default: a wrong range silently gives a wrong"
+        " result."
+    )
+  return validate_bounds(bounds)
 
 
 def validate_bounds(bounds: Bounds, name: str = "bounds") -> tuple[Any, Any]:
@@ -52,28 +74,12 @@ def validate_bounds(bounds: Bounds, name: str = "bounds") -> tuple[Any, Any]:
 
 
 def broadcast_bounds(x: PyTree, bounds: Bounds) -> tuple[PyTree, PyTree]:
-  """Returns ``(lower, upper)`` as pytrees with ``x``'s structure.
-
-  Each of ``lower`` and ``upper`` may be a scalar or array (used for every
-  leaf of ``x``) or a pytree with the structure of ``x``.
-  """
+  """Returns ``(lower, upper)`` as pytrees with ``x``'s structure (one array is used for every leaf)."""
   lower, upper = bounds
-  structure = jax.tree.structure(x)
-
-  def expand(b, which):
-    if jax.tree.structure(b) == structure:
-      return b
-    if jax.tree.structure(b).num_leaves == 1:
-      return jax.tree.unflatten(structure, [b] * structure.num_leaves)
-    raise ValueError(
-        f"bounds: the {which} bound has tree structure {jax.tree.structure(b)},"
-        f" which matches neither a single array nor the input's {structure}."
-    )
-
-  return expand(lower, "lower"), expand(upper, "upper")
+  return broadcast_like(lower, x, "the lower bound"), broadcast_like(upper, x, "the upper bound")
 
 
-def check_bounds(x: PyTree, bounds: Bounds = (0.0, 1.0)) -> None:
+def check_bounds(x: PyTree, bounds: Bounds) -> None:
   """Raises if any element of ``x`` lies outside ``bounds``; call it eagerly.
 
   The smoothing transforms give an element outside its bounds no noise at all
@@ -92,7 +98,7 @@ def check_bounds(x: PyTree, bounds: Bounds = (0.0, 1.0)) -> None:
     >>> import adaptgrad_jax as ag
     >>> ag.check_bounds(jnp.array([0.0, 0.5, 1.0]), (0.0, 1.0))
   """
-  lower, upper = broadcast_bounds(x, validate_bounds(bounds))
+  lower, upper = broadcast_bounds(x, require_bounds(bounds, "check_bounds"))
   total = 0
   seen_lo, seen_hi = np.inf, -np.inf
   for leaf, lo, hi in zip(

@@ -1,10 +1,10 @@
-"""NoiseGrad and FusionGrad: smoothing by multiplicative noise on the model parameters.
+"""NoiseGrad: smoothing by multiplicative noise on the model parameters.
 
 NoiseGrad (Bykov et al., AAAI 2022) perturbs the *model* instead of the
 input: every parameter is multiplied by noise drawn from ``N(1, sigma^2)``
 and the explanations of the perturbed models are averaged. FusionGrad adds
-input noise too (NoiseGrad over SmoothGrad); with AdaptGrad as the input
-smoother it is the AdaptGrad paper's A-NG (Zhou et al., Section 5.1.3).
+input noise too: it is ``noise_grad`` of ``smooth_grad`` (S-NG), and of
+``adapt_smooth`` the AdaptGrad paper's A-NG (Zhou et al., Section 5.1.3).
 
 The gradient function takes the parameters as a positional argument, e.g.
 ``grad_fn = jax.grad(lambda x, params: apply(params, x)[target])`` with
@@ -17,15 +17,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adaptgrad_jax import _sigma
-from adaptgrad_jax import _smoothing
-from adaptgrad_jax import _strategy
-from adaptgrad_jax._attribution import resolve_stochastic, split_key_args
-from adaptgrad_jax._attribution import validate_argnums, wrap_like
-from adaptgrad_jax._smoothing import map_samples, replace_arg
-from adaptgrad_jax._smoothing import validate_aggregate, validate_batch_size
-from adaptgrad_jax._smoothing import validate_count, wrap_with_key
+from adaptgrad_jax import _memory
+from adaptgrad_jax import _monte_carlo
+from adaptgrad_jax import cpu
+from adaptgrad_jax._noise import check_key
+from adaptgrad_jax._pytree import compute_dtype, replace_arg
 from adaptgrad_jax._typing import GradFn, PyTree
+from adaptgrad_jax._wrapping import resolve_stochastic, split_key_args, validate_argnums
+from adaptgrad_jax._wrapping import validate_choice, validate_count, validate_flag, validate_number, wrap
 
 Mask = Union[None, PyTree, Callable[[tuple], bool]]
 
@@ -48,7 +47,7 @@ def plain_path(path: tuple) -> tuple:
 
 
 def _path_str(path: tuple) -> str:
-  return "/".join(str(p) for p in path) or "<root>"
+  return jax.tree_util.keystr(path, simple=True, separator="/") or "<root>"
 
 
 def _is_bool(value) -> bool:
@@ -87,7 +86,8 @@ def select_leaves(params: PyTree, mask: Mask) -> list[bool]:
   ``nnx.State``, whose leaves end in ``'value'``).
   """
   with_paths = jax.tree_util.tree_flatten_with_path(params)[0]
-  paths = [plain_path(p) for p, _ in with_paths]
+  key_paths = [p for p, _ in with_paths]
+  paths = [plain_path(p) for p in key_paths]
   leaves = [leaf for _, leaf in with_paths]
   if mask is None:
     return [_is_float(leaf) for leaf in leaves]
@@ -122,13 +122,13 @@ def select_leaves(params: PyTree, mask: Mask) -> list[bool]:
       if unmatched:
         parts.append(
             "parameters with no mask entry: "
-            + ", ".join(_path_str(p) for p in unmatched[:8])
+            + ", ".join("/".join(map(str, p)) for p in unmatched[:8])
             + (" ..." if len(unmatched) > 8 else "")
         )
       if unused:
         parts.append(
             "mask entries matching no parameter: "
-            + ", ".join(_path_str(p) for p in unused[:8])
+            + ", ".join("/".join(map(str, p)) or "<root>" for p in unused[:8])
             + (" ..." if len(unused) > 8 else "")
         )
       raise ValueError(
@@ -138,7 +138,7 @@ def select_leaves(params: PyTree, mask: Mask) -> list[bool]:
           " predicate on the path, e.g. mask=lambda path: path[0] !="
           " 'classifier'."
       )
-  for path, leaf, chosen in zip(paths, leaves, selected):
+  for path, leaf, chosen in zip(key_paths, leaves, selected):
     if chosen and not _is_float(leaf):
       raise TypeError(
           f"mask selects parameter {_path_str(path)} of dtype"
@@ -160,7 +160,7 @@ def perturb_params(key, params: PyTree, sigma, selected: list[bool]) -> PyTree:
   chosen = [jnp.asarray(leaf) for leaf, s in zip(leaves, selected) if s]
   if not chosen:
     return params
-  dtype = jnp.result_type(*[_sigma.compute_dtype(leaf.dtype) for leaf in chosen])
+  dtype = jnp.result_type(*[compute_dtype(leaf.dtype) for leaf in chosen])
   sizes = [leaf.size for leaf in chosen]
   z = jax.random.normal(key, (sum(sizes),), dtype)
   offsets = np.cumsum([0] + sizes)
@@ -179,16 +179,9 @@ def perturb_params(key, params: PyTree, sigma, selected: list[bool]) -> PyTree:
 
 
 def _validate_sigma(sigma) -> Any:
-  if isinstance(sigma, jax.core.Tracer):
-    return sigma
-  try:
-    value = float(sigma)
-  except (TypeError, ValueError):
-    raise TypeError(
-        f"sigma={sigma!r} must be a number >= 0: the standard deviation of the"
-        " multiplicative noise N(1, sigma^2) on the parameters (0.2 by default)."
-    ) from None
-  if not (np.isfinite(value) and value >= 0):
+  value = validate_number(sigma, "sigma", "the standard deviation of the multiplicative noise"
+                          " N(1, sigma^2) on the parameters (0.2 by default).")
+  if isinstance(value, float) and not (np.isfinite(value) and value >= 0):
     raise ValueError(
         f"sigma={sigma!r} must be a finite number >= 0: the standard deviation"
         " of the multiplicative noise N(1, sigma^2) on the parameters; 0 gives"
@@ -208,9 +201,11 @@ def noise_grad(
     sigma: float = 0.2,
     argnums: int = 1,
     mask: Mask = None,
-    batch_size: Optional[int] = None,
-    aggregate: _smoothing.Aggregate = "mean",
+    batch_size: Any = None,
+    aggregate: str = "mean",
     stochastic: Optional[bool] = None,
+    return_stderr: bool = False,
+    cpu_rewrite: Optional[bool] = None,
 ) -> Callable[..., Any]:
   """NoiseGrad: averages explanations over models with noisy parameters.
 
@@ -220,10 +215,11 @@ def noise_grad(
   key first; sample ``j`` uses ``jax.random.split(key, n)[j]``.
 
   If ``grad_fn`` is itself stochastic (``grad_fn(key, *args)``, e.g.
-  ``adapt_smooth(jax.grad(f))``), each parameter sample gets a fresh key for
-  it, split off sample ``j``'s key: ``noise_grad(adapt_smooth(g))`` is the
-  paper's A-NG (FusionGrad with AdaptGrad), ``n * n_inner`` gradient
-  evaluations; see :func:`fusion_grad`.
+  ``adapt_smooth(jax.grad(f), bounds=b)``), each parameter sample gets a
+  fresh key for it, split off sample ``j``'s key: FusionGrad (Bykov et al.),
+  the paper's S-NG, is ``noise_grad(smooth_grad(g, 0.2, n_inner, bounds=b),
+  n)`` and A-NG is ``noise_grad(adapt_smooth(g, 0.95, n_inner, bounds=b),
+  n)``, ``n * n_inner`` gradient evaluations.
 
   Args:
     grad_fn: a gradient function taking the parameters as a positional
@@ -248,8 +244,13 @@ def noise_grad(
       memory budget, as in :func:`adapt_smooth`.
     aggregate: ``"mean"``, ``"mean_sq"`` or ``"var"``, as in
       :func:`adapt_smooth`.
-    stochastic: whether ``grad_fn`` takes a leading key; None reads it from
-      the signature.
+    stochastic: whether ``grad_fn`` takes a leading key; None uses its mark
+      (see :func:`is_stochastic`).
+    return_stderr: return an :class:`Estimate` ``(value, stderr,
+      num_samples)``, the standard error from the spread of the n parameter
+      samples (each with its own inner noise when ``grad_fn`` is stochastic,
+      so for A-NG it covers both sources of noise).
+    cpu_rewrite: the CPU switch (:mod:`adaptgrad_jax.cpu`).
 
   Returns:
     ``ng(key, *args, **kwargs)``: ``grad_fn``'s arguments with a leading
@@ -275,15 +276,19 @@ def noise_grad(
   """
   stochastic = resolve_stochastic(grad_fn, stochastic)
   argnums = validate_argnums(grad_fn, argnums, stochastic)
-  n = validate_count(n, "n", "it is the number of parameter samples (25 by default).")
+  n = validate_count(n, "n", "it is the number of parameter samples (25 by default).",
+                     maximum=_monte_carlo.MAX_SAMPLES)
   sigma = _validate_sigma(sigma)
   mask = validate_mask(mask)
-  batch_size = validate_batch_size(batch_size)
-  aggregate = validate_aggregate(aggregate)
+  batch_size = _memory.validate_batch_size(batch_size)
+  aggregate = validate_choice(aggregate, "aggregate", _monte_carlo.AGGREGATES)
+  cpu_rewrite = cpu.validate_switch(cpu_rewrite)
+  return_stderr = validate_flag(return_stderr, "return_stderr")
   name = "noise_grad"
 
   def ng(key, *args, **kwargs):
     _, args = split_key_args((key,) + args, True, argnums, name)
+    check_key(key)
     params = args[argnums]
     selected = select_leaves(params, mask)
 
@@ -294,119 +299,13 @@ def noise_grad(
         param_key = sample_key
       noisy = perturb_params(param_key, params, sigma, selected)
       new_args = replace_arg(args, argnums, noisy)
-      if stochastic:
-        return grad_fn(inner_key, *new_args, **kwargs), None
-      return grad_fn(*new_args, **kwargs), None
+      grad = grad_fn(inner_key, *new_args, **kwargs) if stochastic else grad_fn(*new_args, **kwargs)
+      return jax.tree.map(lambda g: jnp.asarray(g)[None], grad), None
 
-    keys = _strategy.split_keys(key, n)
-    (first, second), _ = map_samples(
-        at_sample, keys, batch_size, lambda g: _smoothing._moments(g, aggregate)
-    )
-    like = jax.eval_shape(lambda k: at_sample(k)[0], keys[0])
-    return _smoothing._finish(first, second, n, aggregate, like)
+    keys = _monte_carlo.sample_keys(key, n, cpu_rewrite)
+    sums = _monte_carlo.sample_sums(at_sample, keys, batch_size=batch_size,
+                                    names=_monte_carlo.needed_sums(aggregate, return_stderr),
+                                    cpu_rewrite=cpu_rewrite)
+    return _monte_carlo.finish(sums, aggregate, stderr=return_stderr)
 
-  if stochastic:
-    return wrap_like(ng, grad_fn, name, True)
-  return wrap_with_key(ng, grad_fn, name)
-
-
-_SMOOTHERS = {
-    "adapt_smooth": _smoothing.adapt_smooth,
-    "smooth_grad": _smoothing.smooth_grad,
-}
-
-
-def fusion_grad(
-    grad_fn: GradFn,
-    m: int = 10,
-    n: int = 10,
-    *,
-    input_smoother: Union[str, Callable[..., Any]] = "smooth_grad",
-    smoother_kwargs: Optional[dict] = None,
-    sigma: float = 0.2,
-    param_argnums: int = 1,
-    input_argnums: int = 0,
-    mask: Mask = None,
-    batch_size: Optional[int] = None,
-    aggregate: _smoothing.Aggregate = "mean",
-) -> Callable[..., Any]:
-  """FusionGrad: NoiseGrad over an input smoother, ``m x n`` samples.
-
-  ``noise_grad(input_smoother(grad_fn, n=n, argnums=input_argnums,
-  **smoother_kwargs), m, sigma=sigma, argnums=param_argnums, ...)``: for each
-  of ``m`` noisy copies of the parameters, ``n`` noisy copies of the input.
-  With ``input_smoother="smooth_grad"`` (default) it is Bykov et al.'s
-  FusionGrad and the AdaptGrad paper's S-NG; with ``"adapt_smooth"`` it is
-  A-NG. The plain composition ``noise_grad(adapt_smooth(g), m)`` is the same
-  function; this is the named convenience.
-
-  Args:
-    grad_fn: ``grad_fn(x, params)``, e.g. ``jax.grad(lambda x, p: ...)``.
-    m: the number of parameter samples.
-    n: the number of input samples per parameter sample.
-    input_smoother: ``"smooth_grad"``, ``"adapt_smooth"``, those functions
-      themselves, or any callable ``smoother(grad_fn, n=..., argnums=...,
-      **smoother_kwargs)`` returning ``fn(key, *args)``.
-    smoother_kwargs: further options of the input smoother, e.g.
-      ``{"c": 0.95, "bounds": (lo, hi)}`` for AdaptGrad or ``{"alpha":
-      0.15}`` for SmoothGrad.
-    sigma: the parameter noise level, as in :func:`noise_grad`.
-    param_argnums: the positional argument of ``grad_fn`` holding the
-      parameters.
-    input_argnums: the positional argument of ``grad_fn`` holding the input.
-    mask, batch_size, aggregate: of the parameter samples, as in
-      :func:`noise_grad` (pass the input smoother's own in
-      ``smoother_kwargs``).
-
-  Returns:
-    ``fg(key, *args, **kwargs)``.
-
-  Raises:
-    ValueError, TypeError: an unknown smoother name, ``param_argnums ==
-      input_argnums``, or any error of the two transforms it builds.
-
-  Example:
-    >>> import adaptgrad_jax as ag
-    >>> f = lambda x, p: jnp.sum(jnp.sin(p * x))
-    >>> a_ng = jax.jit(ag.fusion_grad(jax.grad(f), 4, 8, input_smoother="adapt_smooth"))
-    >>> a_ng(jax.random.key(0), jnp.array([0.2, 0.7]), jnp.ones(2)).shape
-    (2,)
-
-  References:
-    Bykov et al., "NoiseGrad: Enhancing Explanations by Introducing
-    Stochasticity to Model Weights", AAAI 2022 (FusionGrad); Zhou et al.
-    (AdaptGrad), NeurIPS 2025, Section 5.1.3 (S-NG, A-NG).
-  """
-  if isinstance(input_smoother, str):
-    if input_smoother not in _SMOOTHERS:
-      raise ValueError(
-          f"input_smoother={input_smoother!r} is not a known smoother; use"
-          f" one of {tuple(_SMOOTHERS)} or a callable smoother(grad_fn, n=...,"
-          " argnums=...)."
-      )
-    input_smoother = _SMOOTHERS[input_smoother]
-  if not callable(input_smoother):
-    raise TypeError(
-        f"input_smoother={input_smoother!r} must be 'smooth_grad',"
-        " 'adapt_smooth' or a callable smoother(grad_fn, n=..., argnums=...)."
-    )
-  if smoother_kwargs is None:
-    smoother_kwargs = {}
-  if not isinstance(smoother_kwargs, dict):
-    raise TypeError(f"smoother_kwargs={smoother_kwargs!r} must be a dict of options.")
-  if param_argnums == input_argnums:
-    raise ValueError(
-        f"param_argnums={param_argnums!r} equals input_argnums: the parameters"
-        " and the input must be different positional arguments of grad_fn,"
-        " e.g. grad_fn(x, params) with input_argnums=0, param_argnums=1."
-    )
-  m = validate_count(m, "m", "it is the number of parameter samples.")
-  n = validate_count(n, "n", "it is the number of input samples per parameter sample.")
-  inner = input_smoother(grad_fn, n=n, argnums=input_argnums, **smoother_kwargs)
-  outer = noise_grad(
-      inner, m, sigma=sigma, argnums=param_argnums, mask=mask,
-      batch_size=batch_size, aggregate=aggregate, stochastic=True,
-  )
-  name = getattr(grad_fn, "__name__", type(grad_fn).__name__)
-  outer.__name__ = outer.__qualname__ = f"fusion_grad({name})"
-  return outer
+  return wrap(ng, grad_fn, name, is_stochastic_result=True, adds_key=not stochastic)

@@ -15,25 +15,21 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy import special
 
-from adaptgrad_jax._bounds import broadcast_bounds
-from adaptgrad_jax._bounds import distance_to_bounds
-from adaptgrad_jax._bounds import validate_bounds
+from adaptgrad_jax._bounds import broadcast_bounds, distance_to_bounds, require_bounds, validate_bounds
+from adaptgrad_jax._noise import check_key, sample_noise
+from adaptgrad_jax._pytree import broadcast_like, compute_dtype
 from adaptgrad_jax._typing import Bounds, KeyArray, PyTree
+from adaptgrad_jax._wrapping import validate_choice, validate_count, validate_number
 
 SigmaRule = Literal["two_sided", "eq13", "exact"]
 SIGMA_RULES = ("two_sided", "eq13", "exact")
 
 
 def validate_confidence(c, name: str = "c") -> float:
-  """Checks a confidence level at build time."""
+  """Checks a confidence level at build time (a number in (0, 1), not a string)."""
   if isinstance(c, jax.core.Tracer):
     return c
-  try:
-    value = float(c)
-  except (TypeError, ValueError):
-    raise TypeError(
-        f"{name}={c!r} must be a number in (0, 1); the paper uses 0.95."
-    ) from None
+  value = validate_number(c, name, "a confidence level in (0, 1); the paper uses 0.95.")
   if not 0.0 < value < 1.0:
     raise ValueError(
         f"{name}={c!r} is a confidence level and must lie in (0, 1); the paper"
@@ -43,28 +39,10 @@ def validate_confidence(c, name: str = "c") -> float:
 
 
 def validate_rule(rule) -> str:
-  if rule not in SIGMA_RULES:
-    raise ValueError(
-        f"sigma_rule={rule!r} is not a sigma rule; use one of {SIGMA_RULES}"
-        " (see adaptgrad_jax.adaptive_sigma)."
-    )
-  return rule
+  return validate_choice(rule, "sigma_rule", SIGMA_RULES, "See adaptgrad_jax.adaptive_sigma.")
 
 
-def compute_dtype(dtype) -> jnp.dtype:
-  """float32 for half precision inputs, else the input's float dtype."""
-  dtype = jnp.dtype(dtype)
-  if not jnp.issubdtype(dtype, jnp.floating):
-    raise TypeError(
-        f"the smoothed argument has dtype {dtype}; noise needs a floating point"
-        " input (cast it with x.astype(jnp.float32))."
-    )
-  return jnp.promote_types(dtype, jnp.float32)
-
-
-def _normal_tail(z: jax.Array) -> jax.Array:
-  """``P(N(0, 1) > z)``, accurate in the far tail."""
-  return 0.5 * special.erfc(z / np.sqrt(2.0))
+_normal_tail = jax.scipy.stats.norm.sf  # P(N(0, 1) > z), accurate in the far tail
 
 
 def _prob_inside(a: jax.Array, b: jax.Array, sigma: jax.Array) -> jax.Array:
@@ -198,7 +176,7 @@ def adaptive_sigma(
   """
   c = validate_confidence(c)
   rule = validate_rule(rule)
-  lower, upper = broadcast_bounds(x, validate_bounds(bounds))
+  lower, upper = broadcast_bounds(x, require_bounds(bounds, "adaptive_sigma"))
   return jax.tree.map(
       lambda leaf, lo, hi: _leaf_adaptive_sigma(leaf, lo, hi, c, rule),
       x, lower, upper,
@@ -217,7 +195,7 @@ def smoothgrad_sigma(alpha: float = 0.2, *, bounds: Bounds) -> PyTree:
 
   Example:
     >>> import adaptgrad_jax as ag
-    >>> float(ag.smoothgrad_sigma(0.2, bounds=(-2.12, 2.64)))
+    >>> round(float(ag.smoothgrad_sigma(0.2, bounds=(-2.12, 2.64))), 6)
     0.952
 
   References:
@@ -231,11 +209,27 @@ def smoothgrad_sigma(alpha: float = 0.2, *, bounds: Bounds) -> PyTree:
   )
 
 
+def validate_sigma(sigma: PyTree) -> PyTree:
+  """Checks an absolute noise scale at build time: finite and >= 0 in every leaf (traced leaves pass)."""
+  leaves = jax.tree.leaves(sigma)
+  if not leaves:
+    raise ValueError(f"sigma={sigma!r} holds no numbers; pass e.g. sigma=0.15.")
+  for leaf in leaves:
+    if isinstance(leaf, jax.core.Tracer):
+      continue
+    if isinstance(leaf, (str, bytes, bool, np.bool_)):
+      raise TypeError(f"sigma={sigma!r} must be numbers (a standard deviation), not {type(leaf).__name__}.")
+    value = np.asarray(leaf)
+    if not np.issubdtype(value.dtype, np.number) or not np.all(np.isfinite(value)) or np.any(value < 0):
+      raise ValueError(
+          f"sigma={sigma!r} is a standard deviation and must be finite and >= 0"
+          " everywhere; SmoothGrad's is 0.2 * (x_max - x_min)."
+      )
+  return sigma
+
+
 def validate_alpha(alpha) -> float:
-  try:
-    value = float(alpha)
-  except (TypeError, ValueError):
-    raise TypeError(f"alpha={alpha!r} must be a number; SmoothGrad uses 0.2.") from None
+  value = validate_number(alpha, "alpha", "SmoothGrad uses 0.2.")
   if not (np.isfinite(value) and value >= 0):
     raise ValueError(
         f"alpha={alpha!r} is the noise level sigma / (x_max - x_min) and must be"
@@ -286,11 +280,7 @@ def inherent_noise(x: PyTree, sigma: PyTree, *, bounds: Bounds) -> PyTree:
     Zhou et al. (AdaptGrad), NeurIPS 2025, Eqs. 9-10 and Figure 3.
   """
   lower, upper = broadcast_bounds(x, validate_bounds(bounds))
-  if jax.tree.structure(sigma) != jax.tree.structure(x):
-    sigma = jax.tree.unflatten(
-        jax.tree.structure(x), [sigma] * jax.tree.structure(x).num_leaves
-    )
-  return jax.tree.map(_leaf_inherent_noise, x, sigma, lower, upper)
+  return jax.tree.map(_leaf_inherent_noise, x, broadcast_like(sigma, x, "sigma"), lower, upper)
 
 
 class OutOfRange(NamedTuple):
@@ -314,7 +304,7 @@ def out_of_range_rate(
   """Samples ``n`` noisy copies ``x + eps`` and measures how many leave the bounds.
 
   The noise of copy ``j`` is the noise :func:`gaussian_smooth` (and so
-  :func:`adapt_smooth` and :func:`smooth_grad`) would draw with the same key.
+  :func:`adapt_smooth` and :func:`smooth_grad`) draws with the same key.
 
   Args:
     key: a PRNG key.
@@ -333,9 +323,9 @@ def out_of_range_rate(
     >>> float(rates.per_element), float(rates.per_input)
     (0.0, 0.0)
   """
-  from adaptgrad_jax._smoothing import sample_noise  # pylint: disable=g-import-not-at-top
-
-  lower, upper = broadcast_bounds(x, validate_bounds(bounds))
+  n = validate_count(n, "n", "it is the number of noisy copies; the paper uses 50.")
+  check_key(key)
+  lower, upper = broadcast_bounds(x, require_bounds(bounds, "out_of_range_rate"))
   keys = jax.random.split(key, n)
 
   def one(sample_key):

@@ -11,7 +11,7 @@ target class as the output:
 >>> from flax import nnx
 >>> model = nnx.Linear(3, 4, rngs=nnx.Rngs(0))
 >>> f = flax_adapters.nnx_target_fn(model, target=2)
->>> explain = jax.jit(ag.adapt_smooth(jax.grad(f), 0.95, 8))
+>>> explain = jax.jit(ag.adapt_smooth(jax.grad(f), 0.95, 8, bounds=(0.0, 1.0)))
 >>> explain(jax.random.key(0), jnp.full((3,), 0.5)).shape
 (3,)
 
@@ -22,8 +22,8 @@ a :func:`jax.vmap` over ``(keys, xs, targets)``:
 >>> f = flax_adapters.nnx_target_fn(model)            # f(x, target)
 >>> xs = jnp.full((5, 3), 0.5)
 >>> targets = flax_adapters.resolve_targets(model, xs, "predicted")
->>> explain = ag.adapt_smooth(jax.grad(f), 0.95, 8)    # explain(key, x, t)
->>> batched = jax.jit(lambda key, xs, ts: ag.explain_batch(explain, key, xs, ts))
+>>> explain = ag.adapt_smooth(jax.grad(f), 0.95, 8, bounds=(0.0, 1.0))  # explain(key, x, t)
+>>> batched = jax.jit(lambda key, xs, ts: jax.vmap(explain)(jax.random.split(key, len(xs)), xs, ts))
 >>> batched(jax.random.key(0), xs, targets).shape
 (5, 3)
 
@@ -85,7 +85,7 @@ def _validate_target(target) -> Target:
           " inside the function that sees noisy inputs: targets ="
           " flax_adapters.resolve_targets(model, xs, 'predicted'); f ="
           " nnx_target_fn(model) (target=None, so f(x, target)); then"
-          " ag.explain_batch(explainer, key, xs, targets)."
+          " jax.vmap(explainer)(jax.random.split(key, len(xs)), xs, targets)."
       )
     raise ValueError(
         f"target={target!r} is not a target; pass an int class index, None"
@@ -105,7 +105,7 @@ def _validate_target(target) -> Target:
           f" {jnp.asarray(target).dtype}; a function of ONE example needs one"
           " integer class. For a batch with one target per example, build"
           " f = nnx_target_fn(model) with target=None, so f(x, target), and"
-          " vmap with ag.explain_batch(explainer, key, xs, targets)."
+          " jax.vmap(explainer)(jax.random.split(key, len(xs)), xs, targets)."
       )
     return target
   raise TypeError(

@@ -183,9 +183,9 @@ def _memory(compiled) -> Optional[dict[str, int]]:
 
 
 def _compile(fn, *args, xla_defaults: bool = False) -> tuple[Any, float]:
-  """Lowers and compiles ``fn``; with ``ag.cpu_compiler_options()`` unless ``xla_defaults``."""
+  """Lowers and compiles ``fn``; with ``ag.cpu.compiler_options()`` unless ``xla_defaults``."""
   start = time.perf_counter()
-  compiled = jax.jit(fn).lower(*args).compile(compiler_options={} if xla_defaults else ag.cpu_compiler_options())
+  compiled = jax.jit(fn).lower(*args).compile(compiler_options={} if xla_defaults else ag.cpu.compiler_options())
   return compiled, time.perf_counter() - start
 
 
@@ -206,7 +206,7 @@ def prepare_jax(
 ) -> Prepared:
   """Compiles a JAX method; ``method`` is ``limit``, ``adapt_smooth`` or ``jax_loop``.
 
-  Every method is compiled with ``ag.cpu_compiler_options()`` (``{}`` off
+  Every method is compiled with ``ag.cpu.compiler_options()`` (``{}`` off
   CPU) unless ``xla_defaults``.
   """
   grad_fn = jax.grad(workload.logit)
@@ -436,7 +436,7 @@ def environment() -> dict[str, Any]:
     "backend": jax.default_backend(),
     "devices": [str(d) for d in jax.devices()],
     "xla_flags": os.environ.get("XLA_FLAGS", ""),
-    "jax_compiler_options": ag.cpu_compiler_options(),
+    "jax_compiler_options": ag.cpu.compiler_options(),
     "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
   }
   try:

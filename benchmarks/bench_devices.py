@@ -58,7 +58,7 @@ def _worker(args) -> None:
       h = jax.nn.relu(h @ w)
     return (h @ params[-1])[target]
 
-  explain = adapt_smooth(jax.grad(logit), 0.95, args.n)
+  explain = adapt_smooth(jax.grad(logit), 0.95, args.n, bounds=(0.0, 1.0))
   xs = rng.uniform(size=(args.examples, 784)).astype(np.float32)
   count = args.devices[0]
   devices = jax.local_devices()[:count]

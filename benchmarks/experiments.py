@@ -85,7 +85,6 @@ def exp_strategies(rows, n=50, chunk=5):
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
   import adaptgrad_jax as ag  # pylint: disable=import-outside-toplevel
-  from adaptgrad_jax import _strategy  # pylint: disable=import-outside-toplevel
   from benchmarks import _harness  # pylint: disable=import-outside-toplevel
 
   w = _convnet()
@@ -100,24 +99,19 @@ def exp_strategies(rows, n=50, chunk=5):
 
   limit = jax.jit(_harness.limit_fn(grad, n))
   add("limit (one normal call, one vmap)", _best_ms(lambda: limit(key, x, w.state)))
-  vmap = jax.jit(ag.adapt_smooth(grad, 0.95, n))
+  vmap = jax.jit(ag.adapt_smooth(grad, 0.95, n, bounds=(0.0, 1.0)))
   add("adapt_smooth batch_size=None (one vmap)", _best_ms(lambda: vmap(key, x, w.state)))
-  scan = jax.jit(ag.adapt_smooth(grad, 0.95, n, batch_size=chunk))
+  scan = jax.jit(ag.adapt_smooth(grad, 0.95, n, batch_size=chunk, bounds=(0.0, 1.0)))
   add(f"adapt_smooth batch_size={chunk} (scan, canonical kernels)", _best_ms(lambda: scan(key, x, w.state)))
-  original = _strategy.plan
-  _strategy.plan = lambda n_, b, backend=None: original(n_, b, "gpu")  # scan without the rewrite
-  try:
-    raw = jax.jit(ag.adapt_smooth(grad, 0.95, n, batch_size=chunk))
-    add(f"adapt_smooth batch_size={chunk} (scan, kernels as JAX emits them)", _best_ms(lambda: raw(key, x, w.state), 3))
-  finally:
-    _strategy.plan = original
+  raw = jax.jit(ag.adapt_smooth(grad, 0.95, n, batch_size=chunk, cpu_rewrite=False, bounds=(0.0, 1.0)))
+  add(f"adapt_smooth batch_size={chunk} (scan, cpu_rewrite=False)", _best_ms(lambda: raw(key, x, w.state), 3))
 
   def one(k):
     return grad(x + sigma * jax.random.normal(k, x.shape), w.state)
 
   lmap = jax.jit(lambda ks: jax.lax.map(one, ks).mean(0))
   add("lax.map over single samples (kernels as emitted)", _best_ms(lambda: lmap(keys), 3))
-  lmap_c = jax.jit(lambda ks: jax.lax.map(_strategy.canonicalize_convolutions(one), ks).mean(0))
+  lmap_c = jax.jit(lambda ks: jax.lax.map(ag.cpu.rewrite(one), ks).mean(0))
   add("lax.map over single samples (canonical kernels)", _best_ms(lambda: lmap_c(keys), 3))
   chunk_fn = jax.jit(lambda ks: jax.vmap(one)(ks).sum(0))
   chunks = keys.reshape((n // chunk, chunk) + keys.shape[1:])
@@ -180,7 +174,7 @@ def exp_layout(rows, n=50):
   key = jax.random.key(0)
   for layout in ("NHWC", "NCHW"):
     xi = jnp.asarray(x if layout == "NHWC" else np.moveaxis(x, -1, 0))
-    f = jax.jit(ag.adapt_smooth(jax.grad(_nchw_convnet(layout)), 0.95, n))
+    f = jax.jit(ag.adapt_smooth(jax.grad(_nchw_convnet(layout)), 0.95, n, bounds=(0.0, 1.0)))
     rows.append({"section": "layout", "model": "lax convnet 56", "variant": layout, "n": n,
                  "ms": _best_ms(lambda: f(key, xi))})
 
@@ -196,7 +190,7 @@ def exp_dtype(rows, n=50):
   for dtype in (jnp.float32, jnp.bfloat16):
     state = jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, w.state)
     x = jnp.asarray(w.x).astype(dtype)
-    f = jax.jit(ag.adapt_smooth(jax.grad(w.logit), 0.95, n))
+    f = jax.jit(ag.adapt_smooth(jax.grad(w.logit), 0.95, n, bounds=(0.0, 1.0)))
     rows.append({"section": "dtype", "model": "convnet 56", "variant": jnp.dtype(dtype).name, "n": n,
                  "ms": _best_ms(lambda: f(key, x, state))})
 
@@ -209,7 +203,7 @@ def exp_donation(rows, n=50):
 
   w = _convnet()
   key = jax.random.key(0)
-  smoothed = ag.adapt_smooth(jax.grad(w.logit), 0.95, n)
+  smoothed = ag.adapt_smooth(jax.grad(w.logit), 0.95, n, bounds=(0.0, 1.0))
   plain = jax.jit(smoothed)
   donated = jax.jit(smoothed, donate_argnums=(1,))
   rows.append({"section": "donation", "model": "convnet 56", "variant": "no donation", "n": n,
@@ -234,8 +228,8 @@ def exp_prng(rows, n=50):
     for impl in impls:
       key = jax.random.key(0, impl=impl)
       limit = jax.jit(_harness.limit_fn(grad, n))
-      smoothed = jax.jit(ag.adapt_smooth(grad, 0.95, n))
-      chunked = jax.jit(ag.adapt_smooth(grad, 0.95, n, batch_size=10))
+      smoothed = jax.jit(ag.adapt_smooth(grad, 0.95, n, bounds=(0.0, 1.0)))
+      chunked = jax.jit(ag.adapt_smooth(grad, 0.95, n, batch_size=10, bounds=(0.0, 1.0)))
       noise = jax.jit(lambda k: jax.random.normal(k, (n,) + x.shape))
       same = bool(np.allclose(smoothed(key, x, w.state), chunked(key, x, w.state), rtol=1e-5, atol=1e-7))
       variant = f"{impl}" + ("" if partitionable else " (jax_threefry_partitionable=False)")
@@ -300,7 +294,7 @@ def exp_convs(rows, batch=20):
   import adaptgrad_jax as ag  # pylint: disable=import-outside-toplevel
 
   rng = np.random.default_rng(0)
-  options = ag.cpu_compiler_options()
+  options = ag.cpu.compiler_options()
   for name, size, cin, cout, k, stride, groups in _CONV_CASES:
     x = jnp.asarray(rng.normal(size=(batch, size, size, cin)).astype(np.float32))
     w = jnp.asarray(0.05 * rng.normal(size=(k, k, cin // groups, cout)).astype(np.float32))
@@ -313,9 +307,9 @@ def exp_convs(rows, batch=20):
     grad = jax.grad(loss)
     for variant, fn, opts in [
       ("as emitted, XLA defaults", grad, {}),
-      ("rewrite_convolutions, XLA defaults", ag.rewrite_convolutions(grad), {}),
+      ("rewrite_convolutions, XLA defaults", ag.cpu.rewrite(grad), {}),
       ("as emitted, cpu_compiler_options", grad, options),
-      ("rewrite_convolutions, cpu_compiler_options", ag.rewrite_convolutions(grad), options),
+      ("rewrite_convolutions, cpu_compiler_options", ag.cpu.rewrite(grad), options),
     ]:
       compiled = jax.jit(fn).lower(x, w).compile(compiler_options=opts)
       rows.append({"section": "convs", "model": name, "variant": variant, "ms": _best_ms(lambda: compiled(x, w), 5)})
@@ -428,7 +422,7 @@ def exp_vgg_head(rows, batch=50, size=64):
     def input_grad(state, z, head=head):
       return jax.grad(lambda z: head(state, z).sum())(z)
 
-    compiled = jax.jit(input_grad).lower(state, z).compile(compiler_options=ag.cpu_compiler_options())
+    compiled = jax.jit(input_grad).lower(state, z).compile(compiler_options=ag.cpu.compiler_options())
     rows.append({"section": "vgg_head", "model": f"vgg16 {size}, batch {batch}", "variant": variant,
                  "ms": _best_ms(lambda compiled=compiled: compiled(state, z), 5),
                  "note": "input gradient of the head (forward and backward)"})

@@ -261,7 +261,7 @@ def markdown(records: list[dict[str, Any]], env: dict[str, Any], title: str) -> 
   if options is not None:
     lines.append("")
     lines.append(
-      "JAX methods are compiled with `compiler_options=ag.cpu_compiler_options()` = "
+      "JAX methods are compiled with `compiler_options=ag.cpu.compiler_options()` = "
       f"`{json.dumps(options)}`" + ("; `limit[xla defaults]` is the limit compiled with XLA's default options."
                                     if options else ".")
     )

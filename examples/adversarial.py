@@ -43,8 +43,8 @@ def loss(x, label):
 grad_loss = jax.grad(loss)
 gradients = {  # every one is gradient(key, x, label)
   "Grad": lambda key, x, y: grad_loss(x, y),
-  "SG": ag.smooth_grad(grad_loss, 0.2, N),                 # bounds default to (0, 1)
-  "AG": ag.adapt_smooth(grad_loss, 0.95, N),
+  "SG": ag.smooth_grad(grad_loss, 0.2, N, bounds=(0.0, 1.0)),  # MNIST in [0, 1]
+  "AG": ag.adapt_smooth(grad_loss, 0.95, N, bounds=(0.0, 1.0)),
 }
 
 

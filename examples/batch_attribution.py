@@ -35,7 +35,7 @@ xs = jnp.asarray(data.x_test[:COUNT])
 # 1. vmap: f(x, t) takes the target, so one call explains a batch with per-example targets.
 f = flax_adapters.nnx_target_fn(model)                          # f(x, t) = logit t of one image
 targets = flax_adapters.resolve_targets(model, xs, "predicted")  # argmax of the CLEAN logits, once
-explain = jax.jit(ag.adapt_smooth(jax.grad(f), 0.95, N))        # explain(key, x, t)
+explain = jax.jit(ag.adapt_smooth(jax.grad(f), 0.95, N, bounds=(0.0, 1.0)))        # explain(key, x, t)
 key = jax.random.key(42)
 keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(COUNT))
 maps = jax.vmap(explain)(keys, xs, targets)

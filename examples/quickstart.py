@@ -9,8 +9,8 @@ w = jax.random.normal(jax.random.key(0), (784, 10))            # a toy linear "m
 f = lambda x: jnp.tanh(x.reshape(-1) @ w)[3]                   # scalar score of class 3
 x = jax.random.uniform(jax.random.key(1), (28, 28))            # one input in [0, 1]
 
-adaptgrad = jax.jit(ag.adapt_smooth(jax.grad(f), 0.95, 50))    # c = 0.95, N = 50
-smoothgrad = jax.jit(ag.smooth_grad(jax.grad(f), 0.2, 50))     # alpha = 0.2, N = 50
+adaptgrad = jax.jit(ag.adapt_smooth(jax.grad(f), 0.95, 50, bounds=(0.0, 1.0)))    # c = 0.95, N = 50
+smoothgrad = jax.jit(ag.smooth_grad(jax.grad(f), 0.2, 50, bounds=(0.0, 1.0)))     # alpha = 0.2, N = 50
 key = jax.random.key(2)
 print("AdaptGrad map", adaptgrad(key, x).shape, "SmoothGrad map", smoothgrad(key, x).shape)
 batch = jax.vmap(adaptgrad)(jax.random.split(key, 8), jnp.stack([x] * 8))   # a batch

@@ -53,7 +53,7 @@ def test_gradient_x_input_pytree_and_argnums():
 
 def test_gradient_x_input_of_stochastic_is_smoothed_gradient_times_input(getkey):
   g = jax.grad(smooth_f)
-  sg = ag.smooth_grad(g, 0.2, 8)
+  sg = ag.smooth_grad(g, 0.2, 8, bounds=(0.0, 1.0))
   s_gi = ag.gradient_x_input(sg)
   assert ag.is_stochastic(s_gi) and not ag.is_stochastic(ag.gradient_x_input(g))
   key, x = getkey(), jnp.linspace(0.1, 0.9, 5)
@@ -123,7 +123,7 @@ def test_named_and_callable_baselines():
   black, white, default_white, half = jax.jit(lambda: (
       ig(baseline="black", bounds=(lo, hi)),
       ig(baseline="white", bounds=(lo, hi)),
-      ig(baseline="white"),  # default bounds (0, 1): white is 1
+      ig(baseline="white", bounds=(0.0, 1.0)),  # white is the upper bound, 1
       ig(baseline=lambda x: x / 2),
   ))()
   # Completeness, exact for a quadratic: IG = x^2 - b^2.
@@ -156,6 +156,7 @@ def test_ig_keeps_gradient_dtype():
 # Stochastic gradient functions: keys.
 
 
+@ag.stochastic
 def noise_grad_fn(key, x):
   """A 'gradient' that is pure noise: shows which key each step gets."""
   return jax.random.uniform(key, x.shape)
@@ -200,7 +201,7 @@ def test_stochastic_override():
 
 
 def test_completeness_gap_needs_key_for_stochastic_fn(getkey):
-  keyed_grad = lambda key, x: jax.grad(smooth_f)(x)  # takes a key, ignores it
+  keyed_grad = ag.stochastic(lambda key, x: jax.grad(smooth_f)(x))  # takes a key, ignores it
   ig = ag.integrated_gradients(keyed_grad, 16, method="gauss_legendre")
   x = jnp.linspace(0.1, 0.9, 5)
   with pytest.raises(TypeError, match="key"):
@@ -211,24 +212,6 @@ def test_completeness_gap_needs_key_for_stochastic_fn(getkey):
 
 # ----------------------------------------------------------------------------
 # Batches.
-
-
-def test_explain_batch_matches_loop(getkey):
-  f = lambda x, t: jnp.sin(x)[t] * jnp.sum(x)
-  explain = lambda key, x, t: jax.grad(f)(x, t) * jax.random.uniform(key)
-  xs, ts, key = jnp.linspace(0, 1, 12).reshape(4, 3), jnp.array([0, 2, 1, 0]), getkey()
-  out = jax.jit(lambda k, xs, ts: ag.explain_batch(explain, k, xs, ts))(key, xs, ts)
-  keys, one = jax.random.split(key, 4), jax.jit(explain)
-  for i in range(4):
-    np.testing.assert_allclose(out[i], one(keys[i], xs[i], ts[i]), rtol=1e-5)
-  det = ag.explain_batch(ag.gradient_x_input(jax.grad(f)), None, xs, ts)
-  np.testing.assert_allclose(det[1], jax.grad(f)(xs[1], 2) * xs[1], rtol=1e-6)
-  with pytest.raises(ValueError, match="one target per example"):
-    ag.explain_batch(explain, key, xs, ts[:3])
-
-
-# ----------------------------------------------------------------------------
-# Errors.
 
 
 def test_bad_arguments_have_clear_errors():
@@ -267,6 +250,6 @@ def test_baseline_of_wrong_shape():
 
 
 def test_missing_input_argument():
-  ig = ag.integrated_gradients(ag.smooth_grad(jax.grad(smooth_f), 0.1, 2), 4)
+  ig = ag.integrated_gradients(ag.smooth_grad(jax.grad(smooth_f), 0.1, 2, bounds=(0.0, 1.0)), 4)
   with pytest.raises(TypeError, match="fn\\(key, x"):
     ig(jax.random.key(0))

@@ -25,7 +25,7 @@ def jit(request):
 @pytest.mark.parametrize("rule", ["two_sided", "eq13", "exact"])
 def test_adapt_smooth_closed_form_sin(rule, jit, getkey):
   # The Gaussian convolution of cos is cos(x) exp(-sigma^2 / 2).
-  smoothed = maybe_jit(ag.adapt_smooth(jax.grad(sum_sin), 0.95, 20000, sigma_rule=rule), jit)
+  smoothed = maybe_jit(ag.adapt_smooth(jax.grad(sum_sin), 0.95, 20000, sigma_rule=rule, bounds=(0.0, 1.0)), jit)
   sigma = ag.adaptive_sigma(X, 0.95, bounds=(0.0, 1.0), rule=rule)
   expected = jnp.cos(X) * jnp.exp(-(sigma**2) / 2)
   np.testing.assert_allclose(smoothed(getkey(), X), expected, atol=4e-3)
@@ -54,8 +54,8 @@ def test_batch_size_invariance(batch_size, getkey):
   key = getkey()
   f = lambda x: jnp.sum(jnp.tanh(3 * x) ** 2)
   def both(batch):
-    mean = ag.adapt_smooth(jax.grad(f), 0.95, 50, batch_size=batch)
-    var = ag.adapt_smooth(jax.grad(f), 0.95, 50, aggregate="var", batch_size=batch)
+    mean = ag.adapt_smooth(jax.grad(f), 0.95, 50, batch_size=batch, bounds=(0.0, 1.0))
+    var = ag.adapt_smooth(jax.grad(f), 0.95, 50, aggregate="var", batch_size=batch, bounds=(0.0, 1.0))
     return jax.jit(lambda k, x: (mean(k, x), var(k, x)))(key, X)
 
   (mean_ref, var_ref), (mean, var) = both(None), both(batch_size)
@@ -64,7 +64,7 @@ def test_batch_size_invariance(batch_size, getkey):
 
 
 def test_same_key_same_result_different_key_different(getkey):
-  smoothed = jax.jit(ag.adapt_smooth(jax.grad(sum_sin), 0.95, 8))
+  smoothed = jax.jit(ag.adapt_smooth(jax.grad(sum_sin), 0.95, 8, bounds=(0.0, 1.0)))
   key = getkey()
   np.testing.assert_array_equal(smoothed(key, X), smoothed(key, X))
   assert not np.allclose(smoothed(key, X), smoothed(getkey(), X))
@@ -79,21 +79,21 @@ def test_noise_is_per_sample_key():
   sigma = ag.adaptive_sigma(x, 0.9, bounds=(0.0, 1.0))
   keys = jax.random.split(key, 5)
   noisy = jnp.stack([x + sigma * jax.random.normal(k, x.shape) for k in keys])
-  out = ag.adapt_smooth(identity_grad, 0.9, 5, aggregate="mean")(key, x)
+  out = ag.adapt_smooth(identity_grad, 0.9, 5, aggregate="mean", bounds=(0.0, 1.0))(key, x)
   np.testing.assert_allclose(out, noisy.mean(0), rtol=1e-6)
 
 
 def test_vmap_over_batch_equals_loop(getkey):
   xs = jax.random.uniform(getkey(), (4, 6))
   keys = jax.random.split(getkey(), 4)
-  smoothed = jax.jit(ag.adapt_smooth(jax.grad(lambda x: jnp.sum(x**3)), 0.95, 10))
+  smoothed = jax.jit(ag.adapt_smooth(jax.grad(lambda x: jnp.sum(x**3)), 0.95, 10, bounds=(0.0, 1.0)))
   batched = jax.jit(jax.vmap(smoothed))(keys, xs)
   looped = jnp.stack([smoothed(k, x) for k, x in zip(keys, xs)])
   np.testing.assert_allclose(batched, looped, rtol=1e-5)
 
 
 def test_nesting_in_scan_and_vmap_of_jit(getkey):
-  smoothed = ag.adapt_smooth(jax.grad(sum_sin), 0.95, 6, batch_size=4)
+  smoothed = ag.adapt_smooth(jax.grad(sum_sin), 0.95, 6, batch_size=4, bounds=(0.0, 1.0))
   xs = jax.random.uniform(getkey(), (3, 5))
   keys = jax.random.split(getkey(), 3)
   scan = jax.jit(lambda ks, vs: jax.lax.scan(lambda c, kx: (c, smoothed(*kx)), None, (ks, vs))[1])
@@ -107,7 +107,7 @@ def test_grad_through_matches_finite_differences(rule):
   # Second order: the smoothed gradient is a deterministic function of x for a
   # fixed key, including sigma's dependence on x.
   key = jax.random.key(7)
-  smoothed = ag.adapt_smooth(jax.grad(sum_sin), 0.95, 16, sigma_rule=rule)
+  smoothed = ag.adapt_smooth(jax.grad(sum_sin), 0.95, 16, sigma_rule=rule, bounds=(0.0, 1.0))
   with jax.enable_x64(True):
     x = X.astype(jnp.float64)
     loss = lambda v: jnp.sum(smoothed(key, v) ** 2)
@@ -123,7 +123,7 @@ def test_grad_through_matches_finite_differences(rule):
 def test_dtypes(dtype, getkey):
   with jax.enable_x64(dtype == jnp.float64):
     x = X.astype(dtype)
-    smoothed = jax.jit(ag.adapt_smooth(jax.grad(sum_sin), 0.95, 2000))
+    smoothed = jax.jit(ag.adapt_smooth(jax.grad(sum_sin), 0.95, 2000, bounds=(0.0, 1.0)))
     out = smoothed(getkey(), x)
     assert out.dtype == dtype
     sigma = ag.adaptive_sigma(X, 0.95, bounds=(0.0, 1.0))
@@ -154,7 +154,7 @@ def test_per_channel_bounds_nhwc(getkey):
 def test_sigma_zero_on_bounds_is_finite_and_clean(getkey):
   # MNIST-like: background exactly 0 and strokes exactly 1 get no noise.
   x = jnp.array([0.0, 0.0, 1.0, 0.4])
-  out = ag.adapt_smooth(jax.grad(sum_sin), 0.95, 30)(getkey(), x)
+  out = ag.adapt_smooth(jax.grad(sum_sin), 0.95, 30, bounds=(0.0, 1.0))(getkey(), x)
   assert jnp.all(jnp.isfinite(out))
   np.testing.assert_allclose(out[:3], jnp.cos(x[:3]), rtol=1e-6)
   assert not np.isclose(out[3], jnp.cos(x[3]), rtol=1e-6)
@@ -162,21 +162,21 @@ def test_sigma_zero_on_bounds_is_finite_and_clean(getkey):
 
 def test_out_of_bounds_elements_get_no_noise(getkey):
   x = jnp.array([-0.3, 1.7, 0.5])
-  out = ag.adapt_smooth(jax.grad(sum_sin), 0.95, 30)(getkey(), x)
+  out = ag.adapt_smooth(jax.grad(sum_sin), 0.95, 30, bounds=(0.0, 1.0))(getkey(), x)
   np.testing.assert_allclose(out[:2], jnp.cos(x[:2]), rtol=1e-6)
 
 
 def test_include_clean(getkey):
   key = getkey()
   f = lambda x: jnp.sum(x**3)
-  noisy = ag.adapt_smooth(jax.grad(f), 0.95, 10)(key, X)
-  with_clean = ag.adapt_smooth(jax.grad(f), 0.95, 10, include_clean=True)(key, X)
+  noisy = ag.adapt_smooth(jax.grad(f), 0.95, 10, bounds=(0.0, 1.0))(key, X)
+  with_clean = ag.adapt_smooth(jax.grad(f), 0.95, 10, include_clean=True, bounds=(0.0, 1.0))(key, X)
   np.testing.assert_allclose(with_clean, (10 * noisy + jax.grad(f)(X)) / 11, rtol=1e-5)
 
 
 def test_has_aux(getkey):
   f = lambda x: (jnp.sum(x**2), jnp.max(x))
-  smoothed = ag.adapt_smooth(jax.grad(f, has_aux=True), 0.95, 12, has_aux=True, batch_size=5, include_clean=True)
+  smoothed = ag.adapt_smooth(jax.grad(f, has_aux=True), 0.95, 12, has_aux=True, batch_size=5, include_clean=True, bounds=(0.0, 1.0))
   grad, aux = jax.jit(smoothed)(getkey(), X)
   assert grad.shape == X.shape
   assert aux.shape == (13,)
@@ -188,7 +188,7 @@ def test_argnums_and_kwargs(getkey):
     return scale * jnp.sum(jnp.sin(w * x))
 
   g = jax.grad(f, argnums=1)
-  smoothed = ag.adapt_smooth(g, 0.95, 20000, argnums=1)
+  smoothed = ag.adapt_smooth(g, 0.95, 20000, argnums=1, bounds=(0.0, 1.0))
   out = smoothed(getkey(), 2.0, X, scale=3.0)
   sigma = ag.adaptive_sigma(X, 0.95, bounds=(0.0, 1.0))
   expected = 6.0 * jnp.cos(2 * X) * jnp.exp(-((2 * sigma) ** 2) / 2)
@@ -199,7 +199,7 @@ def test_signature_and_name():
   def my_grad(x, params):
     return x
 
-  smoothed = ag.adapt_smooth(my_grad, 0.9, 3)
+  smoothed = ag.adapt_smooth(my_grad, 0.9, 3, bounds=(0.0, 1.0))
   assert list(inspect.signature(smoothed).parameters) == ["key", "x", "params"]
   assert smoothed.__name__ == "adapt_smooth(my_grad)"
   assert not hasattr(smoothed, "__wrapped__")
@@ -225,18 +225,18 @@ def test_signature_and_name():
 )
 def test_adapt_smooth_build_errors(kwargs, error, match):
   with pytest.raises(error, match=match):
-    ag.adapt_smooth(jax.grad(sum_sin), **kwargs)
+    ag.adapt_smooth(jax.grad(sum_sin), **{"bounds": (0.0, 1.0), **kwargs})
 
 
 def test_other_errors():
   with pytest.raises(TypeError, match="not callable"):
-    ag.adapt_smooth("grad")
+    ag.adapt_smooth("grad", bounds=(0.0, 1.0))
   with pytest.raises(ValueError, match="alpha=-1"):
-    ag.smooth_grad(jax.grad(sum_sin), -1)
+    ag.smooth_grad(jax.grad(sum_sin), -1, bounds=(0.0, 1.0))
   with pytest.raises(ValueError, match="sigma=-0.1"):
     ag.smooth_grad(jax.grad(sum_sin), sigma=-0.1)
-  smoothed = ag.adapt_smooth(lambda *a: a[0], 0.95, 2)
-  with pytest.raises(TypeError, match="called with 0 positional"):
+  smoothed = ag.adapt_smooth(lambda *a: a[0], 0.95, 2, bounds=(0.0, 1.0))
+  with pytest.raises(TypeError, match="called with 0 such"):
     smoothed(jax.random.key(0))
   with pytest.raises(TypeError, match="floating point"):
-    ag.adapt_smooth(lambda x: x, 0.95, 2)(jax.random.key(0), jnp.arange(3))
+    ag.adapt_smooth(lambda x: x, 0.95, 2, bounds=(0.0, 1.0))(jax.random.key(0), jnp.arange(3))

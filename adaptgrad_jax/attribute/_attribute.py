@@ -24,7 +24,7 @@ try:  # jax >= 0.6: meshes carry axis types (jax.make_mesh gives Explicit).
 except ImportError:  # pragma: no cover
   AxisType = None
 
-from adaptgrad_jax._strategy import cpu_compiler_options
+from adaptgrad_jax import cpu
 from adaptgrad_jax.attribute import _identity as _identity_lib
 from adaptgrad_jax.attribute import _resume
 from adaptgrad_jax.attribute import _shards
@@ -364,7 +364,7 @@ def _build_step(explain_fn, mesh: Mesh, data_axis: str,
   # over weights that changed since the last call (a model still training) is
   # seen; one cached program would silently keep the old weights as constants.
   step = jax.jit(functools.partial(_explain_batch, explain_fn, mesh, data_axis, sample_axis),
-                 compiler_options=cpu_compiler_options())
+                 compiler_options=cpu.compiler_options())
   return step, NamedSharding(mesh, P(data_axis))
 
 

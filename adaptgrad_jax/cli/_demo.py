@@ -202,7 +202,7 @@ def _photo_part(args, out: pathlib.Path, console, err_console) -> dict[str, Any]
   n = args.photo_n
   bounds = loaded.bounds
   g = jax.grad(f)
-  options = ag.cpu_compiler_options()
+  options = ag.cpu.compiler_options()
   grad = jax.jit(g, compiler_options=options)
   # One compiled program for SG and AG (sigma is an input) and one for IG, S-IG and A-IG.
   smoother = jax.jit(_shared.sigma_input_smoother(g, n), compiler_options=options)

@@ -341,7 +341,7 @@ def _run_locked(args, console, err_console, method, paths, names, out, spec, dev
   """The work, under the lock of ``out``: maps of the images not in ``done``, then the record."""
   import jax  # pylint: disable=import-outside-toplevel
 
-  from adaptgrad_jax._strategy import cpu_compiler_options  # pylint: disable=import-outside-toplevel
+  from adaptgrad_jax.cpu import compiler_options as cpu_compiler_options  # pylint: disable=import-outside-toplevel
 
   options = options_from(args)
   from_folder = any(pathlib.Path(i).expanduser().is_dir() for i in args.inputs)

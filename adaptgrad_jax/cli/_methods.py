@@ -39,8 +39,7 @@ def _transforms():
   try:
     from adaptgrad_jax import gradient_x_input, integrated_gradients, noise_grad  # pylint: disable=import-outside-toplevel
   except ImportError:
-    from adaptgrad_jax._attribution import gradient_x_input, integrated_gradients  # pylint: disable=import-outside-toplevel
-    from adaptgrad_jax._noisegrad import noise_grad  # pylint: disable=import-outside-toplevel
+    from adaptgrad_jax import gradient_x_input, integrated_gradients, noise_grad  # pylint: disable=import-outside-toplevel
   return integrated_gradients, gradient_x_input, noise_grad
 
 

@@ -89,7 +89,7 @@ def mixed_integrated_gradients(
   try:
     from adaptgrad_jax import integrated_gradients  # pylint: disable=import-outside-toplevel
   except ImportError:
-    from adaptgrad_jax._attribution import integrated_gradients  # pylint: disable=import-outside-toplevel
+    from adaptgrad_jax import integrated_gradients  # pylint: disable=import-outside-toplevel
 
   sg_sigma = ag.smoothgrad_sigma(alpha, bounds=bounds)
 

@@ -190,7 +190,7 @@ def run_convergence(args, console, err_console) -> int:
     n_max = max(ns)
     start = time.perf_counter()
     smoother = jax.jit(_shared.sigma_input_smoother(grad_fn, n_max, batch_size=args.batch_size, per_sample=True),
-                       compiler_options=ag.cpu_compiler_options())
+                       compiler_options=ag.cpu.compiler_options())
     sigmas = {
       "SG": ag.smoothgrad_sigma(args.alpha, bounds=loaded.bounds),
       "AG": ag.adaptive_sigma(x, args.c, bounds=loaded.bounds, rule=args.sigma_rule),
@@ -224,7 +224,7 @@ def run_confidence(args, console, err_console) -> int:
     loaded, x, grad_fn, target, prob = _prepare(args, path)
     start = time.perf_counter()
     smoother = jax.jit(_shared.sigma_input_smoother(grad_fn, args.n, batch_size=args.batch_size),
-                       compiler_options=ag.cpu_compiler_options())
+                       compiler_options=ag.cpu.compiler_options())
     key = jax.random.key(args.seed)
     maps = []
     with console.status(f"AG with {args.n} samples at {len(cs)} confidence levels on {path.name}"):

@@ -62,7 +62,7 @@ def applies(keys: Any, shape: Sequence[int] = ()) -> bool:
   if not jnp.issubdtype(getattr(keys, "dtype", None), jax.dtypes.prng_key):
     return False  # raw uint32 keys: left to jax.random
   impl = str(jax.random.key_impl(keys))
-  return impl == "threefry2x32" and bool(jax.config.jax_threefry_partitionable) and math.prod(shape) < 2**32
+  return impl == "threefry2x32" and bool(getattr(jax.config, "jax_threefry_partitionable", True)) and math.prod(shape) < 2**32
 
 
 def _rotate_left(x, d):

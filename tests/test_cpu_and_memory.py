@@ -1,4 +1,4 @@
-"""Tests of the execution strategies, the convolution rewrites and batch_size="auto"."""
+"""Tests of the CPU rewrite (convolutions, compiler options), the chunked scan and batch_size="auto"."""
 
 import re
 
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import adaptgrad_jax as ag
-from adaptgrad_jax import _strategy
+from adaptgrad_jax import _memory
+from adaptgrad_jax import cpu
 
 
 def _conv_net(x, w1, w2):
@@ -37,54 +38,40 @@ def conv_params(getkey):
     [("2GiB", 2 * 2**30), ("500MB", 500 * 10**6), ("1.5g", int(1.5 * 2**30)), ("64 KiB", 65536), (4096, 4096), ("10", 10)],
 )
 def test_parse_bytes(text, expected):
-  assert _strategy.parse_bytes(text) == expected
+  assert _memory.parse_bytes(text) == expected
 
 
 @pytest.mark.parametrize("bad, error", [("lots", ValueError), ("2 parsecs", ValueError), (0, ValueError), (True, TypeError)])
 def test_parse_bytes_errors(bad, error):
   with pytest.raises(error, match="budget="):
-    _strategy.parse_bytes(bad)
+    _memory.parse_bytes(bad)
 
 
 def test_default_budget_reads_environment(monkeypatch):
-  monkeypatch.setenv(_strategy.MEMORY_BUDGET_ENV, "3MiB")
-  assert _strategy.default_memory_budget() == 3 * 2**20
-  monkeypatch.delenv(_strategy.MEMORY_BUDGET_ENV)
-  assert _strategy.default_memory_budget("cpu") > 2**20
+  monkeypatch.setenv(_memory.MEMORY_BUDGET_ENV, "3MiB")
+  assert _memory.default_memory_budget() == 3 * 2**20
+  monkeypatch.delenv(_memory.MEMORY_BUDGET_ENV)
+  assert _memory.default_memory_budget("cpu") > 2**20
 
 
 def test_auto_batch_size_validation():
-  assert _strategy.auto_batch_size("1MiB", max_batch_size=4) == (2**20, 4)
+  assert _memory.auto_batch_size("1MiB", max_batch_size=4) == (2**20, 4)
   with pytest.raises(ValueError, match="max_batch_size=0"):
-    _strategy.auto_batch_size(max_batch_size=0)
+    _memory.auto_batch_size(max_batch_size=0)
   with pytest.raises(ValueError, match="batch_size='fast'"):
-    ag.adapt_smooth(jax.grad(jnp.sum), 0.95, 8, batch_size="fast")
+    ag.adapt_smooth(jax.grad(jnp.sum), 0.95, 8, batch_size="fast", bounds=(0.0, 1.0))
 
 
 # ----------------------------------------------------------------------------
 # Plans and batch-size choice.
 
 
-@pytest.mark.parametrize(
-    "n, batch_size, backend, expected",
-    [
-        (50, None, "cpu", ("vmap", 50, True)),
-        (50, 64, "gpu", ("vmap", 50, False)),
-        (50, 20, "cpu", ("scan", 20, True)),
-        (50, 5, "cpu", ("scan", 5, True)),
-        (50, 5, "gpu", ("scan", 5, False)),
-    ],
-)
-def test_plan(n, batch_size, backend, expected):
-  assert tuple(_strategy.plan(n, batch_size, backend)) == expected
-
-
 def test_choose_batch_size_fits_budget():
-  estimate = _strategy.MemoryEstimate(fixed=1000, per_sample=100, source="xla")
-  assert _strategy.choose_batch_size(50, estimate, 1000 + 7 * 100 + 50, backend="gpu") == 7
-  assert _strategy.choose_batch_size(50, estimate, 10, backend="gpu") == 1  # nothing fits: one at a time
-  assert _strategy.choose_batch_size(5, estimate, 10**9, backend="gpu") == 5  # never above n
-  assert _strategy.choose_batch_size(50, estimate, 10**9, backend="gpu", max_batch_size=3) == 3
+  estimate = _memory.MemoryEstimate(fixed=1000, per_sample=100, source="xla")
+  assert _memory.choose_batch_size(50, estimate, 1000 + 7 * 100 + 50) == 7
+  assert _memory.choose_batch_size(50, estimate, 10) == 1  # nothing fits: one at a time
+  assert _memory.choose_batch_size(5, estimate, 10**9) == 5  # never above n
+  assert _memory.choose_batch_size(50, estimate, 10**9, max_batch_size=3) == 3
 
 
 def test_estimate_memory_grows_with_the_chunk(conv_params):
@@ -92,11 +79,11 @@ def test_estimate_memory_grows_with_the_chunk(conv_params):
   grad = jax.grad(_conv_net)
   fn = lambda k: grad(x + 0.1 * jax.random.normal(k, x.shape), *conv_params)
   keys = jax.random.split(jax.random.key(0), 10)
-  estimate = _strategy.estimate_memory(fn, keys)
+  estimate = _memory.estimate_memory(fn, keys)
   assert estimate.source in ("xla", "jaxpr")
   # At least the noisy input and its gradient per sample.
   assert estimate.per_sample >= 2 * x.size * 4
-  small = _strategy.choose_batch_size(10, estimate, estimate.fixed + 3 * estimate.per_sample, backend="gpu")
+  small = _memory.choose_batch_size(10, estimate, estimate.fixed + 3 * estimate.per_sample)
   assert small == 3
 
 
@@ -113,7 +100,7 @@ def test_rewrite_convolutions_same_values_and_canonical_kernels(conv_params, get
   grad = jax.grad(_conv_net)
   # The input gradient of a convolution comes from JAX with swapped kernel features ("01oi").
   assert "01oi" in _kernel_labels(jax.jit(grad).lower(x, *conv_params).as_text(dialect="hlo"))
-  rewritten = _strategy.rewrite_convolutions(grad)
+  rewritten = cpu.rewrite(grad)
   np.testing.assert_allclose(rewritten(x, *conv_params), grad(x, *conv_params), rtol=1e-6, atol=1e-7)
   assert _kernel_labels(jax.jit(rewritten).lower(x, *conv_params).as_text(dialect="hlo")) == {"01io"}
 
@@ -163,11 +150,11 @@ def test_rewrite_convolutions_values_and_gradients(case, getkey):
     grads = jax.grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w))), argnums=(0, 1))(x, w)
     return (conv(x, w),) + grads
 
-  got = jax.jit(_strategy.rewrite_convolutions(conv_and_grads))(x, w)
+  got = jax.jit(cpu.rewrite(conv_and_grads))(x, w)
   for got_part, want_part in zip(got, jax.jit(conv_and_grads)(x, w)):
     np.testing.assert_allclose(got_part, want_part, rtol=1e-4, atol=1e-4)
   # The forward convolution is really replaced (kept: regular, grouped, and a plain one after writing out dilation).
-  hlo = jax.jit(_strategy.rewrite_convolutions(conv)).lower(x, w).as_text(dialect="hlo")
+  hlo = jax.jit(cpu.rewrite(conv)).lower(x, w).as_text(dialect="hlo")
   assert ("convolution(" in hlo) == (case in ("regular", "grouped", "dilated_small_input"))
 
 
@@ -177,28 +164,28 @@ def test_rewrite_convolutions_keeps_dtype_and_preferred_element_type(getkey):
   dn = ("NHWC", "HWIO", "NHWC")
   for kwargs in ({}, {"preferred_element_type": jnp.float32}):
     conv = lambda x, w, kw=kwargs: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn, **kw)
-    got, want = _strategy.rewrite_convolutions(conv)(x, w), conv(x, w)
+    got, want = cpu.rewrite(conv)(x, w), conv(x, w)
     assert got.dtype == want.dtype
     np.testing.assert_allclose(np.float32(got), np.float32(want), rtol=5e-2, atol=5e-2)
 
 
 def test_cpu_compiler_options(conv_params, getkey):
-  assert ag.cpu_compiler_options("gpu") == {}
-  options = ag.cpu_compiler_options("cpu")
-  assert options == _strategy.CPU_COMPILER_OPTIONS  # jaxlib 0.10 accepts them
+  assert cpu.compiler_options("gpu") == {}
+  options = cpu.compiler_options("cpu")
+  assert options == cpu.COMPILER_OPTIONS  # jaxlib 0.10 accepts them
   x = jax.random.uniform(getkey(), (8, 8, 2))
   grad = jax.grad(_conv_net)
   compiled = jax.jit(grad).lower(x, *conv_params).compile(compiler_options=options)
   np.testing.assert_allclose(compiled(x, *conv_params), grad(x, *conv_params), rtol=1e-5, atol=1e-6)
-  assert _strategy._options_accepted((("xla_cpu_no_such_option", "1"),)) is False
+  assert cpu._rewrite._options_accepted((("xla_cpu_no_such_option", "1"),)) is False
 
 
 def test_scan_strategy_matches_vmap_and_compiles_canonical_kernels(conv_params, getkey):
   x = jax.random.uniform(getkey(), (8, 8, 2))
   key = getkey()
   grad = jax.grad(_conv_net)
-  reference = jax.jit(ag.adapt_smooth(grad, 0.95, 24))(key, x, *conv_params)
-  chunked = jax.jit(ag.adapt_smooth(grad, 0.95, 24, batch_size=4))  # 6 chunks: a scan
+  reference = jax.jit(ag.adapt_smooth(grad, 0.95, 24, bounds=(0.0, 1.0)))(key, x, *conv_params)
+  chunked = jax.jit(ag.adapt_smooth(grad, 0.95, 24, batch_size=4, bounds=(0.0, 1.0)))  # 6 chunks: a scan
   np.testing.assert_allclose(chunked(key, x, *conv_params), reference, rtol=2e-5, atol=1e-7)
   hlo = chunked.lower(key, x, *conv_params).compile().as_text()
   if jax.default_backend() == "cpu":
@@ -211,32 +198,32 @@ def test_second_order_through_rewritten_scan(conv_params, getkey):
   grad = jax.grad(_conv_net)
 
   def loss(x, batch_size):
-    smoothed = ag.adapt_smooth(grad, 0.95, 6, batch_size=batch_size)
+    smoothed = ag.adapt_smooth(grad, 0.95, 6, batch_size=batch_size, bounds=(0.0, 1.0))
     return jnp.sum(smoothed(key, x, *conv_params) ** 2)
 
   second = jax.jit(jax.grad(loss), static_argnums=1)
   np.testing.assert_allclose(second(x, 2), second(x, None), rtol=1e-4, atol=1e-7)
 
 
-@pytest.mark.parametrize("batch_size", ["auto", _strategy.auto_batch_size("40KiB", max_batch_size=3)])
+@pytest.mark.parametrize("batch_size", ["auto", _memory.auto_batch_size("40KiB", max_batch_size=3)])
 def test_auto_batch_size_gives_the_same_result(batch_size, conv_params, getkey):
   x = jax.random.uniform(getkey(), (6, 6, 2))
   key = getkey()
   grad = jax.grad(_conv_net)
-  reference = ag.adapt_smooth(grad, 0.95, 10)(key, x, *conv_params)
-  auto = jax.jit(ag.adapt_smooth(grad, 0.95, 10, batch_size=batch_size))
+  reference = ag.adapt_smooth(grad, 0.95, 10, bounds=(0.0, 1.0))(key, x, *conv_params)
+  auto = jax.jit(ag.adapt_smooth(grad, 0.95, 10, batch_size=batch_size, bounds=(0.0, 1.0)))
   np.testing.assert_allclose(auto(key, x, *conv_params), reference, rtol=2e-5, atol=1e-7)
 
 
 def test_auto_batch_size_bounds_memory(getkey, monkeypatch):
   # With a budget that fits about a dozen samples, XLA's memory no longer grows with n.
   budget = 100 * 2**10
-  monkeypatch.setenv(_strategy.MEMORY_BUDGET_ENV, str(budget))
+  monkeypatch.setenv(_memory.MEMORY_BUDGET_ENV, str(budget))
   f = lambda x: jnp.sum(jnp.tanh(x @ x.T))
   x = jax.random.uniform(getkey(), (24, 24))
 
   def temp_bytes(n, batch_size):
-    smoothed = jax.jit(ag.smooth_grad(jax.grad(f), 0.1, n, batch_size=batch_size))
+    smoothed = jax.jit(ag.smooth_grad(jax.grad(f), 0.1, n, batch_size=batch_size, bounds=(0.0, 1.0)))
     return smoothed.lower(getkey(), x).compile().memory_analysis().temp_size_in_bytes
 
   auto_48, auto_192 = temp_bytes(48, "auto"), temp_bytes(192, "auto")

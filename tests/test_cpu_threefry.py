@@ -1,4 +1,4 @@
-"""The unrolled Threefry of `_prng` gives JAX's bits exactly, and the CPU rewrite uses it."""
+"""The unrolled Threefry of `cpu._threefry` gives JAX's bits exactly, and the CPU rewrite uses it."""
 
 import jax
 import jax.numpy as jnp
@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 import adaptgrad_jax as ag
-from adaptgrad_jax import _prng
-from adaptgrad_jax import _strategy
+from adaptgrad_jax import _monte_carlo
+from adaptgrad_jax import cpu
+from adaptgrad_jax.cpu import _threefry
 
 SHAPES = [(), (1,), (3,), (5, 4), (28, 28, 1), (2, 3, 4)]
 
@@ -23,31 +24,31 @@ def test_random_bits_match_jax(seed, shape):
   key = jax.random.key(seed)
   keys = jax.random.split(key, 7)
   for dtype, width in [(jnp.uint32, 32), (jnp.uint16, 16), (jnp.uint8, 8)]:
-    _same(_prng.random_bits(key, width, shape), jax.random.bits(key, shape, dtype))
-    _same(_prng.random_bits(keys, width, shape), jax.vmap(lambda k, d=dtype: jax.random.bits(k, shape, d))(keys))
+    _same(_threefry.random_bits(key, width, shape), jax.random.bits(key, shape, dtype))
+    _same(_threefry.random_bits(keys, width, shape), jax.vmap(lambda k, d=dtype: jax.random.bits(k, shape, d))(keys))
 
 
 @pytest.mark.parametrize("shape", [(1,), (2,), (10,), (2, 3)])
 def test_split_matches_jax(shape):
   key = jax.random.key(42)
   keys = jax.random.split(key, 3)
-  _same(jax.random.key_data(_prng.split(key, shape)), jax.random.key_data(jax.random.split(key, shape)))
+  _same(jax.random.key_data(_threefry.split(key, shape)), jax.random.key_data(jax.random.split(key, shape)))
   _same(
-    jax.random.key_data(_prng.split(keys, shape)),
+    jax.random.key_data(_threefry.split(keys, shape)),
     jax.random.key_data(jax.vmap(lambda k: jax.random.split(k, shape))(keys)),
   )
 
 
 def test_applies_only_where_the_bits_are_jaxs():
-  assert _prng.applies(jax.random.key(0))
-  assert not _prng.applies(jax.random.key(0, impl="rbg"))
-  assert not _prng.applies(jax.random.PRNGKey(0))  # raw uint32 keys are left to jax.random
-  assert not _prng.applies(jax.random.key(0), (2**16, 2**16))  # counters would need the high word
+  assert _threefry.applies(jax.random.key(0))
+  assert not _threefry.applies(jax.random.key(0, impl="rbg"))
+  assert not _threefry.applies(jax.random.PRNGKey(0))  # raw uint32 keys are left to jax.random
+  assert not _threefry.applies(jax.random.key(0), (2**16, 2**16))  # counters would need the high word
   with jax.threefry_partitionable(False):
-    assert not _prng.applies(jax.random.key(0))
+    assert not _threefry.applies(jax.random.key(0))
   # split_keys gives jax.random's keys, typed and raw.
   for key in (jax.random.key(3), jax.random.PRNGKey(3)):
-    _same(jax.random.key_data(_strategy.split_keys(key, 4)), jax.random.key_data(jax.random.split(key, 4)))
+    _same(jax.random.key_data(jax.jit(lambda k: _monte_carlo.sample_keys(k, 4, True))(key)), jax.random.key_data(jax.random.split(key, 4)))
 
 
 def test_rewrite_for_cpu_draws_the_same_noise_without_loops():
@@ -59,7 +60,7 @@ def test_rewrite_for_cpu_draws_the_same_noise_without_loops():
     return jax.vmap(one)(keys)
 
   keys = jax.random.split(jax.random.key(7), 4)
-  rewritten = _strategy.rewrite_for_cpu(draw)
+  rewritten = cpu.rewrite(draw)
   _same(jax.jit(rewritten)(keys), jax.jit(draw)(keys))
   if jax.default_backend() == "cpu":  # JAX's own CPU lowering is a loop over the rounds; the rewrite has none
     assert " while(" in jax.jit(draw).lower(keys).compile().as_text()
@@ -67,12 +68,12 @@ def test_rewrite_for_cpu_draws_the_same_noise_without_loops():
 
 
 def test_unroll_bits_only_where_measured_faster():
-  assert _prng.unroll_bits((28, 28, 1)) and _prng.unroll_bits((784,)) and _prng.unroll_bits(())
-  assert _prng.unroll_bits((14, 14, 48))
-  assert not _prng.unroll_bits((64, 64, 3))  # RGB images keep JAX's loop
+  assert _threefry.unroll_bits((28, 28, 1)) and _threefry.unroll_bits((784,)) and _threefry.unroll_bits(())
+  assert _threefry.unroll_bits((14, 14, 48))
+  assert not _threefry.unroll_bits((64, 64, 3))  # RGB images keep JAX's loop
   keys = jax.random.split(jax.random.key(1), 3)
   image = jax.vmap(lambda k: jax.random.normal(k, (8, 8, 3)))
-  _same(jax.jit(_strategy.rewrite_for_cpu(image))(keys), jax.jit(image)(keys))
+  _same(jax.jit(cpu.rewrite(image))(keys), jax.jit(image)(keys))
 
 
 def test_adapt_smooth_noise_is_jaxs(getkey):

@@ -1,0 +1,109 @@
+"""Gaussian noise: sample keys and ``eps ~ N(0, diag(sigma^2))`` shaped like an input.
+
+Sample ``j`` of ``n`` always gets the noise of ``jax.random.split(key, n)[j]``,
+whatever the chunking, so results do not depend on ``batch_size``.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from adaptgrad_jax._pytree import broadcast_like, compute_dtype
+from adaptgrad_jax._typing import KeyArray, PyTree
+
+
+def check_key(key: KeyArray, name: str = "key") -> None:
+  """Raises unless ``key`` is one PRNG key: typed (``jax.random.key``) or raw (``jax.random.PRNGKey``)."""
+  if isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+    if key.shape == ():
+      return
+    raise TypeError(
+        f"{name} has shape {key.shape}; pass one PRNG key (split it for a batch"
+        " and jax.vmap over the keys)."
+    )
+  shape = np.shape(key)
+  dtype = getattr(key, "dtype", None)
+  if dtype is not None and jnp.dtype(dtype) == jnp.uint32 and shape == (2,):
+    return
+  raise TypeError(
+      f"{name}={key!r} is not a PRNG key; pass jax.random.key(0) (or a key"
+      " from jax.random.split), not an int."
+  )
+
+
+def sample_noise(key: KeyArray, x: PyTree, sigma: PyTree) -> PyTree:
+  """Draws ``eps ~ N(0, diag(sigma^2))`` with ``x``'s structure and shapes, in at least float32.
+
+  A single-array ``x`` uses ``key`` directly; a pytree splits it over leaves.
+  """
+  leaves, structure = jax.tree.flatten(x)
+  sigmas = jax.tree.leaves(broadcast_like(sigma, x, "sigma"))
+  keys = [key] if len(leaves) == 1 else list(jax.random.split(key, len(leaves)))
+  eps = []
+  for k, leaf, s in zip(keys, leaves, sigmas):
+    dtype = compute_dtype(jnp.result_type(leaf))
+    eps.append(jnp.asarray(s, dtype) * jax.random.normal(k, jnp.shape(leaf), dtype))
+  return jax.tree.unflatten(structure, eps)
+
+
+def add_noise(x: PyTree, eps: PyTree) -> PyTree:
+  """``x + eps`` in the noise's precision, rounded back to ``x``'s dtypes."""
+  return jax.tree.map(
+      lambda leaf, e: (jnp.asarray(leaf).astype(e.dtype) + e).astype(jnp.result_type(leaf)), x, eps
+  )
+
+
+NOISE_SCHEMES = ("iid", "antithetic", "orthogonal")
+ORTHOGONAL_BLOCK = 8
+"""Samples per block of ``noise="orthogonal"``: blocks of 8 exactly orthogonal directions."""
+
+
+def group_size(noise: str) -> int:
+  """Samples per independent unit of a noise scheme."""
+  return {"iid": 1, "antithetic": 2, "orthogonal": ORTHOGONAL_BLOCK}[noise]
+
+
+def _orthogonal_normals(key: KeyArray, count: int, size: int, dtype) -> jax.Array:
+  """``count`` vectors of ``size`` elements, each marginally N(0, I), pairwise exactly orthogonal.
+
+  Gaussian rows ``a_i``; Gram-Schmidt (QR with R's diagonal made positive)
+  gives directions that depend only on the rows' directions, each uniform on
+  the sphere; the rows' own norms (chi with ``size`` degrees of freedom,
+  independent of the directions) scale them back.
+  """
+  if size < count:
+    raise ValueError(
+        f"noise='orthogonal' draws blocks of {count} exactly orthogonal"
+        f" directions, but the input has only {size} element(s); use"
+        " noise='antithetic' or 'iid' for inputs this small."
+    )
+  a = jax.random.normal(key, (count, size), dtype)
+  q, r = jnp.linalg.qr(a.T)  # (size, count)
+  q = q * jnp.where(jnp.diagonal(r) < 0, -1.0, 1.0).astype(dtype)
+  return q.T * jnp.linalg.norm(a, axis=1, keepdims=True)
+
+
+def unit_noise(key: KeyArray, x: PyTree, sigma: PyTree, noise: str) -> PyTree:
+  """The noise of one unit of ``noise``: leaves shaped ``(group,) + leaf.shape``.
+
+  ``"iid"``: one draw (the noise :func:`sample_noise` gives ``key``).
+  ``"antithetic"``: that draw and its negation. ``"orthogonal"``: a block of
+  :data:`ORTHOGONAL_BLOCK` exactly orthogonal directions with chi norms, over
+  all elements of all leaves. Each sample is marginally ``N(0, diag(sigma^2))``.
+  """
+  if noise == "iid":
+    return jax.tree.map(lambda e: e[None], sample_noise(key, x, sigma))
+  if noise == "antithetic":
+    return jax.tree.map(lambda e: jnp.stack([e, -e]), sample_noise(key, x, sigma))
+  leaves, structure = jax.tree.flatten(x)
+  dtype = jnp.result_type(*[compute_dtype(jnp.result_type(leaf)) for leaf in leaves])
+  sizes = [int(np.prod(jnp.shape(leaf))) for leaf in leaves]
+  z = _orthogonal_normals(key, ORTHOGONAL_BLOCK, sum(sizes), dtype)
+  sigmas = jax.tree.leaves(broadcast_like(sigma, x, "sigma"))
+  out, start = [], 0
+  for leaf, s, size in zip(leaves, sigmas, sizes):
+    leaf_dtype = compute_dtype(jnp.result_type(leaf))
+    piece = z[:, start:start + size].reshape((ORTHOGONAL_BLOCK,) + jnp.shape(leaf)).astype(leaf_dtype)
+    out.append(jnp.asarray(s, leaf_dtype) * piece)
+    start += size
+  return jax.tree.unflatten(structure, out)
