@@ -21,6 +21,8 @@ import optax
 from flax import nnx
 from jax.typing import ArrayLike
 
+from adaptgrad_jax._progress import progress_bar
+
 __all__ = (
     "TrainHistory",
     "evaluate",
@@ -67,17 +69,6 @@ def _check_data(x, y):
         f"x has dtype {x.dtype}; pass float inputs (e.g. pixels / 255, as "
         f"datasets.mnist() returns).")
   return x, y.astype(jnp.int32)
-
-
-def _progress(enabled: bool, total: int, description: str):
-  if not enabled:
-    return None
-  from rich import progress as rp  # pylint: disable=import-outside-toplevel
-  bar = rp.Progress(
-      rp.TextColumn("[bold]{task.description}"), rp.BarColumn(),
-      rp.MofNCompleteColumn(), rp.TextColumn("loss {task.fields[loss]}"),
-      rp.TimeElapsedColumn(), rp.TimeRemainingColumn(), transient=False)
-  return bar, bar.add_task(description, total=total, loss="-")
 
 
 _EPOCH_CACHE: dict[Any, Any] = {}
@@ -196,21 +187,14 @@ def train_classifier(
   tx, run_epoch = _epoch_function(graphdef, tx_id, batch_size, n)
   opt_state = tx.init(params)
 
-  bar = _progress(progress, int(epochs), description)
   losses = []
   start = time.perf_counter()
-  try:
-    if bar:
-      bar[0].start()
+  with progress_bar(progress, int(epochs), description, loss="-") as advance:
     for k in jax.random.split(key, int(epochs)):
       perm = jax.random.permutation(k, n)
       params, other, opt_state, loss = run_epoch(params, other, opt_state, x, y, perm)
       losses.append(float(loss))
-      if bar:
-        bar[0].update(bar[1], advance=1, loss=f"{losses[-1]:.4f}")
-  finally:
-    if bar:
-      bar[0].stop()
+      advance(loss=f"{losses[-1]:.4f}")
   nnx.update(model, params, other)
   model.eval()
   return TrainHistory(np.asarray(losses), 0.0, None, time.perf_counter() - start)

@@ -25,6 +25,7 @@ except ImportError:  # pragma: no cover
   AxisType = None
 
 from adaptgrad_jax import cpu
+from adaptgrad_jax._progress import progress_bar
 from adaptgrad_jax.attribute import _identity as _identity_lib
 from adaptgrad_jax.attribute import _resume
 from adaptgrad_jax.attribute import _shards
@@ -309,34 +310,6 @@ def _rebatch(batches: Iterable[Any], batch_size: int, lo: int, hi: int | None,
     yield start, cat(buf)
 
 
-@contextlib.contextmanager
-def _progress_bar(enabled: bool, total: int | None, description: str):
-  if not enabled:
-    yield lambda n: None
-    return
-  try:
-    from rich import progress as rp
-    from rich.console import Console
-  except ImportError:  # rich is optional: fall back to no bar.
-    yield lambda n: None
-    return
-  columns = [rp.TextColumn("{task.description}"), rp.BarColumn(),
-             rp.MofNCompleteColumn(), rp.TextColumn("examples"),
-             rp.TaskProgressColumn(), rp.TimeElapsedColumn(),
-             rp.TimeRemainingColumn(),
-             rp.TextColumn("{task.fields[rate]}")]
-  with rp.Progress(*columns, console=Console(file=sys.stderr),
-                   transient=False) as bar:
-    task = bar.add_task(description, total=total, rate="")
-
-    def advance(n):
-      bar.advance(task, n)
-      speed = bar.tasks[task].speed
-      if speed:
-        bar.update(task, rate=f"{speed:.1f}/s")
-    yield advance
-
-
 def _explain_batch(explain_fn, mesh: Mesh, data_axis: str,
                    sample_axis: str | None, key, indices, xs) -> jax.Array:
   """Maps of a batch: ``vmap(explain_fn)`` with keys ``fold_in(key, index)``."""
@@ -547,7 +520,7 @@ def _attribute(explain_fn, key, data, *, out, batch_size, num_examples, mesh,
     desc = ("attribute" if process[1] == 1 else
             f"attribute [process {process[0]}/{process[1]}]")
     total = None if examples.hi is None else examples.hi - examples.lo
-    with _progress_bar(progress, total, desc) as advance, \
+    with progress_bar(progress, total, desc, show_rate=True) as advance, \
          concurrent.futures.ThreadPoolExecutor(2) as writer:
       sink = _Sink(directory, examples, map_shape, map_dtype, advance, writer)
       step = _batch_step(explain_fn, key, mesh, data_axis, sample_axis,
