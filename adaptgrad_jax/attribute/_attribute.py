@@ -11,7 +11,6 @@ import itertools
 import json
 import os
 import pathlib
-import sys
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import jax
