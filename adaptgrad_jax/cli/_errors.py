@@ -118,6 +118,11 @@ def confidence(text: str) -> float:
   return value
 
 
+def relative_tolerance(text: str) -> float:
+  """``--rtol``: a number (the library checks that it lies in (0, 1))."""
+  return _number(text, "--rtol")
+
+
 def noise_level(text: str) -> float:
   """``--alpha``: SmoothGrad's noise level, >= 0."""
   value = _number(text, "--alpha")

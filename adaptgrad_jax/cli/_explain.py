@@ -80,6 +80,19 @@ def add_smoothing_options(parser: argparse.ArgumentParser, *, n_default: int = 5
   group.add_argument("--seed", type=_errors.seed, default=0, help="PRNG seed (default: 0)")
 
 
+def add_precision_options(parser: argparse.ArgumentParser) -> None:
+  group = parser.add_argument_group("Monte Carlo precision")
+  group.add_argument(
+    "--rtol", type=_errors.relative_tolerance, default=None, metavar="R",
+    help="smoothgrad / adaptgrad: sample in chunks of --batch-size (required) until the map's relative error"
+         " ||stderr|| / ||map|| is at most R (in (0, 1), e.g. 0.05) or --n samples are used; prints the samples"
+         " used per image (default: always --n samples)")
+  group.add_argument(
+    "--noise", choices=("iid", "antithetic", "orthogonal"), default="iid",
+    help="the input noise: iid (default), antithetic pairs (eps, -eps; --n even) or orthogonal blocks; all"
+         " unbiased for the same Gaussian smoothing")
+
+
 def add_output_options(parser: argparse.ArgumentParser, default: Optional[str]) -> None:
   group = parser.add_argument_group("output")
   if default is None:
@@ -105,6 +118,7 @@ def add_parser(subparsers, formatter) -> None:
          " S- and A- prefixes are SmoothGrad and AdaptGrad combined with GI, IG or NG")
   add_model_options(parser)
   add_smoothing_options(parser)
+  add_precision_options(parser)
   group = parser.add_argument_group("integrated gradients and NoiseGrad")
   group.add_argument("--baseline", choices=("black", "white"), default="black",
                      help="IG baseline: the lower (black) or upper (white) bound of the input; the paper's IG(B), IG(W)")
@@ -126,7 +140,8 @@ def options_from(args: argparse.Namespace) -> _methods.Options:
   return _methods.Options(
     c=getattr(args, "c", 0.95), n=args.n, alpha=args.alpha, sigma_rule=args.sigma_rule, batch_size=args.batch_size,
     baseline=getattr(args, "baseline", "black"), ig_steps=getattr(args, "ig_steps", 50),
-    ng_samples=getattr(args, "ng_samples", 10), ng_sigma=getattr(args, "ng_sigma", 0.2))
+    ng_samples=getattr(args, "ng_samples", 10), ng_sigma=getattr(args, "ng_sigma", 0.2),
+    rtol=getattr(args, "rtol", None), noise=getattr(args, "noise", "iid"))
 
 
 # ----------------------------------------------------------------------------
@@ -306,6 +321,10 @@ def progress_bar(console, total: int, description: str):
 
 def run(args: argparse.Namespace, console, err_console) -> int:
   method = _methods.canonical(args.method)
+  _methods.check_options(method, options_from(args))
+  if args.rtol is not None and args.devices is not None:
+    raise UsageError("--rtol explains image by image (each stops on its own) and cannot shard over --devices;"
+                     " leave one of them out")
   _errors.require_plotting("explain")
   paths = unique_inputs(_models.expand_inputs(args.inputs))
   out = pathlib.Path(args.out).expanduser()
@@ -352,6 +371,7 @@ def _run_locked(args, console, err_console, method, paths, names, out, spec, dev
   err_console.print(
     f"{_methods.label(method)} with {spec.name} ({loaded.weights}); {len(paths)} image(s),"
     f" {_methods.cost(method, options)} gradient evaluation(s) each{resumed}")
+  earlier = (_shared.read_record(out / RECORD) or {}) if done else {}
   _shared.write_json(out / RECORD, {
     "complete": False, "run": identity,
     "note": "running or interrupted: an image whose .npy and .png both exist is done; run the same command"
@@ -362,13 +382,14 @@ def _run_locked(args, console, err_console, method, paths, names, out, spec, dev
   def load_x(path):
     return loaded.preprocess(_shared.read_image(path, grayscale=spec.grayscale))
 
-  use_attribute = from_folder or args.devices is not None
+  use_attribute = (from_folder or args.devices is not None) and options.rtol is None
   if use_attribute:
     maps = _explain_sharded(explain_one, key, paths, load_x, out, args, devices)
   else:
     maps = None
     jitted = jax.jit(explain_one, compiler_options=cpu_compiler_options())
   records = []
+  precision: dict[int, dict] = {}
   progress, total, description = progress_bar(err_console, len(paths), "explaining" if maps is None else "writing")
   with progress:
     task = progress.add_task(description, total=total)
@@ -376,7 +397,16 @@ def _run_locked(args, console, err_console, method, paths, names, out, spec, dev
       x = load_x(path)
       if i not in done:
         if maps is None:
-          attribution = np.asarray(jitted(jax.random.fold_in(key, i), x))
+          attribution = jitted(jax.random.fold_in(key, i), x)
+          if options.rtol is not None:  # an ag.Estimate: the map, its stderr and the samples used
+            import adaptgrad_jax as ag  # pylint: disable=import-outside-toplevel
+
+            precision[i] = {"samples": int(attribution.num_samples),
+                            "relative_error": float(ag.relative_error(attribution))}
+            err_console.print(f"{path.name}: {precision[i]['samples']} of {options.n} samples, relative error"
+                              f" {precision[i]['relative_error']:.3f} (--rtol {options.rtol:g})")
+            attribution = attribution.value
+          attribution = np.asarray(attribution)
         else:
           attribution = np.asarray(maps[i])
         if not np.all(np.isfinite(attribution)):
@@ -389,13 +419,18 @@ def _run_locked(args, console, err_console, method, paths, names, out, spec, dev
         "predicted": int(predicted[0]), "predicted_name": loaded.class_name(int(predicted[0])),
         "probability": float(probs[0, predicted[0]]), "target": target, "target_name": loaded.class_name(target),
       })
+      if options.rtol is not None:  # images done by an earlier run keep what that run recorded
+        records[-1].update(precision.get(i) or _earlier_precision(earlier, path))
       progress.update(task, advance=1)
   elapsed = time.perf_counter() - start
   summary = {
     "complete": True, "run": identity,
     "method": method, "label": _methods.label(method), "model": spec.name, "weights": loaded.weights,
     "options": {k: v for k, v in vars(options).items()}, "seed": args.seed, "target": args.target,
-    "key_per_image": "jax.random.fold_in(jax.random.key(seed), index)", "seconds": round(elapsed, 2),
+    "key_per_image": "jax.random.fold_in(jax.random.key(seed), index)",
+    **({"precision": "samples: gradient evaluations used (the clean one included) until the relative error"
+                     " ||stderr|| / ||map|| (adaptgrad_jax.relative_error) reached rtol or n were used"}
+       if options.rtol is not None else {}), "seconds": round(elapsed, 2),
     "images": records,
   }
   _shared.write_json(out / RECORD, summary)
@@ -404,6 +439,14 @@ def _run_locked(args, console, err_console, method, paths, names, out, spec, dev
   console.print(f"wrote {2 * written} files to {out} in {elapsed:.1f} s"
                 + (f" ({len(done)} image(s) done by an earlier run)" if done else ""))
   return _errors.EXIT_OK
+
+
+def _earlier_precision(record: dict, path: pathlib.Path) -> dict:
+  """The samples and relative error an earlier run recorded for ``path`` (None when not recorded)."""
+  for image in record.get("images") or []:
+    if isinstance(image, dict) and image.get("image") == str(path) and "samples" in image:
+      return {"samples": image["samples"], "relative_error": image.get("relative_error")}
+  return {"samples": None, "relative_error": None}
 
 
 def _explain_sharded(explain_one, key, paths, load_x, out, args, devices):
@@ -433,9 +476,14 @@ def _print_table(console, records, method) -> None:
   table.add_column("image")
   table.add_column("predicted (probability)")
   table.add_column("explained class")
+  with_samples = any("samples" in r for r in records)
+  if with_samples:
+    table.add_column("samples (rel. error)")
   table.add_column("overlay")
   for r in records:
     explained = str(r["target"]) if r["target_name"] == str(r["target"]) else f"{r['target']} {r['target_name']}"
-    table.add_row(pathlib.Path(r["image"]).name, f"{r['predicted_name']} ({r['probability']:.2f})",
-                  explained, r["png"])
+    row = [pathlib.Path(r["image"]).name, f"{r['predicted_name']} ({r['probability']:.2f})", explained]
+    if with_samples:
+      row.append("earlier run" if r.get("samples") is None else f"{r['samples']} ({r['relative_error']:.3f})")
+    table.add_row(*row, r["png"])
   console.print(table)

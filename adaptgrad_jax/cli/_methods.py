@@ -67,6 +67,16 @@ class Options:
   ig_steps: int = 50
   ng_samples: int = 10
   ng_sigma: float = 0.2
+  rtol: Optional[float] = None
+  noise: str = "iid"
+
+
+# The methods whose map is ONE Monte Carlo mean of the library (smooth_grad /
+# adapt_smooth), so sampling to a tolerance (--rtol) applies to them.
+RTOL_METHODS = ("smoothgrad", "adaptgrad")
+# The methods that draw input noise (where --noise applies).
+NOISE_METHODS = ("smoothgrad", "adaptgrad", "s-gi", "a-gi", "s-ig", "a-ig", "s-ng", "a-ng")
+NOISE_SCHEMES = ("iid", "antithetic", "orthogonal")
 
 
 def build(
@@ -86,17 +96,73 @@ def build(
     options: the hyperparameters.
     param_fn: ``(f_params, params)`` with ``f_params(x, params, target)``,
       needed by the NoiseGrad methods.
+
+  Returns:
+    ``explain(key, x, target) -> map``; with ``options.rtol`` (SmoothGrad and
+    AdaptGrad only) it returns an ``ag.Estimate(value, stderr, num_samples)``.
+
+  Raises:
+    UsageError: ``rtol`` for a method that is not one Monte Carlo mean, or a
+      setting the library refuses (rtol outside (0, 1), ``noise="antithetic"``
+      with an odd n, ...), as one line naming the option.
   """
   method = canonical(method)
+  check_options(method, options)
+  try:
+    return _build(method, f, bounds, options, param_fn=param_fn)
+  except ValueError as err:  # the library validates when a transform is built
+    raise UsageError(_as_options(str(err))) from None
+
+
+_OPTION_NAMES = (("rtol=", "--rtol "), ("batch_size=", "--batch-size "), ("noise=", "--noise "), ("n=", "--n "),
+                 ("c=", "--c "), ("alpha=", "--alpha "))
+
+
+def _as_options(message: str) -> str:
+  """The library's message on one line, with its argument names spelt as the CLI's options."""
+  import re  # pylint: disable=import-outside-toplevel
+
+  line = " ".join(message.split())
+  for name, option in _OPTION_NAMES:
+    line = re.sub(rf"(?<![\w.]){re.escape(name)}", option, line)
+  return line
+
+
+def check_options(method: str, options: Options) -> None:
+  """The CLI-level checks of ``--rtol`` / ``--noise`` (the library checks the values)."""
+  method = canonical(method)
+  if options.noise not in NOISE_SCHEMES:
+    raise UsageError(f"--noise {options.noise!r} is not a noise scheme; choose one of {', '.join(NOISE_SCHEMES)}")
+  if options.noise != "iid" and method not in NOISE_METHODS:
+    raise UsageError(f"--noise {options.noise} draws input noise, which --method {method} does not; use it with"
+                     f" one of {', '.join(NOISE_METHODS)}, or leave --noise out")
+  if options.rtol is not None and method not in RTOL_METHODS:
+    raise UsageError(f"--rtol samples one Monte Carlo mean to a tolerance and applies to --method smoothgrad or"
+                     f" adaptgrad, not {method}; leave --rtol out or choose one of those")
+  if options.rtol is not None and not isinstance(options.batch_size, int):
+    raise UsageError(f"--rtol {options.rtol:g} samples in chunks of --batch-size and needs it: pass e.g."
+                     " --batch-size 10 (sampling stops after the first chunk that reaches the tolerance)")
+  if method in NOISE_METHODS:  # a dry build: the library's refusals before any model or image is loaded
+    rtol = {} if options.rtol is None else {"rtol": options.rtol}
+    try:
+      ag.smooth_grad(jax.grad(lambda x: x.sum()), options.alpha, options.n, bounds=(0.0, 1.0),
+                     batch_size=options.batch_size, noise=options.noise, **rtol)
+    except ValueError as err:
+      raise UsageError(_as_options(str(err))) from None
+
+
+def _build(method, f, bounds, options, *, param_fn):
   integrated_gradients, gradient_x_input, noise_grad = _transforms()
   o = options
   bs = o.batch_size
+  rtol = {} if o.rtol is None else {"rtol": o.rtol}
 
   def sg(g):
-    return ag.smooth_grad(g, o.alpha, o.n, bounds=bounds, batch_size=bs)
+    return ag.smooth_grad(g, o.alpha, o.n, bounds=bounds, batch_size=bs, noise=o.noise, **rtol)
 
   def adapt(g):
-    return ag.adapt_smooth(g, o.c, o.n, bounds=bounds, sigma_rule=o.sigma_rule, batch_size=bs)
+    return ag.adapt_smooth(g, o.c, o.n, bounds=bounds, sigma_rule=o.sigma_rule, batch_size=bs, noise=o.noise,
+                           **rtol)
 
   def ig(g):
     return integrated_gradients(g, o.ig_steps, baseline=o.baseline, bounds=bounds, batch_size=bs)

@@ -1,0 +1,106 @@
+"""The CLI's Monte Carlo precision options: ``explain --rtol/--noise`` and ``convergence``'s error curves."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+import adaptgrad_jax as ag
+from adaptgrad_jax import flax_adapters, models
+from adaptgrad_jax.cli import main
+
+
+@pytest.fixture(scope="module")
+def digit_png(tmp_path_factory):
+  from PIL import Image
+
+  from adaptgrad_jax import datasets
+
+  image = datasets.mnist_embedded(dtype="uint8").x_test[0, :, :, 0]
+  path = tmp_path_factory.mktemp("images") / "seven.png"
+  Image.fromarray(image).save(path)
+  return path
+
+
+def _digit(digit_png):
+  from PIL import Image
+  return np.asarray(Image.open(digit_png), np.float32)[..., None] / 255.0
+
+
+def _random_mlp_f():
+  model = models.mlp(rngs=nnx.Rngs(0))  # what --weights random builds
+  model.eval()
+  return flax_adapters.nnx_target_fn(model)
+
+
+def _error_line(capsys):
+  captured = capsys.readouterr()
+  assert "Traceback" not in captured.err
+  errors = [line for line in captured.err.splitlines() if "error:" in line]
+  assert len(errors) == 1, captured.err
+  return errors[0]
+
+
+@pytest.mark.parametrize(
+  "extra, needles",
+  [
+    (["--rtol", "0.1"], ["--rtol 0.1", "--batch-size"]),
+    (["--rtol", "0.1", "--batch-size", "4", "--method", "a-ig"], ["--rtol", "smoothgrad or adaptgrad", "a-ig"]),
+    (["--rtol", "1.5", "--batch-size", "4"], ["--rtol 1.5", "(0, 1)"]),
+    (["--rtol", "0", "--batch-size", "4"], ["--rtol 0", "(0, 1)"]),
+    (["--rtol", "half", "--batch-size", "4"], ["--rtol 'half'", "not a number"]),
+    (["--noise", "antithetic", "--n", "5"], ["--n 5", "antithetic", "--n 6"]),
+    (["--noise", "orthogonal", "--method", "grad"], ["--noise orthogonal", "--method grad"]),
+    (["--noise", "sobol"], ["--noise", "sobol", "iid"]),
+    (["--rtol", "0.1", "--batch-size", "4", "--devices", "1"], ["--rtol", "--devices"]),
+  ])
+def test_precision_mistakes_are_one_usage_line(extra, needles, digit_png, tmp_path, capsys):
+  argv = ["explain", str(digit_png), "--model", "mlp", "--weights", "random", "--out", str(tmp_path / "o")] + extra
+  assert main(argv) == 2
+  line = _error_line(capsys)
+  for needle in needles:
+    assert needle in line, line
+  assert not (tmp_path / "o").exists()  # refused before any work
+
+
+@pytest.mark.parametrize("method, build", [
+  ("adaptgrad", lambda g, **kw: ag.adapt_smooth(g, 0.95, 24, bounds=(0.0, 1.0), **kw)),
+  ("smoothgrad", lambda g, **kw: ag.smooth_grad(g, 0.2, 24, bounds=(0.0, 1.0), **kw)),
+])
+def test_explain_rtol_records_the_samples_and_matches_the_library(method, build, digit_png, tmp_path, capsys):
+  out = tmp_path / "maps"
+  argv = ["explain", str(digit_png), "--model", "mlp", "--weights", "random", "--method", method, "--n", "24",
+          "--batch-size", "4", "--rtol", "0.3", "--target", "3", "--seed", "2", "--out", str(out)]
+  assert main(argv) == 0
+  captured = capsys.readouterr()
+  est = build(jax.grad(_random_mlp_f()), batch_size=4, rtol=0.3)(
+    jax.random.fold_in(jax.random.key(2), 0), _digit(digit_png), 3)
+  samples, rel = int(est.num_samples), float(ag.relative_error(est))
+  assert 4 <= samples <= 24
+  np.testing.assert_allclose(np.load(out / f"seven_{method}.npy"), np.asarray(est.value), rtol=1e-5, atol=1e-7)
+  record = json.loads((out / "explain.json").read_text())
+  image = record["images"][0]
+  assert image["samples"] == samples
+  assert image["relative_error"] == pytest.approx(rel, rel=1e-4)
+  assert record["run"]["options"]["rtol"] == 0.3
+  assert f"{samples} of 24 samples" in captured.err
+  assert f"{samples} ({rel:.3f})" in captured.out  # the table's column
+  # Stopping is real: the recorded error reached the tolerance, or all n were used.
+  assert rel <= 0.3 or samples == 24
+
+
+def test_explain_noise_scheme_is_passed_through(digit_png, tmp_path, capsys):
+  out = tmp_path / "maps"
+  argv = ["explain", str(digit_png), "--model", "mlp", "--weights", "random", "--method", "smoothgrad", "--n", "6",
+          "--noise", "antithetic", "--target", "1", "--out", str(out)]
+  assert main(argv) == 0
+  f = _random_mlp_f()
+  key = jax.random.fold_in(jax.random.key(0), 0)
+  x = _digit(digit_png)
+  anti = ag.smooth_grad(jax.grad(f), 0.2, 6, bounds=(0.0, 1.0), noise="antithetic")(key, x, 1)
+  iid = ag.smooth_grad(jax.grad(f), 0.2, 6, bounds=(0.0, 1.0))(key, x, 1)
+  saved = np.load(out / "seven_smoothgrad.npy")
+  np.testing.assert_allclose(saved, np.asarray(anti), rtol=1e-5, atol=1e-7)
+  assert not np.allclose(saved, np.asarray(iid), rtol=1e-3, atol=1e-6)
