@@ -110,7 +110,7 @@ def test_inherent_noise_rates_match_eq9(getkey):
   small = images[:, 50:82, 60:92]  # 32 x 32 patches keep the test fast
   res = reproduce.inherent_noise_experiment(cfg, images=small, log=None)
   rows = {r[0].split(" (")[0]: r for r in res.per_channel}
-  for label, (_, per_el, per_img, analytic, _) in rows.items():
+  for label, (_, per_el, _per_img, analytic, _) in rows.items():
     assert per_el == pytest.approx(analytic, abs=3e-3), label
   assert rows["SmoothGrad"][2] == 1.0
   # AdaptGrad bounds the rate per element by 1 - c (exact: equal, inside pixels).

@@ -111,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ``main(["inherent-noise", "--quick"])`` prints the out-of-range table.
   """
   args = _parser().parse_args(argv)
-  from adaptgrad_jax.reproduce import _inherent_noise, _table1, _table2  # pylint: disable=import-outside-toplevel
+  from adaptgrad_jax.reproduce import _inherent_noise, _table2  # pylint: disable=import-outside-toplevel
   if args.experiment == "table1":
     try:
       result, name = _run_table1(args)
