@@ -19,7 +19,7 @@ from adaptgrad_jax import _sigma
 from adaptgrad_jax import cpu
 from adaptgrad_jax._bounds import require_bounds
 from adaptgrad_jax._noise import NOISE_SCHEMES, add_noise, check_key, group_size, unit_noise
-from adaptgrad_jax._pytree import broadcast_like, check_same_shapes, replace_arg
+from adaptgrad_jax._pytree import broadcast_like, replace_arg
 from adaptgrad_jax._typing import Bounds, GradFn, PyTree
 from adaptgrad_jax._wrapping import split_key_args, validate_argnums, validate_choice
 from adaptgrad_jax._wrapping import validate_count, validate_flag, wrap
