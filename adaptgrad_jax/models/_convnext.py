@@ -40,8 +40,7 @@ __all__ = [
   "convnext_tiny",
 ]
 
-# `layer_scale` is stored in torch's layout (C, 1, 1) under its torch name.
-_loading._LEAF_NAMES[(nnx.Param, "layer_scale")] = "layer_scale"
+# `layer_scale` is stored in torch's layout (C, 1, 1) under its torch name (see `_loading._LEAF_NAMES`).
 
 _LN_EPSILON = 1e-6
 

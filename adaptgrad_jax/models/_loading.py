@@ -53,6 +53,9 @@ _LEAF_NAMES: dict[tuple[type[nnx.Variable], str], str] = {
   (nnx.Param, "scale"): "weight",  # BatchNorm / LayerNorm gamma
   (nnx.BatchStat, "mean"): "running_mean",
   (nnx.BatchStat, "var"): "running_var",
+  # Leaves kept in torch's layout under their torch names (ViT, ConvNeXt).
+  **{(nnx.Param, name): name for name in ("class_token", "pos_embedding", "in_proj_weight", "in_proj_bias",
+                                          "layer_scale")},
 }
 _IGNORED_TORCH_LEAVES = ("num_batches_tracked",)
 _FLATTEN_ATTR = "torch_flatten_chw"

@@ -64,10 +64,8 @@ __all__ = [
   "vit_micro",
 ]
 
-# Leaves stored in torch's layout under their torch name (no "kernel"/"scale" renaming).
-_loading._LEAF_NAMES.update(
-  {(nnx.Param, name): name for name in ("class_token", "pos_embedding", "in_proj_weight", "in_proj_bias")}
-)
+# class_token, pos_embedding, in_proj_weight and in_proj_bias are stored in torch's layout under their
+# torch names (see `_loading._LEAF_NAMES`).
 
 _LN_EPSILON = 1e-6
 
