@@ -104,3 +104,34 @@ def test_explain_noise_scheme_is_passed_through(digit_png, tmp_path, capsys):
   saved = np.load(out / "seven_smoothgrad.npy")
   np.testing.assert_allclose(saved, np.asarray(anti), rtol=1e-5, atol=1e-7)
   assert not np.allclose(saved, np.asarray(iid), rtol=1e-3, atol=1e-6)
+
+
+def test_convergence_plots_reported_and_measured_errors(digit_png, tmp_path, capsys):
+  out = tmp_path / "fig"
+  ns = [2, 4, 16]
+  argv = ["convergence", str(digit_png), "--model", "mlp", "--weights", "random", "--ns", ",".join(map(str, ns)),
+          "--batch-size", "4", "--target", "7", "--seed", "3", "--out", str(out)]
+  assert main(argv) == 0
+  assert "relative error" in capsys.readouterr().out
+  from PIL import Image
+  assert Image.open(out / "seven_convergence_error.png").size[0] > 100
+  data = np.load(out / "seven_convergence.npz")
+  f = _random_mlp_f()
+  x = _digit(digit_png)
+  for i, (name, build) in enumerate([
+      ("sg", lambda n: ag.smooth_grad(jax.grad(f), 0.2, n, bounds=(0.0, 1.0), batch_size=4, return_stderr=True)),
+      ("ag", lambda n: ag.adapt_smooth(jax.grad(f), 0.95, n, bounds=(0.0, 1.0), batch_size=4,
+                                       return_stderr=True))]):
+    reference = data[name][-1]  # the grid's N = 16 map
+    for j, n in enumerate(ns):
+      key = jax.random.fold_in(jax.random.fold_in(jax.random.key(3), 100 + i), n)
+      est = build(n)(key, x, 7)
+      assert data[f"{name}_reported"][j] == pytest.approx(float(ag.relative_error(est)), rel=1e-4)
+      measured = np.linalg.norm(np.asarray(est.value) - reference) / np.linalg.norm(reference)
+      assert data[f"{name}_measured"][j] == pytest.approx(measured, rel=1e-3)
+      assert data[f"{name}_samples"][j] == n
+    # The reported error falls with N (1/sqrt(N) up to the spread of its estimate).
+    assert data[f"{name}_reported"][-1] < data[f"{name}_reported"][0]
+  # Done: the same command does nothing; every output is there.
+  assert main(argv) == 0
+  assert "nothing to do" in capsys.readouterr().out

@@ -60,8 +60,7 @@ def sigma_input_smoother(
     return (out, g) if per_sample else out
 
   smoothed = ag.gaussian_smooth(
-    grad_pair, lambda xs: (xs[1], jnp.zeros_like(xs[1])), n, batch_size=batch_size, has_aux=per_sample,
-    name="sigma_input_smoother")
+    grad_pair, lambda xs: (xs[1], jnp.zeros_like(xs[1])), n, batch_size=batch_size, has_aux=per_sample)
 
   def run(key, x, sigma, t):
     sigma = jnp.broadcast_to(jnp.asarray(sigma, x.dtype), x.shape)
@@ -101,7 +100,7 @@ def mixed_integrated_gradients(
   def grad_pair(xw, t):
     return grad_fn(xw[0], t), jnp.zeros_like(xw[1])
 
-  inner = ag.gaussian_smooth(grad_pair, sigma_fn, n, batch_size=None, name="mixed_smoother")
+  inner = ag.gaussian_smooth(grad_pair, sigma_fn, n, batch_size=None)
   lower, upper = bounds
   edge = lower if baseline == "black" else upper
 
