@@ -338,3 +338,19 @@ def test_fixed_pipeline_lists_every_correction(released_models_dir, mnist_npz):
 def test_cli_table1_released_needs_weights_dir(capsys):
   assert reproduce.main(["table1", "--protocol", "released"]) == 2
   assert "--weights-dir" in capsys.readouterr().err
+
+
+def test_cli_table1_released_writes_json(released_models_dir, mnist_npz, tmp_path, capsys):
+  out = tmp_path / "t1.json"
+  status = reproduce.main(["table1", "--protocol", "released", "--weights-dir",
+                           str(released_models_dir), "--mnist", str(mnist_npz), "--examples", "3",
+                           "--n", "2", "--m", "2", "--json", str(out)])
+  assert status == 0
+  data = json.loads(out.read_text())
+  assert set(data["consistency"]) == set(data["invariance"]) == set(reproduce.METHODS)
+  assert data["protocol"] == "released" and data["num_digits"] == 3
+  assert data["deviations"] == reproduce.Pipeline.released().deviations()
+  # NG is a positive multiple of Grad in the released code: the rank metric gives the same value.
+  assert data["invariance"]["NG"] == pytest.approx(data["invariance"]["Grad"], abs=1e-6)
+  printed = capsys.readouterr().out
+  assert "Image.fromarray" in printed and (tmp_path / "t1.md").exists()
