@@ -27,7 +27,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from adaptgrad_jax.models import _loading
 from adaptgrad_jax.models._loading import build_model
 
 __all__ = [
