@@ -338,7 +338,7 @@ def test_random_subsets_exact_size_and_uniform(n, k, getkey):
     assert both == pytest.approx(k * (k - 1) / (n * (n - 1)), rel=0.1)
 
 
-@pytest.mark.parametrize("n", [1, 2, 3, 7, 784, 1025])
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 100, 513])
 def test_bitonic_sort_equals_numpy(n, rng):
   from adaptgrad_jax.metrics import _sorting
   x = rng.normal(size=(3, n)).astype(np.float32)
