@@ -77,10 +77,10 @@ def test_pic_equals_pair_saliency(structured, kind, channels, np_trapz, rng):
       return (np.asarray(b, np.float64) / 255.0).astype(np.float32)
 
     if kind == "softmax":
-      pred_func = lambda b: list(probs64(to_model(b))[:, label])
+      pred_func = lambda b, p=probs64, t=label: list(p(to_model(b))[:, t])
     else:
-      pred_func = lambda b: list(
-          (np.argmax(probs64(to_model(b)), 1) == label).astype(np.float64))
+      pred_func = lambda b, p=probs64, t=label: list(
+          (np.argmax(p(to_model(b)), 1) == t).astype(np.float64))
     try:
       want = pic.compute_pic_metric(img, sal, mask, pred_func, thresholds,
                                     min_pred_value=0.0)
@@ -256,7 +256,7 @@ def test_local_lipschitz_and_relative_stability_equal_quantus(peer_problem):
     one = table[b:b + 1]
     step = {"i": 0}
 
-    def perturb(arr, indices, **kwargs):
+    def perturb(arr, indices, one=one, step=step, **kwargs):
       step["i"] += 1
       return arr + one[:, step["i"] - 1].reshape(1, -1)
     m = quantus.LocalLipschitzEstimate(nr_samples=S, perturb_func=perturb,
