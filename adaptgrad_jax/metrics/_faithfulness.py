@@ -232,7 +232,9 @@ def faithfulness_correlation(
   correlated (Pearson) with the sum of the attributions of the subset.
   HIGHER is better (1: the attributions predict every drop linearly).
   Quantus' defaults are 100 runs of 224 pixels with a black (0) baseline and
-  the model's logits; pass ``predict_fn`` returning logits or probabilities
+  the model's logits (Quantus draws its subsets with NumPy's global
+  generator, so single values differ from ours; the distribution of the
+  subsets, uniform without replacement, is the same); pass ``predict_fn`` returning logits or probabilities
   as you prefer.
 
   Args:
