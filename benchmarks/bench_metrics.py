@@ -128,10 +128,10 @@ def cases(s: Setup):
     f = jax.jit(lambda *a: jax.vmap(fn)(*a))
     return lambda: f(*arrays)
 
-  yield ("sparseness", "Gini of |a| (Quantus defaults: normalise, abs)",
+  yield ("sparseness", "Gini of abs(a) (Quantus defaults: normalise, abs)",
          jit_batch(lambda a: metrics.sparseness(a, reduce_channels=None, normalise=True), s.A),
          "Quantus Sparseness", _quantus(s, quantus.Sparseness(**q)))
-  yield ("complexity", "entropy of |a| / sum |a|",
+  yield ("complexity", "entropy of abs(a) / sum abs(a)",
          jit_batch(metrics.complexity, s.A),
          "Quantus Complexity", _quantus(s, quantus.Complexity(**q)))
   yield ("faithfulness_correlation", "100 runs of 224 pixels, black baseline, logits",
