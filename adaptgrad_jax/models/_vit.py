@@ -51,6 +51,7 @@ import numpy as np
 from flax import nnx
 
 from adaptgrad_jax.models import _loading
+from adaptgrad_jax.models import _layers
 from adaptgrad_jax.models._loading import build_model
 
 __all__ = [
@@ -67,20 +68,7 @@ __all__ = [
 # class_token, pos_embedding, in_proj_weight and in_proj_bias are stored in torch's layout under their
 # torch names (see `_loading._LEAF_NAMES`).
 
-_LN_EPSILON = 1e-6
-
-
-def _layer_norm(features: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
-  # Two-pass variance as torch's (Flax's default E[x^2] - E[x]^2 loses digits in float32).
-  return nnx.LayerNorm(features, epsilon=_LN_EPSILON, use_fast_variance=False, rngs=rngs)
-
-
-def _identity(x: jax.Array) -> jax.Array:
-  return x
-
-
-def _gelu(x: jax.Array) -> jax.Array:
-  return jax.nn.gelu(x, approximate=False)  # torch.nn.GELU() is the exact, erf form
+_layer_norm, _identity, _gelu = _layers.layer_norm, _layers.identity, _layers.gelu
 
 
 class MultiheadAttention(nnx.Module):
