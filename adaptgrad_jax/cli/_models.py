@@ -85,8 +85,23 @@ class ModelSpec:
 
 _IMAGENET_NAMES = (
   "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn",
-  "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "inception_v3",
+  "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "wide_resnet50_2",
+  "inception_v3",
 )
+# Ports whose torchvision weights adaptgrad_jax.weights may not list for download (--weights PATH works):
+# registered only when adaptgrad_jax.models exports them.
+_NEWER_IMAGENET_NAMES = (
+  "vit_b_16", "vit_b_32", "vit_l_16", "convnext_tiny", "convnext_small", "convnext_base", "convnext_large",
+  "mobilenet_v3_large", "mobilenet_v3_small", "densenet121", "densenet161", "densenet169", "densenet201",
+)
+
+
+def _downloadable(name: str) -> bool:
+  try:
+    from adaptgrad_jax import weights  # pylint: disable=import-outside-toplevel
+  except ImportError:  # pragma: no cover
+    return False
+  return name in getattr(weights, "TORCHVISION_URLS", {})
 
 
 def _specs() -> dict[str, ModelSpec]:
@@ -100,11 +115,13 @@ def _specs() -> dict[str, ModelSpec]:
       "the paper's MNIST MLP 784-200-10 for 28x28 grayscale digits (white on black)",
       "default: the demo's MLP trained on the embedded MNIST digits (cached)"),
   }
-  for name in _IMAGENET_NAMES:
+  models = _models_module()
+  names = _IMAGENET_NAMES + tuple(n for n in _NEWER_IMAGENET_NAMES if hasattr(models, n))
+  for name in names:
     specs[name] = ModelSpec(
       name, "imagenet", 299 if name == "inception_v3" else 224,
       f"torchvision's {name} (ImageNet)",
-      f"--weights PATH (a torchvision .pth) or --weights download")
+      "--weights PATH (a torchvision .pth)" + (" or --weights download" if _downloadable(name) else ""))
   return specs
 
 
@@ -291,6 +308,14 @@ def load(name: str, weights: Optional[str] = None, *, progress: bool = True) -> 
     return LoadedModel(spec, build_from_state_dict(constructor, _read_checkpoint(path)), bounds, label, classes)
 
   # torchvision ImageNet models.
+  if weights is None and not _downloadable(name):
+    raise UsageError(
+      f"--model {name} needs weights: pass --weights PATH to torchvision's {name} checkpoint (.pth or"
+      " .safetensors); --weights random explains an untrained model")
+  if weights == "download" and not _downloadable(name):
+    raise UsageError(
+      f"--weights download: adaptgrad_jax.weights lists no download for {name}; download torchvision's"
+      f" {name} checkpoint yourself and pass --weights PATH")
   if weights is None:
     raise UsageError(
       f"--model {name} needs weights: pass --weights PATH to a torchvision checkpoint (e.g. from"
@@ -322,38 +347,6 @@ def expand_inputs(inputs: list[str]) -> list[pathlib.Path]:
     else:
       raise UsageError(f"{item}: no such file or folder; pass image files or folders of images")
   return paths
-
-
-def check_images(paths: list[pathlib.Path]) -> None:
-  """Opens each file's header (cheap) so a non-image fails before any work starts."""
-  for path in paths:
-    _open(path, lambda img: None)
-
-
-def _open(path: pathlib.Path, use):
-  try:
-    from PIL import Image, UnidentifiedImageError  # pylint: disable=import-outside-toplevel
-  except ImportError as err:
-    raise CliError('reading images needs Pillow: pip install "adaptgrad-jax[plot]"') from err
-  try:
-    with Image.open(path) as img:
-      return use(img)
-  except UnidentifiedImageError:
-    raise CliError(
-      f"cannot read image {path}: Pillow does not recognise it as an image (PNG, JPEG, ...);"
-      " convert it or leave it out") from None
-  except OSError as err:
-    raise CliError(f"cannot read image {path}: {err}; is the file complete?") from None
-
-
-def read_image(path: pathlib.Path, *, grayscale: bool = False) -> np.ndarray:
-  """Reads an image file as uint8 RGB (H, W, 3), or (H, W) when ``grayscale``."""
-
-  def convert(img):
-    img.load()
-    return np.asarray(img.convert("L" if grayscale else "RGB"), np.uint8).copy()
-
-  return _open(path, convert)
 
 
 def settings_hash(settings: dict) -> str:
