@@ -377,23 +377,38 @@ def guided_backprop(model: nnx.Module) -> Callable[..., jax.Array]:
   return gbp
 
 
-def guided_grad_cam(model: nnx.Module, layer: str) -> Callable[..., jax.Array]:
+def _upsample_nearest(m: jax.Array, shape: tuple[int, int]) -> jax.Array:
+  """torch's ``F.interpolate(mode="nearest")``: output pixel ``i`` reads input ``floor(i * in / out)``."""
+  rows = (jnp.arange(shape[0]) * m.shape[0]) // shape[0]
+  cols = (jnp.arange(shape[1]) * m.shape[1]) // shape[1]
+  return m[rows][:, cols]
+
+
+def guided_grad_cam(model: nnx.Module, layer: str, *, interpolate: str = "nearest") -> Callable[..., jax.Array]:
   """Guided Grad-CAM: guided backpropagation times Grad-CAM upsampled to the input.
 
   As Captum's ``GuidedGradCam``: the Grad-CAM map (with ReLU) is upsampled to
-  the input's height and width by bilinear interpolation (``jax.image.resize``;
-  Captum's default ``interpolate_mode="nearest"`` differs) and multiplied with
-  every channel of the guided-backprop gradient.
+  the input's height and width (``interpolate="nearest"``, Captum's default and
+  torch's ``F.interpolate`` rule, or ``"bilinear"`` by ``jax.image.resize``) and
+  multiplied with every channel of the guided-backprop gradient.
+
+  Returns:
+    ``ggc(x, target)``, shaped like ``x``.
 
   References:
     Selvaraju et al., ICCV 2017, Section 3.1.
   """
+  if interpolate not in ("nearest", "bilinear"):
+    raise ValueError(f"interpolate={interpolate!r} must be 'nearest' (Captum's default) or 'bilinear'.")
   cam = grad_cam(model, layer)
   gbp = guided_backprop(model)
 
   def ggc(x, target):
     m = cam(x, target)
-    up = jax.image.resize(m, x.shape[:2], method="bilinear")
+    if interpolate == "nearest":
+      up = _upsample_nearest(m, x.shape[:2])
+    else:
+      up = jax.image.resize(m, x.shape[:2], method="bilinear")
     return gbp(x, target) * up[..., None]
 
   ggc.__name__ = ggc.__qualname__ = f"guided_grad_cam({layer})"

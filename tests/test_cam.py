@@ -69,6 +69,17 @@ def test_guided_backprop_matches_captum(x64):
   assert jax.nn.relu is not flax_cam.guided_relu  # the patch is undone
 
 
+def test_guided_grad_cam_matches_captum(x64):
+  ref, model, x = _pair(5)
+  model = _as64(model)
+  x_t = torch.from_numpy(np.moveaxis(x, -1, 0)[None].copy())
+  with ref_lib.single_threaded_torch():
+    expected = captum_attr.GuidedGradCam(ref, ref.features[7]).attribute(x_t, target=4).detach().numpy()[0]
+  ours = jax.jit(flax_cam.guided_grad_cam(model, "features.7"))(jnp.asarray(x), 4)
+  assert np.abs(expected).max() > 0
+  np.testing.assert_allclose(ours, np.moveaxis(expected, 0, -1), rtol=1e-9, atol=1e-12)
+
+
 def test_grad_cam_pp_against_formula(x64):
   _, model, x = _pair(2)
   model = _as64(model)
