@@ -79,21 +79,9 @@ def as_float_array(x: Any, name: str) -> jax.Array:
 
 
 def path_str(path: tuple[Any, ...]) -> str:
-  """'l1/kernel' for a pytree key path (drops the `.value` of nnx Variables)."""
-  parts = []
-  for k in path:
-    if isinstance(k, jax.tree_util.DictKey):
-      parts.append(str(k.key))
-    elif isinstance(k, jax.tree_util.SequenceKey):
-      parts.append(str(k.idx))
-    elif isinstance(k, jax.tree_util.GetAttrKey):
-      if k.name != "value":
-        parts.append(k.name)
-    elif isinstance(k, jax.tree_util.FlattenedIndexKey):
-      parts.append(str(k.key))
-    else:
-      parts.append(str(k))
-  return "/".join(parts)
+  """'l1/kernel' for a pytree key path (``jax.tree_util.keystr``, without the ``.value`` of nnx Variables)."""
+  return "/".join(jax.tree_util.keystr((k,), simple=True) for k in path
+                  if not (isinstance(k, jax.tree_util.GetAttrKey) and k.name == "value"))
 
 
 def path_matches(path: str, prefix: str) -> bool:
