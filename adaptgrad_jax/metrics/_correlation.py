@@ -38,28 +38,18 @@ def no_abs_scale(x: ArrayLike, clip_percentile: float = 99.0) -> jax.Array:
 
 
 def average_ranks(x: ArrayLike) -> jax.Array:
-  """1-based ranks of a 1-D array, ties given the average of their ranks.
+  """1-based ranks of the flattened array, ties given the average of their ranks.
 
-  Equal to ``scipy.stats.rankdata(x, method="average")``; jit-compatible.
+  ``jax.scipy.stats.rankdata(x, method="average")``, as ``scipy.stats.rankdata``; jit-compatible.
   """
-  x = jnp.asarray(x).reshape(-1)
-  n = x.shape[0]
-  order = jnp.argsort(x)
-  s = x[order]
-  idx = jnp.arange(n)
-  new_group = jnp.concatenate([jnp.ones(1, bool), s[1:] != s[:-1]])
-  ends_group = jnp.concatenate([s[1:] != s[:-1], jnp.ones(1, bool)])
-  first = jax.lax.cummax(jnp.where(new_group, idx, 0))  # first index of tie group
-  last = jax.lax.cummin(jnp.where(ends_group, idx, n - 1), reverse=True)
-  avg = (first + last).astype(jnp.result_type(float)) / 2.0 + 1.0
-  return jnp.zeros(n, avg.dtype).at[order].set(avg)
+  return jax.scipy.stats.rankdata(jnp.asarray(x).reshape(-1), method="average")
 
 
 def _pearson(a: jax.Array, b: jax.Array) -> jax.Array:
+  """``jnp.corrcoef``'s off-diagonal, NaN when either side is constant."""
   constant = (jnp.max(a) == jnp.min(a)) | (jnp.max(b) == jnp.min(b))
-  a = a - jnp.mean(a)
-  b = b - jnp.mean(b)
-  r = jnp.sum(a * b) / jnp.sqrt(jnp.sum(a * a) * jnp.sum(b * b))
+  safe = jnp.where(constant, jnp.arange(a.shape[0], dtype=a.dtype), a)
+  r = jnp.corrcoef(safe, jnp.where(constant, jnp.arange(b.shape[0], dtype=b.dtype), b))[0, 1]
   return jnp.where(constant, jnp.nan, jnp.clip(r, -1.0, 1.0))
 
 
