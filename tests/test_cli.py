@@ -143,7 +143,7 @@ def test_explain_writes_maps_equal_to_the_library_and_refuses_to_overwrite(digit
   model, f = _mlp_f()
   from PIL import Image
   x = np.asarray(Image.open(digit_png), np.float32)[..., None] / 255.0
-  expected = ag.adapt_smooth(jax.grad(f), 0.95, 8)(jax.random.fold_in(jax.random.key(5), 0), x, 3)
+  expected = ag.adapt_smooth(jax.grad(f), 0.95, 8, bounds=(0.0, 1.0))(jax.random.fold_in(jax.random.key(5), 0), x, 3)
   np.testing.assert_allclose(np.load(npy), np.asarray(expected), rtol=1e-5, atol=1e-7)
   from PIL import Image as PILImage
   assert PILImage.open(png).size == (28, 28)
