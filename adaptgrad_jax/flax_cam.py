@@ -2,7 +2,8 @@
 
 A layer is named by its attribute path in the model (``"features.28"``,
 ``"layer4"``, ``"layer4.1.conv2"``: attributes and list indices joined by
-dots). Nothing in the model is edited: each call splits the model
+dots); a list (a stage such as ResNet's ``"layer4"``) stands for its last
+entry, whose output is the stage's when the model applies the entries in turn. Nothing in the model is edited: each call splits the model
 (``nnx.split``), merges a private copy inside the traced function and, on that
 copy only, replaces the named submodule (or list entry) by a wrapper that
 returns its output plus a zero input ``delta``; the gradient with respect to
@@ -55,13 +56,16 @@ def _children(node) -> list[tuple[str, Any]]:
     return [(str(i), item) for i, item in enumerate(node)]
   if isinstance(node, nnx.Module):
     return [(name, value) for name, value in vars(node).items()
-            if not name.startswith("_") and (isinstance(value, (nnx.Module, nnx.List)) or (
-                callable(value) and not isinstance(value, nnx.Variable) and not isinstance(value, type)))]
+            if not name.startswith("_") and isinstance(value, (nnx.Module, nnx.List))]
   return []
 
 
 def available_layers(model: nnx.Module, max_depth: int = 4) -> list[str]:
   """The dotted paths of the model's submodules and list entries (what ``layer=`` accepts).
+
+  Submodules (``nnx.Module`` attributes) and every entry of an ``nnx.List``
+  (modules or functions such as ``jax.nn.relu``) are layers; a plain function
+  stored as a module attribute is not.
 
   Example:
     >>> import flax.nnx as nnx
@@ -101,6 +105,9 @@ def _resolve(model, layer: str):
           f" there. Available layers: {shown or '(none: the model has no submodules)'}."
       )
     parent, node = node, names[part]
+  if isinstance(node, (nnx.List, list)) and len(node) and not callable(node):
+    # A stage (torchvision's nn.Sequential, e.g. ResNet's "layer4"): its output is its last entry's.
+    parent, part, node = node, str(len(node) - 1), node[len(node) - 1]
   if not callable(node):
     raise ValueError(f"layer={layer!r} names a {type(node).__name__}, which is not callable; name a layer.")
   return parent, part, node
@@ -315,7 +322,9 @@ def _swap_relus(node, depth=0) -> None:
   """Replaces stored references to ``jax.nn.relu`` / ``nnx.relu`` (e.g. in ``nnx.List``s) by :func:`guided_relu`."""
   if depth > 32:
     return
-  for name, child in _children(node):
+  stored = [(n, v) for n, v in vars(node).items() if v is jax.nn.relu or v is nnx.relu] if isinstance(
+      node, nnx.Module) else []
+  for name, child in _children(node) + stored:
     if child is jax.nn.relu or child is nnx.relu:
       _replace(node, name, guided_relu)
     elif isinstance(child, (nnx.Module, nnx.List, list)):

@@ -1,5 +1,7 @@
 """Tests of adaptgrad_jax.flax_cam against Captum's LayerGradCam and GuidedBackprop, in float64."""
 
+from unittest import mock
+
 import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
@@ -122,3 +124,37 @@ def test_bad_layers_are_named():
   with pytest.raises(ValueError, match="feature map"):
     flax_cam.grad_cam(model, "classifier.1")(jnp.zeros((SIZE, SIZE, 3)), 0)
   assert "features.9" in flax_cam.available_layers(model)
+
+
+def test_resnet_layer4_grad_cam_and_guided_backprop_match_captum(x64):
+  # ResNet blocks call jax.nn.relu inline: guided backprop reaches them through guided_relus(). The torch
+  # reference calls torch.relu, which Captum's GuidedBackprop (it hooks nn.ReLU modules) does not see, so the
+  # guided reference is torch autograd with torch.relu patched to a guided ReLU Function.
+  ref = ref_lib.randomize(ref_lib.TorchResNet(ref_lib.TorchBasicBlock, [1, 1, 1, 1], num_classes=5), seed=6).double()
+  model = models.load_weights(models.ResNet(models.BasicBlock, (1, 1, 1, 1), num_classes=5, rngs=nnx.Rngs(0)),
+                              ref_lib.numpy_state_dict(ref))
+  model.eval()
+  model = _as64(model)
+  x = np.random.default_rng(6).normal(size=(32, 32, 3))
+  x_t = torch.from_numpy(np.moveaxis(x, -1, 0)[None].copy())
+  with ref_lib.single_threaded_torch():
+    cam_ref = captum_attr.LayerGradCam(ref, ref.layer4).attribute(x_t, target=1).detach().numpy()[0, 0]
+    class GuidedReLU(torch.autograd.Function):
+      @staticmethod
+      def forward(ctx, z):
+        ctx.save_for_backward(z)
+        return z.clamp(min=0)
+
+      @staticmethod
+      def backward(ctx, g):
+        (z,) = ctx.saved_tensors
+        return g.clamp(min=0) * (z > 0)
+
+    x_g = x_t.clone().requires_grad_(True)
+    with mock.patch.object(torch, "relu", GuidedReLU.apply):
+      ref(x_g)[0, 1].backward()
+    gbp_ref = x_g.grad.numpy()[0]
+  np.testing.assert_allclose(flax_cam.grad_cam(model, "layer4", relu=False)(jnp.asarray(x), 1), cam_ref,
+                             rtol=1e-9, atol=1e-12)
+  np.testing.assert_allclose(flax_cam.guided_backprop(model)(jnp.asarray(x), 1), np.moveaxis(gbp_ref, 0, -1),
+                             rtol=1e-9, atol=1e-12)
