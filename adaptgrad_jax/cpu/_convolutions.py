@@ -5,15 +5,11 @@ replaces; the timings in the docstrings are from jax 0.10.2 on a 2-core Xeon
 (``benchmarks/results/cpu_experiments.md``).
 """
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jex_core
 
-MAX_PATCH_TAPS = 9
-"""Kernels with more spatial taps than this (3 x 3) are not turned into patches and a dot."""
 
 
 
@@ -147,15 +143,15 @@ def _output_smaller_than_kernel(lhs, rhs, params) -> bool:
   XLA:CPU runs such convolutions 4-80x slower than the same product as
   patches and one dot: 3 x 3 with padding 1 on a 2 x 2 x 512 map (batch
   20) takes 363 ms against 5 ms, as in ResNet-50's last stage at 64 x 64.
-  With outputs at least the kernel's size the two are within 1.5x. Only
-  kernels of at most ``MAX_PATCH_TAPS`` taps: a ViT's patch embedding (16 x 16
-  kernel, stride 16) would become 256 slices, 3-4x slower than XLA's own
-  convolution (vit_micro's smoothed gradient: 22 ms against 6 ms).
+  With outputs at least the kernel's size the two are within 1.5x. Not for
+  non-overlapping windows (stride >= kernel, a ViT's patch embedding): as
+  slices they become one per kernel tap (256 for 16 x 16), 3-4x slower than
+  XLA's own convolution (vit_micro's smoothed gradient: 22 ms against 6 ms).
   """
   if not _is_plain(params) or any(d != 1 for d in params["lhs_dilation"] + params["rhs_dilation"]):
     return False
   lhs_spec, rhs_spec, _ = params["dimension_numbers"]
-  if math.prod(rhs.shape[d] for d in rhs_spec[2:]) > MAX_PATCH_TAPS:
+  if all(s >= rhs.shape[d] for s, d in zip(params["window_strides"], rhs_spec[2:])):
     return False
   for i, (lo, hi) in enumerate(params["padding"]):
     kernel = rhs.shape[rhs_spec[2 + i]]
@@ -192,7 +188,7 @@ def _dilated_input_smaller_than_kernel(lhs, rhs, params) -> bool:
   if all(d == 1 for d in params["lhs_dilation"]):
     return False
   lhs_spec, rhs_spec, _ = params["dimension_numbers"]
-  if math.prod(rhs.shape[d] for d in rhs_spec[2:]) > MAX_PATCH_TAPS:  # large strided kernels: measured, see above
+  if all(s >= rhs.shape[d] for s, d in zip(params["lhs_dilation"], rhs_spec[2:])):  # non-overlapping, see above
     return False
   return any(lhs.shape[lhs_spec[2 + i]] < rhs.shape[rhs_spec[2 + i]] for i in range(len(params["lhs_dilation"])))
 
