@@ -3,7 +3,8 @@
 A layer is named by its attribute path in the model (``"features.28"``,
 ``"layer4"``, ``"layer4.1.conv2"``: attributes and list indices joined by
 dots); a list (a stage such as ResNet's ``"layer4"``) stands for its last
-entry, whose output is the stage's when the model applies the entries in turn. Nothing in the model is edited: each call splits the model
+entry, whose output is the stage's when the model applies the entries in turn.
+Nothing in the model is edited: each call splits the model
 (``nnx.split``), merges a private copy inside the traced function and, on that
 copy only, replaces the named submodule (or list entry) by a wrapper that
 returns its output plus a zero input ``delta``; the gradient with respect to

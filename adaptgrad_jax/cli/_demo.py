@@ -168,7 +168,8 @@ def _mnist_part(args, out: pathlib.Path, console, err_console) -> dict[str, Any]
     f" (S-/A-IG: {ig_options.n} noise samples per step)"))
   console.print(f"wrote {figure} ({seconds:.1f} s for the maps)")
   return {
-    "model": info, "test_accuracy": accuracy, "test_digits": int(len(data.y_test)), "figure": str(figure), "digits": count, "n": n,
+    "model": info, "test_accuracy": accuracy, "test_digits": int(len(data.y_test)), "figure": str(figure),
+    "digits": count, "n": n,
     "sparseness": {lab: float(sparseness[m].mean()) for m, lab in zip(ROWS, ROW_LABELS)},
     "out_of_range_per_element": rates, "seconds_maps": round(seconds, 2),
   }

@@ -7,7 +7,10 @@ LN_EPSILON = 1e-6
 
 
 def layer_norm(features: int, rngs: nnx.Rngs, epsilon: float = LN_EPSILON) -> nnx.LayerNorm:
-  """``torch.nn.LayerNorm(features, eps=1e-6)``: two-pass variance as torch's (Flax's fast E[x^2] - E[x]^2 loses digits)."""
+  """``torch.nn.LayerNorm(features, eps=1e-6)``: two-pass variance as torch's.
+
+  Flax's fast ``E[x^2] - E[x]^2`` loses digits in float32.
+  """
   return nnx.LayerNorm(features, epsilon=epsilon, use_fast_variance=False, rngs=rngs)
 
 
