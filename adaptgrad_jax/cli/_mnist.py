@@ -199,7 +199,7 @@ def trained_mlp(settings: dict | None = None, *, progress: bool = True, use_cach
           directory.mkdir(parents=True, exist_ok=True)
           training.save_model(directory / "checkpoint", model, overwrite=True)
           meta = json.dumps({"settings": settings, "accuracy": accuracy}, indent=2).encode()
-          _files.atomic_write(meta_file, lambda f: f.write(meta))
+          _files.atomic_write(meta_file, lambda f, meta=meta: f.write(meta))
           where = f"cached in {directory}"
         except OSError as err:
           log(f"could not cache the trained MLP in {directory} ({err}); it will be trained again next time")
