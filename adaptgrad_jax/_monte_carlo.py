@@ -76,9 +76,9 @@ def relative_error(estimate: Estimate) -> jax.Array:
   Example:
     >>> import adaptgrad_jax as ag
     >>> f = lambda x: jnp.sum(jnp.sin(3 * x))
-    >>> est = ag.adapt_smooth(jax.grad(f), 0.95, 64, bounds=(0.0, 1.0), return_stderr=True)(
-    ...     jax.random.key(0), jnp.full(4, 0.5))
-    >>> bool(ag.relative_error(est) < 0.1)
+    >>> est = ag.adapt_smooth(jax.grad(f), 0.95, 256, bounds=(0.0, 1.0), return_stderr=True)(
+    ...     jax.random.key(0), jnp.linspace(0.1, 0.9, 8))
+    >>> bool(ag.relative_error(est) < 0.1)  # about 3.5%
     True
   """
   norm = lambda tree: jnp.sqrt(sum(jnp.sum(jnp.square(jnp.asarray(v, jnp.float32))) for v in jax.tree.leaves(tree)))

@@ -46,10 +46,15 @@ def average_ranks(x: ArrayLike) -> jax.Array:
 
 
 def _pearson(a: jax.Array, b: jax.Array) -> jax.Array:
-  """``jnp.corrcoef``'s off-diagonal, NaN when either side is constant."""
+  """Pearson's r, NaN when either side is constant.
+
+  Written out rather than ``jnp.corrcoef(a, b)[0, 1]``: in float32 that gives
+  0.99999994 for identical rankings, where this gives exactly 1 (as scipy).
+  """
   constant = (jnp.max(a) == jnp.min(a)) | (jnp.max(b) == jnp.min(b))
-  safe = jnp.where(constant, jnp.arange(a.shape[0], dtype=a.dtype), a)
-  r = jnp.corrcoef(safe, jnp.where(constant, jnp.arange(b.shape[0], dtype=b.dtype), b))[0, 1]
+  a = a - jnp.mean(a)
+  b = b - jnp.mean(b)
+  r = jnp.sum(a * b) / jnp.sqrt(jnp.sum(a * a) * jnp.sum(b * b))
   return jnp.where(constant, jnp.nan, jnp.clip(r, -1.0, 1.0))
 
 
