@@ -317,19 +317,6 @@ def test_out_below_a_file_is_one_line(tmp_path, capsys):
   assert "is a file; pass a folder" in _error_line(capsys)
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes anywhere")
-def test_read_only_out_is_one_line(tmp_path, capsys):
-  image = _digit(tmp_path / "a.png", 0)
-  out = tmp_path / "ro"
-  out.mkdir()
-  out.chmod(0o500)
-  try:
-    assert main(["explain", str(image), *MLP, "--out", str(out)]) == 1
-    assert "Permission denied" in _error_line(capsys)
-  finally:
-    out.chmod(0o700)
-
-
 def test_a_killed_run_s_temporaries_are_removed_and_nothing_else(tmp_path, capsys):
   """kill -9 skips atomic_write's clean-up; the next run (holding the lock) removes only our temporaries."""
   image = _digit(tmp_path / "a.png", 0)
