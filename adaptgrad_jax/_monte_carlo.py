@@ -166,10 +166,9 @@ def _chunk_moments(values, acc_dtypes, valid, names):
         out[q] = jnp.sum(dev[a] * dev[b], axis=0)
     return out
 
-  per_leaf = jax.tree.map(stats, values, acc_dtypes)
-  moments = {name: jax.tree.map(lambda t: t[name], per_leaf, is_leaf=lambda t: isinstance(t, dict))
-             for name in names}
-  return {"k": k, **moments}
+  leaves, structure = jax.tree.flatten(values)
+  per_leaf = [stats(v, d) for v, d in zip(leaves, jax.tree.leaves(acc_dtypes))]
+  return {"k": k, **{name: jax.tree.unflatten(structure, [m[name] for m in per_leaf]) for name in names}}
 
 
 def values_count(values) -> int:
