@@ -222,12 +222,14 @@ def efficientnet_lite0(num_classes: int = 1000, *, weights: Any = None, rngs: nn
       listed at once).
 
   Example:
+    >>> import jax
     >>> import jax.numpy as jnp
     >>> from flax import nnx
     >>> from adaptgrad_jax import models
-    >>> model = models.efficientnet_lite0(num_classes=10, rngs=nnx.Rngs(0))
+    >>> model = nnx.eval_shape(lambda: models.efficientnet_lite0(num_classes=10, rngs=nnx.Rngs(0)))  # shapes only
     >>> model.eval()
-    >>> model(jnp.zeros((1, 64, 64, 3))).shape
+    >>> graphdef, state = nnx.split(model)
+    >>> jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x), state, jnp.zeros((1, 64, 64, 3))).shape
     (1, 10)
 
   References:

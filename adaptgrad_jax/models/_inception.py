@@ -326,12 +326,14 @@ def inception_v3(
       listed), or for ``weights="pretrained"`` (use `adaptgrad_jax.weights.pretrained`).
 
   Example:
+    >>> import jax
     >>> import jax.numpy as jnp
     >>> from flax import nnx
     >>> from adaptgrad_jax import models
-    >>> model = models.inception_v3(num_classes=10, rngs=nnx.Rngs(0))
+    >>> model = nnx.eval_shape(lambda: models.inception_v3(num_classes=10, rngs=nnx.Rngs(0)))  # shapes only
     >>> model.eval()
-    >>> model(jnp.zeros((1, 75, 75, 3))).shape
+    >>> graphdef, state = nnx.split(model)
+    >>> jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x), state, jnp.zeros((1, 75, 75, 3))).shape
     (1, 10)
 
   References:
