@@ -240,14 +240,14 @@ def sample_sums(
     in_loop = cpu.rewrite(chunk)
   zeros = {"k": jnp.float32(0), **{name: jax.tree.map(lambda v, d: jnp.zeros(v.shape, d), like, acc)
                                     for name in names}}
-  merge = lambda e: e.reshape((-1,) + e.shape[2:])  # (units, group, ...) -> samples
+  to_samples = lambda e: e.reshape((-1,) + e.shape[2:])  # (units, group, ...) -> (samples, ...)
 
   if rtol is None:
     batch_size = _memory.resolve_batch_size(one, inputs, batch_size, group=group)
   per_chunk = units if batch_size is None else max(1, min(units, batch_size // group))
   if rtol is None and per_chunk >= units:
     sums, extras = entry(inputs, None)
-    return Sums(sums, jnp.int32(units), group, like, jax.tree.map(merge, extras))
+    return Sums(sums, jnp.int32(units), group, like, jax.tree.map(to_samples, extras))
 
   chunks = math.ceil(units / per_chunk)
   size = math.ceil(units / chunks) if rtol is None else per_chunk
@@ -262,7 +262,7 @@ def sample_sums(
       return _merge(carry, sums), extras
 
     sums, extras = jax.lax.scan(body, zeros, (padded, valid))
-    extras = jax.tree.map(lambda e: merge(merge(e))[: units * group], extras)
+    extras = jax.tree.map(lambda e: to_samples(to_samples(e))[: units * group], extras)
     return Sums(sums, jnp.int32(units), group, like, extras)
 
   def counted(c):
