@@ -17,7 +17,6 @@ from adaptgrad_jax import _memory
 from adaptgrad_jax import _monte_carlo
 from adaptgrad_jax import cpu
 from adaptgrad_jax._bounds import broadcast_bounds, require_bounds, validate_bounds
-from adaptgrad_jax._noise import check_key
 from adaptgrad_jax._pytree import broadcast_like, check_same_shapes, compute_dtype, replace_arg
 from adaptgrad_jax._typing import Bounds, GradFn, KeyArray, PyTree
 from adaptgrad_jax._wrapping import is_stochastic, resolve_stochastic, split_key_args
@@ -119,8 +118,6 @@ def gradient_x_input(
 
   def gi(*call_args, **kwargs):
     key, args = split_key_args(call_args, stochastic, argnums, name)
-    if stochastic:
-      check_key(key)
     grad = grad_fn(*call_args, **kwargs)
     return _multiply(grad, args[argnums], argnums, name)
 
@@ -354,8 +351,6 @@ def integrated_gradients(
 
   def ig(*call_args, **kwargs):
     key, args = split_key_args(call_args, stochastic, argnums, name)
-    if stochastic:
-      check_key(key)
     x = args[argnums]
     base = resolve_baseline(baseline, x, bounds)
     compute = jax.tree.map(lambda leaf: compute_dtype(jnp.asarray(leaf).dtype), x)

@@ -329,8 +329,6 @@ def blur_integrated_gradients(
 
   def blur_ig(*call_args, **kwargs):
     key, args = split_key_args(call_args, stochastic, argnums, name)
-    if stochastic:
-      check_key(key)
     x = _single_array(args[argnums], name)
     if x.ndim < 2 or not all(-x.ndim <= a < x.ndim for a in axes):
       raise ValueError(f"{name}: axes={axes} are not two axes of the input of shape {x.shape}.")
@@ -423,8 +421,6 @@ def guided_integrated_gradients(
 
   def guided_ig(*call_args, **kwargs):
     key, args = split_key_args(call_args, stochastic, argnums, name)
-    if stochastic:
-      check_key(key)
     x_in = _single_array(args[argnums], name)
     dtype = compute_dtype(x_in.dtype)
     xi = x_in.astype(dtype)
@@ -541,8 +537,6 @@ def idgi(
 
   def idgi_fn(*call_args, **kwargs):
     key, args = split_key_args(call_args, stochastic, argnums, name)
-    if stochastic:
-      check_key(key)
     x = _single_array(args[argnums], name)
     dtype = compute_dtype(x.dtype)
     base = resolve_baseline(baseline, x, bounds).astype(dtype)

@@ -20,7 +20,6 @@ import numpy as np
 from adaptgrad_jax import _memory
 from adaptgrad_jax import _monte_carlo
 from adaptgrad_jax import cpu
-from adaptgrad_jax._noise import check_key
 from adaptgrad_jax._pytree import compute_dtype, replace_arg
 from adaptgrad_jax._typing import GradFn, PyTree
 from adaptgrad_jax._wrapping import resolve_stochastic, split_key_args, validate_argnums
@@ -288,7 +287,6 @@ def noise_grad(
 
   def ng(key, *args, **kwargs):
     _, args = split_key_args((key,) + args, True, argnums, name)
-    check_key(key)
     params = args[argnums]
     selected = select_leaves(params, mask)
 

@@ -18,7 +18,7 @@ from adaptgrad_jax import _monte_carlo
 from adaptgrad_jax import _sigma
 from adaptgrad_jax import cpu
 from adaptgrad_jax._bounds import require_bounds
-from adaptgrad_jax._noise import NOISE_SCHEMES, add_noise, check_key, group_size, unit_noise
+from adaptgrad_jax._noise import NOISE_SCHEMES, add_noise, group_size, unit_noise
 from adaptgrad_jax._pytree import broadcast_like, replace_arg
 from adaptgrad_jax._typing import Bounds, GradFn, PyTree
 from adaptgrad_jax._wrapping import split_key_args, validate_argnums, validate_choice
@@ -151,7 +151,6 @@ def gaussian_smooth(
 
   def smoothed(key, *args, **kwargs):
     _, args = split_key_args((key,) + args, True, argnums, name)
-    check_key(key)
     x = args[argnums]
     sigma = sigma_fn(x)
     check_noise_scale(sigma, x)

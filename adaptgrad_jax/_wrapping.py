@@ -26,6 +26,8 @@ from typing import Any, Callable, Optional
 import jax
 import numpy as np
 
+from adaptgrad_jax._noise import check_key
+
 MARK = "__adaptgrad_stochastic__"
 """The attribute that says whether a function takes a leading PRNG key."""
 
@@ -139,10 +141,12 @@ def wrap(wrapper: Callable[..., Any], wrapped: Callable[..., Any], name: str, *,
 
 
 def split_key_args(call_args: tuple, has_key: bool, argnums: int, name: str) -> tuple[Any, tuple]:
-  """``(key, args)`` from a call, with a clear error if the input is missing."""
+  """``(key, args)`` from a call, with a clear error if the key is not a key or the input is missing."""
   key, args = (call_args[0], call_args[1:]) if has_key and call_args else (None, call_args)
   if has_key and not call_args:
     raise TypeError(f"{name} is stochastic: call it as fn(key, x, ...).")
+  if has_key:
+    check_key(key)
   if len(args) <= argnums:
     how = "fn(key, x, ...)" if has_key else "fn(x, ...)"
     raise TypeError(
