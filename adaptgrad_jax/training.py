@@ -84,7 +84,7 @@ def _epoch_function(graphdef, tx_id, batch_size: int, n: int):
     cache_key, hit = None, None
   if hit is not None:
     return hit
-  tx = optax.sgd(tx_id[1]) if isinstance(tx_id, tuple) else tx_id
+  tx = optax.sgd(tx_id[1]) if type(tx_id) is tuple else tx_id  # optax transformations are NamedTuples
   num_full, rest_size = divmod(n, batch_size)
 
   def loss_fn(p, o, xb, yb):

@@ -5,6 +5,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -57,6 +58,19 @@ def test_one_sgd_step_matches_hand_computed_update():
                             key=jax.random.key(0), progress=False)
   after = nnx.state(model, nnx.Param)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), after, expected)
+
+
+def test_an_optax_optimizer_is_used_as_given():
+  # optax transformations are NamedTuples: one must not be mistaken for the ("sgd", lr) default.
+  model = models.mlp(in_features=3, hidden=4, num_classes=2, rngs=nnx.Rngs(0))
+  x, y = jnp.array([[0.2, 0.5, 0.1]]), jnp.array([1])
+  before = nnx.state(model, nnx.Param)
+  grads = jax.grad(lambda p: -jax.nn.log_softmax(nnx.merge(nnx.graphdef(model), p)(x))[0, 1])(before)
+  expected = jax.tree.map(lambda p, g: p - 0.1 * jnp.sign(g), before, grads)  # Adam's first step: lr * sign(g)
+  training.train_classifier(model, x, y, epochs=1, batch_size=1, optimizer=optax.adam(0.1),
+                            key=jax.random.key(0), progress=False)
+  after = nnx.state(model, nnx.Param)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), after, expected)
 
 
 def test_evaluate_hand_computed():
