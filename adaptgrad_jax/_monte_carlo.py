@@ -150,25 +150,47 @@ def _chunk_moments(values, acc_dtypes, valid, names):
   v^2, "q11"/"q22"/"q12": sums of products of their deviations from those
   means}``, the form Chan et al.'s pairwise update merges without the
   cancellation of raw sums of squares.
+
+  One pass: the sums of ``d = u - u_0`` and of its products, where ``u_0``,
+  the chunk's first unit, is a shift that costs nothing (no pass over the
+  chunk to find the mean first). The deviations from the shift are of the
+  order of the spread, so ``q = sum(d d') - sum(d) sum(d') / k`` does not
+  cancel as raw sums of squares would; every sum reads the same array, so
+  XLA fuses them into one reduction.
   """
   k = jnp.float32(values_count(values)) if valid is None else jnp.sum(valid).astype(jnp.float32)
+  moments = {m for m in ("m1", "m2") if m in names}
+  for q, pair in _PRODUCTS.items():
+    if q in names:
+      moments.update(pair)
 
   def stats(v, dtype):
     v = v.astype(dtype)
-    unit = {"m1": jnp.mean(v, axis=1), "m2": jnp.mean(v * v, axis=1)}
+    unit = {}
+    if "m1" in moments:
+      unit["m1"] = v[:, 0] if v.shape[1] == 1 else jnp.mean(v, axis=1)
+    if "m2" in moments:
+      unit["m2"] = jnp.square(v[:, 0]) if v.shape[1] == 1 else jnp.mean(v * v, axis=1)
     mask = None if valid is None else valid.reshape((-1,) + (1,) * (v.ndim - 2)).astype(dtype)
     masked = (lambda t: t) if mask is None else (lambda t: t * mask)
-    means = {m: jnp.sum(masked(unit[m]), axis=0) / jnp.maximum(k, 1).astype(dtype) for m in ("m1", "m2")}
-    dev = {m: masked(unit[m] - means[m]) for m in ("m1", "m2")}
-    out = {m: means[m] for m in ("m1", "m2") if m in names}
-    for q, (a, b) in (("q11", ("m1", "m1")), ("q22", ("m2", "m2")), ("q12", ("m1", "m2"))):
+    kk = jnp.maximum(k, 1).astype(dtype)
+    if not any(q in names for q in _PRODUCTS):  # the map alone: plain sums (XLA fuses them into the producer)
+      return {m: jnp.sum(masked(unit[m]), axis=0) / kk for m in unit}
+    shift = {m: unit[m][0] for m in unit}
+    dev = {m: masked(unit[m] - shift[m]) for m in unit}
+    sums = {m: jnp.sum(dev[m], axis=0) for m in unit}
+    out = {m: shift[m] + sums[m] / kk for m in ("m1", "m2") if m in names}
+    for q, (a, b) in _PRODUCTS.items():
       if q in names:
-        out[q] = jnp.sum(dev[a] * dev[b], axis=0)
+        out[q] = jnp.sum(dev[a] * dev[b], axis=0) - sums[a] * sums[b] / kk
     return out
 
   leaves, structure = jax.tree.flatten(values)
   per_leaf = [stats(v, d) for v, d in zip(leaves, jax.tree.leaves(acc_dtypes))]
   return {"k": k, **{name: jax.tree.unflatten(structure, [m[name] for m in per_leaf]) for name in names}}
+
+
+_PRODUCTS = {"q11": ("m1", "m1"), "q22": ("m2", "m2"), "q12": ("m1", "m2")}
 
 
 def values_count(values) -> int:

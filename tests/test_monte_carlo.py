@@ -175,3 +175,17 @@ def test_sample_keys_are_jax_random_split():
   for rewrite in (True, False):
     keys = jax.jit(lambda k, r=rewrite: _monte_carlo.sample_keys(k, 6, r))(key)
     np.testing.assert_array_equal(jax.random.key_data(keys), jax.random.key_data(jax.random.split(key, 6)))
+
+
+@pytest.mark.parametrize("batch_size", [None, 6])
+def test_stderr_one_pass_sums_do_not_cancel(batch_size):
+  # A gradient of 1000 + a small noisy part: raw sums of squares in float32 would lose the spread;
+  # the shifted one-pass sums must match numpy's float64 statistics of the same samples (read from aux).
+  f = lambda x: jnp.sum(1000.0 * x + 0.1 * jnp.sin(5.0 * x))
+  both = lambda x: (lambda g: (g, g))(jax.grad(f)(x))
+  x = jnp.linspace(0.1, 0.9, 5)
+  est, samples = jax.jit(ag.smooth_grad(both, n=20, sigma=0.3, has_aux=True, return_stderr=True,
+                                        batch_size=batch_size))(jax.random.key(2), x)
+  s = np.asarray(samples, np.float64)
+  np.testing.assert_allclose(est.value, s.mean(0), rtol=1e-6)
+  np.testing.assert_allclose(est.stderr, s.std(0, ddof=1) / np.sqrt(20), rtol=1e-2)
