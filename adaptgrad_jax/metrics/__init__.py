@@ -10,6 +10,12 @@ explainer ``explain_fn(key, x, ...)`` score ONE input (the MPRT family one
 batch), and the paired tests one pair of batches; use ``jax.vmap`` over a
 batch where the metric is a pure JAX function (sparseness, rank_correlation, deletion, insertion,
 faithfulness_correlation, pointing_game, energy_localisation).
+
+One runner, :func:`evaluate`, scores every explainer with every metric over
+a dataset (maps through ``attribute``: sharded, resumable) and summarises
+the per-example scores with bootstrap confidence intervals
+(:func:`bootstrap_ci`) and paired sign-flip permutation tests
+(:func:`paired_test`).
 """
 
 from adaptgrad_jax.metrics._completeness import completeness as completeness
@@ -18,6 +24,13 @@ from adaptgrad_jax.metrics._correlation import abs_scale as abs_scale
 from adaptgrad_jax.metrics._correlation import average_ranks as average_ranks
 from adaptgrad_jax.metrics._correlation import no_abs_scale as no_abs_scale
 from adaptgrad_jax.metrics._correlation import rank_correlation as rank_correlation
+from adaptgrad_jax.metrics._evaluate import METRIC_NAMES as METRIC_NAMES
+from adaptgrad_jax.metrics._evaluate import Comparison as Comparison
+from adaptgrad_jax.metrics._evaluate import Evaluation as Evaluation
+from adaptgrad_jax.metrics._evaluate import ExampleSkipped as ExampleSkipped
+from adaptgrad_jax.metrics._evaluate import Metric as Metric
+from adaptgrad_jax.metrics._evaluate import SummaryRow as SummaryRow
+from adaptgrad_jax.metrics._evaluate import evaluate as evaluate
 from adaptgrad_jax.metrics._faithfulness import CurveResult as CurveResult
 from adaptgrad_jax.metrics._faithfulness import deletion as deletion
 from adaptgrad_jax.metrics._faithfulness import faithfulness_correlation as faithfulness_correlation
@@ -55,19 +68,34 @@ from adaptgrad_jax.metrics._robustness import relative_output_stability as relat
 from adaptgrad_jax.metrics._robustness import sensitivity as sensitivity
 from adaptgrad_jax.metrics._robustness import uniform_noise as uniform_noise
 from adaptgrad_jax.metrics._sparseness import sparseness as sparseness
+from adaptgrad_jax.metrics._statistics import ConfidenceInterval as ConfidenceInterval
+from adaptgrad_jax.metrics._statistics import PairedTest as PairedTest
+from adaptgrad_jax.metrics._statistics import bootstrap_ci as bootstrap_ci
+from adaptgrad_jax.metrics._statistics import bootstrap_indices as bootstrap_indices
+from adaptgrad_jax.metrics._statistics import paired_test as paired_test
 
 __all__ = (
+    "Comparison",
+    "ConfidenceInterval",
     "CurveResult",
+    "Evaluation",
+    "ExampleSkipped",
     "GaussianNoise",
+    "METRIC_NAMES",
+    "Metric",
     "PAPER_THRESHOLDS",
+    "PairedTest",
     "PicResult",
     "PicSkipped",
+    "SummaryRow",
     "UniformNoise",
     "XRAI_THRESHOLDS",
     "abs_scale",
     "average_ranks",
     "avg_sensitivity",
     "blurred_image",
+    "bootstrap_ci",
+    "bootstrap_indices",
     "completeness",
     "complexity",
     "consistency",
@@ -75,6 +103,7 @@ __all__ = (
     "efficient_mprt",
     "energy_localisation",
     "estimate_image_entropy",
+    "evaluate",
     "faithfulness_correlation",
     "gaussian_noise",
     "infidelity",
@@ -85,6 +114,7 @@ __all__ = (
     "max_sensitivity",
     "model_parameter_randomisation",
     "no_abs_scale",
+    "paired_test",
     "performance_information_curve",
     "pointing_game",
     "random_logit",
