@@ -56,8 +56,10 @@ def _children(node) -> list[tuple[str, Any]]:
   if isinstance(node, (nnx.List, list, tuple)):
     return [(str(i), item) for i, item in enumerate(node)]
   if isinstance(node, nnx.Module):
+    # Private attributes are layers too (EfficientNet-Lite's ``_blocks``, ``_conv_head``); only nnx's own
+    # bookkeeping (``_pytree__*``) is not.
     return [(name, value) for name, value in vars(node).items()
-            if not name.startswith("_") and isinstance(value, (nnx.Module, nnx.List))]
+            if not name.startswith("_pytree__") and isinstance(value, (nnx.Module, nnx.List))]
   return []
 
 

@@ -22,6 +22,12 @@ examples:
   adaptgrad-jax explain photos/ --model resnet50 --weights download --method a-ig --n 10 --ig-steps 20 --out maps/
       every image of a folder, torchvision ResNet-50 weights fetched once and cached
   adaptgrad-jax explain digit.png --model mlp --method smoothgrad --target 3 --out maps/
+  adaptgrad-jax explain photo.jpg --method a-grad-cam --n 20 --out maps/
+      AdaptGrad-smoothed Grad-CAM at EfficientNet-Lite0's last MBConv block
+      (--layer _blocks, the default); a wrong --layer lists the layers
+  adaptgrad-jax explain photo.jpg --method a-eg --n 10 --ig-steps 20 --out maps/
+      A-EG: Expected Gradients with baselines drawn uniformly within the
+      input bounds (--eg-baselines uniform) and AdaptGrad's gradient
 
 outputs: OUT/<image>_<method>.npy is the raw map in the model's input layout
 (H, W, C) and input space (after preprocessing); OUT/<image>_<method>.png is
@@ -105,29 +111,65 @@ def add_output_options(parser: argparse.ArgumentParser, default: Optional[str]) 
                      help="replace existing outputs (without it, an interrupted run continues)")
 
 
+def _blur_sigma(text: str) -> float:
+  """``--blur-sigma``: a finite number of pixels > 0."""
+  try:
+    value = float(text)
+  except ValueError:
+    value = float("nan")
+  if not (np.isfinite(value) and value > 0):
+    raise argparse.ArgumentTypeError(f"--blur-sigma {text!r} must be a number of pixels > 0; PAIR's Blur IG uses 50")
+  return value
+
+
 def add_parser(subparsers, formatter) -> None:
   parser = subparsers.add_parser(
     "explain", help="explain your images: .npy maps and PNG overlays",
-    description="Explains images with Grad, SmoothGrad, AdaptGrad or their GI / IG / NG combinations,"
-                " writing the raw map (.npy) and a PNG overlay per image.",
+    description="Explains images with Grad, SmoothGrad, AdaptGrad or their GI / IG / NG combinations, the IG"
+                " family (Expected Gradients, Blur IG, Guided IG, IDGI), Grad-CAM, Grad-CAM++, guided backprop"
+                " and Guided Grad-CAM (each with S- and A- variants), writing the raw map (.npy) and a PNG"
+                " overlay per image.",
     epilog=EPILOG, formatter_class=formatter)
   parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders of images")
   parser.add_argument(
     "--method", default="adaptgrad", metavar="NAME",
-    help=f"one of {', '.join(_methods.METHODS)} (sg, ag accepted; default: adaptgrad)."
-         " S- and A- prefixes are SmoothGrad and AdaptGrad combined with GI, IG or NG")
+    help=f"one of {', '.join(_methods.METHODS)} (sg, ag, gradientshap, gbp, grad-cam++ accepted; default:"
+         " adaptgrad). S- and A- prefixes are SmoothGrad and AdaptGrad composed with the method (its gradient"
+         " replaced by the smoothed one; docs/transforms.md). eg is Expected Gradients / GradientSHAP; CAM maps"
+         " are upsampled bilinearly to (H, W, 1). All compositions are defined; read them as follows:"
+         " s-/a-guided-ig smooth the gradient that also steers Guided IG's path, so every key gives another path"
+         " (a randomised Guided IG, not Guided IG with a less noisy integrand), and their ig-steps x n gradients"
+         " run one step after the other; s-/a-idgi smooth only the direction of each step (the map still sums to"
+         " f(x) - f(baseline)); s-/a-grad-cam(-pp) average the layer gradient over noisy inputs, activations of"
+         " the clean input (s-grad-cam-pp is SmoothGrad-CAM++); guided backprop changes only ReLUs (as Captum),"
+         " so models without ReLUs (efficientnet_lite0, convnext*, vit*) are refused for it")
   add_model_options(parser)
   add_smoothing_options(parser)
   add_precision_options(parser)
   group = parser.add_argument_group("integrated gradients and NoiseGrad")
   group.add_argument("--baseline", choices=("black", "white"), default="black",
-                     help="IG baseline: the lower (black) or upper (white) bound of the input; the paper's IG(B), IG(W)")
+                     help="IG, Guided IG and IDGI baseline: the lower (black) or upper (white) bound of the input; the paper's"
+         " IG(B), IG(W)")
   group.add_argument("--ig-steps", type=_errors.positive_int("--ig-steps", "Captum and the paper use 50"),
-                     default=50, help="IG path points; S-IG / A-IG cost ig-steps x n gradients (default: 50)")
+                     default=50, help="path points of IG, Blur IG, Guided IG and IDGI, baseline draws of EG; their"
+                                      " S- / A- variants cost ig-steps x n gradients (default: 50)")
   group.add_argument("--ng-samples", type=_errors.positive_int("--ng-samples", "NoiseGrad uses 10 or more"),
                      default=10, help="NoiseGrad parameter samples M; S-NG / A-NG cost M x n (default: 10)")
   group.add_argument("--ng-sigma", type=_errors.noise_level, default=0.2,
                      help="NoiseGrad's multiplicative parameter noise N(1, sigma^2) (default: 0.2)")
+  group = parser.add_argument_group("the IG family and CAM")
+  group.add_argument(
+    "--layer", default=None, metavar="NAME",
+    help="grad-cam, grad-cam-pp, guided-grad-cam (and their s-/a-): the layer, a dotted attribute path (default:"
+         f" the model's last convolutional block; {_methods.DEFAULT_LAYERS_HELP}); a wrong name lists the layers")
+  group.add_argument(
+    "--eg-baselines", default="uniform", metavar="uniform|PATH",
+    help="eg, s-eg, a-eg: where the --ig-steps baselines are drawn from: uniform (default: every element"
+         " uniformly within the model's input bounds, per channel) or a .npy of shape (m, H, W, C) in the model's"
+         " input space (rows drawn uniformly, e.g. preprocessed training images)")
+  group.add_argument(
+    "--blur-sigma", type=_blur_sigma,
+    default=50.0, help="blur-ig: the Gaussian blur, in pixels, at the end of the path (default: 50, PAIR's)")
   add_output_options(parser, None)
   parser.add_argument(
     "--devices", type=_errors.positive_int("--devices", "it is the number of local devices to shard images over"),
@@ -141,7 +183,8 @@ def options_from(args: argparse.Namespace) -> _methods.Options:
     c=getattr(args, "c", 0.95), n=args.n, alpha=args.alpha, sigma_rule=args.sigma_rule, batch_size=args.batch_size,
     baseline=getattr(args, "baseline", "black"), ig_steps=getattr(args, "ig_steps", 50),
     ng_samples=getattr(args, "ng_samples", 10), ng_sigma=getattr(args, "ng_sigma", 0.2),
-    rtol=getattr(args, "rtol", None), noise=getattr(args, "noise", "iid"))
+    rtol=getattr(args, "rtol", None), noise=getattr(args, "noise", "iid"), layer=getattr(args, "layer", None),
+    eg_baselines=getattr(args, "eg_baselines", "uniform"), blur_sigma=getattr(args, "blur_sigma", 50.0))
 
 
 # ----------------------------------------------------------------------------
@@ -176,7 +219,11 @@ def make_explain_one(method: str, loaded: _models.LoadedModel, options: _methods
 
   f, logits_fn, param_fn = model_functions(loaded)
   needs_params = _methods.canonical(method).endswith("ng")
-  explainer = _methods.build(method, f, loaded.bounds, options, param_fn=param_fn() if needs_params else None)
+  model = loaded.module if _methods.canonical(method) in _methods.MODEL_METHODS else None
+  explainer = _methods.build(method, f, loaded.bounds, options, param_fn=param_fn() if needs_params else None,
+                             model=model)
+  size = loaded.spec.size
+  _methods.check_model(method, options, (size, size, 1 if loaded.spec.grayscale else 3), model=model)
 
   def explain_one(key, x):
     if target == "predicted":  # the clean input's class, chosen once, not per noisy sample
