@@ -9,7 +9,6 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from adaptgrad_jax.metrics import _common
-from adaptgrad_jax.metrics import _sorting
 
 
 def sparseness(
@@ -87,8 +86,32 @@ def _gini(a, eps, *, reduce_channels, abs, normalise):  # pylint: disable=redefi
   if normalise:
     m = jnp.max(a)
     a = a / jnp.where(m > 0, m, 1.0)
-  a = _sorting.bitonic_sort(a + eps)  # 3-10x faster than jnp.sort on CPU
+  a = _sort_as_integers(a + eps)
   n = a.shape[0]
   index = jnp.arange(1, n + 1, dtype=a.dtype)
   gini = jnp.sum((2 * index - n - 1) * a) / (n * jnp.sum(a))
   return jnp.clip(gini, 0.0, 1.0)  # rounding can give -1e-9 for a constant map
+
+
+def _sort_as_integers(a: jax.Array) -> jax.Array:
+  """Ascending sort of a 1-D float array through its bit patterns (exact).
+
+  The bits of a float, read as a signed integer, order non-negative floats
+  like the floats themselves; XOR-ing the 31 (63) value bits of negative
+  ones flips their order, so the keys order floats as ``jnp.sort`` does
+  (NaN last; -0.0 comes before 0.0, which ``jnp.sort`` treats as equal).
+  The map is its own inverse: the sorted keys map back to the floats bit for
+  bit.
+
+  Why: XLA:CPU sorts floats with a compiled total-order comparator called
+  once per comparison, but integers with ``std::stable_sort`` and
+  ``std::less`` (its fast path for one operand with a plain less-than). On
+  the benchmark's 16 maps of 784 values this is 6-7x faster than
+  ``jnp.sort`` and 2x faster than a bitonic network (which also took 2-14 s
+  to compile); on accelerators it is an ordinary sort.
+  """
+  bits = jnp.dtype(f"int{8 * a.dtype.itemsize}")
+  flip = jnp.array(jnp.iinfo(bits).max, bits)
+  to_keys = lambda b: b ^ ((b >> (8 * a.dtype.itemsize - 1)) & flip)
+  keys = to_keys(jax.lax.bitcast_convert_type(a, bits))
+  return jax.lax.bitcast_convert_type(to_keys(jnp.sort(keys)), a.dtype)
