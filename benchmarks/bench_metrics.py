@@ -12,7 +12,12 @@ repeats).
 
 Run: ``python -m benchmarks.bench_metrics`` (writes
 ``benchmarks/results/metrics_cpu.{md,json}``); ``--only sparseness,complexity``
-times a subset. Needs ``quantus==0.6.*``, ``captum==0.9.*`` and torch.
+(or ``--metrics``) times a subset and replaces only those rows of the
+existing results, each stamped with its date and load. ``--rounds R`` times
+the two sides in turns R times (ours, peer, ours, peer, ...) and reports the
+median of the per-round best times: on a shared machine the load changes
+between rounds, and the turns expose both sides to it alike. Needs
+``quantus==0.6.*``, ``captum==0.9.*`` and torch.
 """
 
 from __future__ import annotations
@@ -221,8 +226,11 @@ def cases(s: Setup):
 
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--only", default="", help="comma-separated metric names")
+  ap.add_argument("--only", "--metrics", default="",
+                  help="comma-separated metric names; their rows replace those in the existing results")
   ap.add_argument("--repeats", type=int, default=3)
+  ap.add_argument("--rounds", type=int, default=1,
+                  help="time the two sides in turns this many times; report the medians")
   ap.add_argument("--out", default="metrics_cpu")
   args = ap.parse_args(argv)
   warnings.filterwarnings("ignore")
@@ -231,18 +239,29 @@ def main(argv=None):
   import torch  # pylint: disable=import-outside-toplevel
   s = Setup()
   only = {o for o in args.only.split(",") if o}
+  known = set()
   rows = []
   for name, settings, ours, peer_name, peer in cases(s):
+    known.add(name)
     if only and name not in only:
       continue
     t0 = time.perf_counter()
     _block(ours())  # compile
     compile_s = time.perf_counter() - t0
-    ours_s, _ = _time(ours, args.repeats)
-    peer_s, _ = _time(peer, args.repeats)  # best of: the first call warms up
+    ours_r, peer_r = [], []
+    for _ in range(args.rounds):  # in turns: both sides see the same load
+      ours_r.append(_time(ours, args.repeats)[0])
+      peer_r.append(_time(peer, args.repeats)[0])  # best of: the first call warms up
+    ours_s, peer_s = float(np.median(ours_r)), float(np.median(peer_r))
     row = dict(metric=name, settings=settings, batch=BATCH, ours_s=ours_s,
                ours_compile_s=compile_s, peer=peer_name, peer_s=peer_s,
                speedup=peer_s / ours_s)
+    if args.rounds > 1:
+      row.update(rounds=args.rounds, ours_rounds_s=ours_r, peer_rounds_s=peer_r,
+                 speedup_rounds=[p / o for o, p in zip(ours_r, peer_r)])
+    if only:
+      row.update(repeats=args.repeats, measured=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                 load_average=os.getloadavg())
     rows.append(row)
     print(f"{name:28s} ours {ours_s * 1e3:9.2f} ms (compile {compile_s:5.1f} s)  "
           f"{peer_name:32s} {peer_s * 1e3:10.2f} ms  x{peer_s / ours_s:7.1f}", flush=True)
@@ -253,17 +272,34 @@ def main(argv=None):
              jax=jax.__version__, torch=torch.__version__, torch_threads=torch.get_num_threads(),
              quantus=quantus.__version__, captum=captum.__version__,
              numpy=np.__version__, device=str(jax.devices()[0]))
+  if only - known:
+    raise SystemExit(f"--only: unknown metric(s) {sorted(only - known)}; known: {sorted(known)}")
   RESULTS.mkdir(exist_ok=True)
-  (RESULTS / f"{args.out}.json").write_text(json.dumps(dict(environment=env, rows=rows), indent=1))
+  path = RESULTS / f"{args.out}.json"
+  if only and path.exists():  # replace these rows, keep the others and their environment
+    old = json.loads(path.read_text())
+    new = {r["metric"]: r for r in rows}
+    rows = [new.pop(r["metric"], r) for r in old["rows"]] + list(new.values())
+    env = old["environment"]
+  else:
+    env["repeats"] = args.repeats
+  path.write_text(json.dumps(dict(environment=env, rows=rows), indent=1))
   lines = [
       f"# Metrics: adaptgrad_jax vs Quantus / Captum on CPU ({BATCH} MNIST-sized inputs, "
       f"MLP 784-{HIDDEN}-{CLASSES}, plain gradient)", "",
       "Produced by `python -m benchmarks.bench_metrics`; best of "
-      f"{args.repeats} calls per side, ours jitted (compile excluded, shown apart).", "",
+      f"{env.get('repeats', 3)} calls per side, ours jitted (compile excluded, shown apart).", "",
       f"Environment: {env['platform']}, {env['cpu_count']} CPUs (load average at the end "
       f"{', '.join(f'{v:.1f}' for v in env['load_average'])}: the machine is shared, "
       f"so absolute times are noisy), jax {env['jax']}, torch {env['torch']} "
       f"({env['torch_threads']} threads), quantus {env['quantus']}, captum {env['captum']}.", "",
+      *[f"Row `{r['metric']}` re-measured {r['measured']} with `--only`, best of {r['repeats']} calls"
+        + (f", median of {r['rounds']} rounds in turns with the peer" if r.get("rounds") else "")
+        + f" (load average {', '.join(f'{v:.1f}' for v in r['load_average'])}"
+        + (f"; per-round speed-ups {', '.join(f'{v:.1f}' for v in r['speedup_rounds'])}"
+           if r.get("speedup_rounds") else "") + ")."
+        for r in rows if r.get("measured")],
+      *([""] if any(r.get("measured") for r in rows) else []),
       "| metric | settings | ours (ms) | compile (s) | peer | peer (ms) | speed-up |",
       "|---|---|---:|---:|---|---:|---:|"]
   for r in rows:
