@@ -20,7 +20,7 @@ from adaptgrad_jax._bounds import broadcast_bounds, require_bounds, validate_bou
 from adaptgrad_jax._pytree import broadcast_like, check_same_shapes, compute_dtype, replace_arg
 from adaptgrad_jax._typing import Bounds, GradFn, KeyArray, PyTree
 from adaptgrad_jax._wrapping import is_stochastic, resolve_stochastic, split_key_args
-from adaptgrad_jax._wrapping import validate_argnums, validate_count, wrap
+from adaptgrad_jax._wrapping import validate_argnums, validate_count, validate_stderr_option, wrap
 
 IGMethod = Literal[
     "riemann_left",
@@ -71,6 +71,7 @@ def gradient_x_input(
     *,
     argnums: int = 0,
     stochastic: Optional[bool] = None,
+    return_stderr: Optional[bool] = None,
 ) -> Callable[..., Any]:
   """Gradient x Input: the gradient times the input, elementwise.
 
@@ -90,6 +91,11 @@ def gradient_x_input(
       same tree structure.
     stochastic: whether ``grad_fn`` takes a leading key; None uses its mark
       (see :func:`is_stochastic`: the library's transforms set it).
+    return_stderr: None (default) returns an :class:`Estimate` if and only
+      if ``grad_fn`` returns one (e.g. ``smooth_grad(...,
+      return_stderr=True)``): its map times x, with ``stderr * |x|`` and the
+      same ``num_samples``. True requires such a ``grad_fn``; False returns
+      the map alone.
 
   Returns:
     A function with ``grad_fn``'s signature (key included if it has one)
@@ -106,6 +112,11 @@ def gradient_x_input(
     >>> gi = ag.gradient_x_input(jax.grad(lambda x: jnp.dot(w, x)))
     >>> gi(jnp.array([2.0, 1.0, 0.5]))
     Array([ 2. , -2. ,  1.5], dtype=float32)
+    >>> sgi = ag.gradient_x_input(ag.smooth_grad(jax.grad(lambda x: jnp.sum(jnp.sin(x))), n=16,
+    ...                                          sigma=0.5, return_stderr=True))
+    >>> est = sgi(jax.random.key(0), jnp.array([2.0, 0.0]))
+    >>> est.stderr[1], int(est.num_samples)  # S-GI with its standard error; x = 0 has none
+    (Array(0., dtype=float32), 16)
 
   References:
     Shrikumar et al., "Not Just a Black Box: Learning Important Features
@@ -114,12 +125,25 @@ def gradient_x_input(
   """
   stochastic = resolve_stochastic(grad_fn, stochastic)
   argnums = validate_argnums(grad_fn, argnums, stochastic)
+  return_stderr = validate_stderr_option(return_stderr)
+  if return_stderr and not stochastic:
+    raise ValueError(
+        "return_stderr=True needs a stochastic grad_fn that returns an Estimate"
+        " (e.g. smooth_grad(jax.grad(f), ..., return_stderr=True)): Gradient x"
+        " Input of a deterministic gradient has no Monte Carlo error."
+    )
   name = "gradient_x_input"
 
   def gi(*call_args, **kwargs):
-    key, args = split_key_args(call_args, stochastic, argnums, name)
-    grad = grad_fn(*call_args, **kwargs)
-    return _multiply(grad, args[argnums], argnums, name)
+    _, args = split_key_args(call_args, stochastic, argnums, name)
+    grad, err, used = _monte_carlo.split_estimate(grad_fn(*call_args, **kwargs))
+    x = args[argnums]
+    value = _multiply(grad, x, argnums, name)
+    if not _monte_carlo.stderr_wanted(return_stderr, err is not None, name, own_samples=False):
+      return value
+    scale = jax.tree.map(lambda leaf: jnp.abs(jnp.asarray(leaf)), x)
+    err = jax.tree.map(lambda e, a: jnp.where(a == 0, 0, e).astype(e.dtype), _multiply(err, scale, argnums, name), scale)
+    return _monte_carlo.Estimate(value, err, used)
 
   return wrap(gi, grad_fn, name, is_stochastic_result=stochastic, adds_key=False)
 
@@ -255,6 +279,7 @@ def integrated_gradients(
     batch_size: Any = None,
     argnums: int = 0,
     stochastic: Optional[bool] = None,
+    return_stderr: Optional[bool] = None,
     cpu_rewrite: Optional[bool] = None,
 ) -> Callable[..., Any]:
   r"""Integrated Gradients: the gradient integrated along a straight path.
@@ -270,6 +295,15 @@ def integrated_gradients(
   returned function takes a key, and step ``k`` calls ``grad_fn`` with
   ``jax.random.fold_in(key, k)``, so every point of the path gets its own
   noise (never the same noise at every step).
+
+  Standard errors. If that stochastic ``grad_fn`` returns an
+  :class:`Estimate` (``adapt_smooth(..., return_stderr=True)``), so does
+  IG, from the same gradients: the quadrature is deterministic and the
+  points' estimates are independent, so the map's variance is
+  ``(x - b)^2 sum_k w_k^2 stderr_k^2``; ``num_samples`` counts the gradient
+  evaluations of all points. This holds for every noise scheme, aggregate,
+  ``rtol`` and ``batch_size`` of the inner transform, whose own standard
+  error accounts for them.
 
   Baselines. The paper's IG(B) and IG(W) integrate from a black and a white
   image. A black image is all zeros *in pixel space*, which after
@@ -305,6 +339,9 @@ def integrated_gradients(
       input; ``grad_fn`` must return the gradient with respect to it.
     stochastic: whether ``grad_fn`` takes a leading key; None uses its mark
       (see :func:`is_stochastic`).
+    return_stderr: None (default) returns an :class:`Estimate` if and only
+      if ``grad_fn`` returns one; True requires that (a deterministic
+      ``grad_fn`` has no Monte Carlo error); False returns the map alone.
 
   Returns:
     ``ig(*args)`` with ``grad_fn``'s signature (``ig(key, *args)`` if
@@ -329,6 +366,12 @@ def integrated_gradients(
     ...     baseline="black", bounds=(0.0, 1.0)))
     >>> a_ig(jax.random.key(0), jnp.array([0.5, 0.25])).shape
     (2,)
+    >>> a_ig_err = jax.jit(ag.integrated_gradients(
+    ...     ag.adapt_smooth(jax.grad(f), 0.95, 4, bounds=(0.0, 1.0), return_stderr=True), 8,
+    ...     baseline="black", bounds=(0.0, 1.0)))
+    >>> est = a_ig_err(jax.random.key(0), jnp.array([0.5, 0.25]))
+    >>> est.stderr.shape, int(est.num_samples)  # 8 points x 4 samples
+    ((2,), 32)
 
   References:
     Sundararajan et al., "Axiomatic Attribution for Deep Networks", ICML
@@ -346,6 +389,13 @@ def integrated_gradients(
   baseline, bounds = validate_baseline(baseline, bounds)
   batch_size = _memory.validate_batch_size(batch_size)
   cpu_rewrite = cpu.validate_switch(cpu_rewrite)
+  return_stderr = validate_stderr_option(return_stderr)
+  if return_stderr and not stochastic:
+    raise ValueError(
+        "return_stderr=True needs a stochastic grad_fn that returns an Estimate"
+        " (e.g. adapt_smooth(jax.grad(f), ..., return_stderr=True)): IG of a"
+        " deterministic gradient has no Monte Carlo error."
+    )
   alphas, weights = quadrature(method, n_steps)
   name = "integrated_gradients"
 
@@ -371,21 +421,28 @@ def integrated_gradients(
       return grad_fn(*new_args, **kwargs)
 
     grad_like = []  # the gradient's shapes and dtypes, recorded while tracing
+    with_err = []  # whether grad_fn returned an Estimate, recorded while tracing
 
     def weighted(step):
-      grad = gradient_at(step)
+      grad, err, used = _monte_carlo.split_estimate(gradient_at(step))
       if jax.tree.structure(grad) != jax.tree.structure(x):
         raise _structure_error(name, grad, x, argnums)
       check_same_shapes(grad, x, f"{name}: the gradient")
       grad_like.append(jax.tree.map(lambda g: jax.ShapeDtypeStruct(jnp.shape(g), jnp.result_type(g)), grad))
+      keep = _monte_carlo.stderr_wanted(return_stderr, err is not None, name, own_samples=False)
+      with_err.append(keep)
       w = weight_table[step]
-      return jax.tree.map(lambda g: (w.astype(compute_dtype(g.dtype)) * g.astype(compute_dtype(g.dtype)))[None],
-                          grad), None
+      times_w = lambda g: w.astype(compute_dtype(g.dtype)) * g.astype(compute_dtype(g.dtype))
+      var = jax.tree.map(lambda e: jnp.square(times_w(e)), err) if keep else None
+      return jax.tree.map(times_w, grad), var, used if keep else None
 
-    sums = _monte_carlo.sample_sums(weighted, jnp.arange(n_steps, dtype=jnp.int32), batch_size=batch_size,
-                                    names=("m1",), cpu_rewrite=cpu_rewrite)
-    total = jax.tree.map(lambda m: m * n_steps, sums.sums["m1"])  # the mean over steps times their count
-    return jax.tree.map(lambda s, dx, g: (s * dx.astype(s.dtype)).astype(g.dtype), total, diff, grad_like[0])
+    total, err, used = _monte_carlo.sum_of_terms(weighted, n_steps, batch_size=batch_size, cpu_rewrite=cpu_rewrite)
+    value = jax.tree.map(lambda s, dx, g: (s * dx.astype(s.dtype)).astype(g.dtype), total, diff, grad_like[0])
+    if not with_err[0]:
+      return value
+    err = jax.tree.map(lambda e, dx, g: jnp.where(dx == 0, 0, e * jnp.abs(dx).astype(e.dtype)).astype(g.dtype),
+                       err, diff, grad_like[0])
+    return _monte_carlo.Estimate(value, err, used)
 
   return wrap(ig, grad_fn, name, is_stochastic_result=stochastic, adds_key=False)
 

@@ -29,7 +29,8 @@ from adaptgrad_jax._noise import check_key
 from adaptgrad_jax._pytree import compute_dtype, replace_arg
 from adaptgrad_jax._typing import Bounds, GradFn
 from adaptgrad_jax._wrapping import resolve_stochastic, split_key_args
-from adaptgrad_jax._wrapping import validate_argnums, validate_callable, validate_count, validate_number, wrap
+from adaptgrad_jax._wrapping import validate_argnums, validate_callable, validate_count, validate_number
+from adaptgrad_jax._wrapping import validate_stderr_option, wrap
 
 Baselines = Union[jax.typing.ArrayLike, Callable[[Any], jax.Array]]
 
@@ -55,6 +56,15 @@ def _gradient(grad_fn, stochastic, key, args, argnums, kwargs, point, step, name
 
 
 def _check_gradient(grad, point, argnums, name):
+  if isinstance(grad, _monte_carlo.Estimate):
+    raise TypeError(
+        f"{name}: grad_fn returned an Estimate (it was built with"
+        " return_stderr=True or rtol), but this method is not linear in the"
+        " gradient, so the gradient's standard error does not carry over;"
+        " build grad_fn without return_stderr and rtol. (integrated_gradients,"
+        " blur_integrated_gradients, expected_gradients and gradient_x_input"
+        " propagate it.)"
+    )
   if not hasattr(grad, "shape") or jnp.shape(grad) != jnp.shape(point):
     raise ValueError(
         f"{name}: grad_fn returned {jax.tree.structure(grad)} with shape"
@@ -73,6 +83,17 @@ def _sum_over(unit_fn, count: int, batch_size, cpu_rewrite) -> jax.Array:
   sums = _monte_carlo.sample_sums(values, jnp.arange(count, dtype=jnp.int32), batch_size=batch_size,
                                   names=("m1",), cpu_rewrite=cpu_rewrite)
   return sums.sums["m1"] * count
+
+
+def _stderr_option(return_stderr, stochastic: bool):
+  return_stderr = validate_stderr_option(return_stderr)
+  if return_stderr and not stochastic:
+    raise ValueError(
+        "return_stderr=True needs a stochastic grad_fn that returns an Estimate"
+        " (e.g. adapt_smooth(jax.grad(f), ..., return_stderr=True)): a path"
+        " integral of a deterministic gradient has no Monte Carlo error."
+    )
+  return return_stderr
 
 
 def _common(grad_fn, argnums, stochastic, batch_size, cpu_rewrite):
@@ -130,6 +151,7 @@ def expected_gradients(
     batch_size: Any = None,
     argnums: int = 0,
     stochastic: Optional[bool] = None,
+    return_stderr: Optional[bool] = None,
     cpu_rewrite: Optional[bool] = None,
 ) -> Callable[..., Any]:
   r"""Expected Gradients / GradientSHAP: IG averaged over random baselines and path points.
@@ -161,6 +183,14 @@ def expected_gradients(
       evaluates all in one ``jax.vmap``; ``"auto"`` fits the memory budget.
     argnums: the positional argument (after the key) holding the input.
     stochastic: whether ``grad_fn`` takes a leading key; None uses its mark.
+    return_stderr: True returns an :class:`Estimate`: EG is itself a Monte
+      Carlo mean of ``n_samples`` independent draws, and its standard error
+      comes from their spread, in the same pass; with a stochastic
+      ``grad_fn`` (A-EG) each draw holds its own inner noise, so the error
+      covers both sources, and ``num_samples`` counts the inner gradient
+      evaluations if ``grad_fn`` returns an Estimate (only its value is
+      used). None (default): an Estimate if and only if ``grad_fn`` returns
+      one. False: the map alone.
     cpu_rewrite: the CPU switch (:mod:`adaptgrad_jax.cpu`).
 
   Returns:
@@ -179,6 +209,10 @@ def expected_gradients(
     >>> eg = jax.jit(ag.expected_gradients(jax.grad(f), 16, baselines=data))
     >>> eg(jax.random.key(0), jnp.array([1.0, 2.0])).shape
     (2,)
+    >>> eg_err = ag.expected_gradients(jax.grad(f), 16, baselines=data, return_stderr=True)
+    >>> est = eg_err(jax.random.key(0), jnp.array([1.0, 2.0]))
+    >>> est.stderr.shape, int(est.num_samples)
+    ((2,), 16)
 
   References:
     Erion et al., "Improving performance of deep learning models with
@@ -193,6 +227,7 @@ def expected_gradients(
   if not np.isfinite(stdevs) or stdevs < 0:
     raise ValueError(f"stdevs={stdevs!r} must be a finite number >= 0 (0 for no input noise).")
   baselines = _validate_baselines(baselines)
+  return_stderr = validate_stderr_option(return_stderr)
   name = "expected_gradients"
 
   def eg(key, *call_args, **kwargs):
@@ -201,7 +236,7 @@ def expected_gradients(
     x = _single_array(args[argnums], name)
     dtype = compute_dtype(x.dtype)
     _draw_baseline(baselines, key, x)  # checks the shapes at trace time, outside the vmap
-    like = []
+    like, inner_used = [], []
 
     def sample(j):
       k_base, k_alpha, k_noise, k_grad = jax.random.split(jax.random.fold_in(key, j), 4)
@@ -210,13 +245,31 @@ def expected_gradients(
       noisy = x.astype(dtype) + stdevs * jax.random.normal(k_noise, x.shape, dtype) if stdevs else x.astype(dtype)
       point = (base + alpha * (noisy - base)).astype(x.dtype)
       new_args = replace_arg(args, argnums, point)
-      grad = grad_fn(k_grad, *new_args, **kwargs) if stochastic else grad_fn(*new_args, **kwargs)
+      out = grad_fn(k_grad, *new_args, **kwargs) if stochastic else grad_fn(*new_args, **kwargs)
+      grad, _, used = _monte_carlo.split_estimate(out)
       grad = _check_gradient(grad, point, argnums, name)
       like.append(jnp.result_type(grad))
-      return grad.astype(dtype) * (noisy - base)
+      inner_used.append(used)
+      return grad.astype(dtype) * (noisy - base), used
 
-    total = _sum_over(sample, n_samples, batch_size, cpu_rewrite)
-    return (total / n_samples).astype(like[0])
+    wanted = bool(return_stderr)
+    if return_stderr is None and stochastic:  # does grad_fn return an Estimate? One abstract trace tells.
+      jax.eval_shape(sample, jnp.int32(0))
+      wanted = inner_used[0] is not None
+    if not wanted:
+      total = _sum_over(lambda j: sample(j)[0], n_samples, batch_size, cpu_rewrite)
+      return (total / n_samples).astype(like[0])
+
+    def unit(j):
+      term, used = sample(j)
+      values = (term, jnp.float32(1) if used is None else used.astype(jnp.float32))
+      return jax.tree.map(lambda v: v[None], values), None
+
+    sums = _monte_carlo.sample_sums(unit, jnp.arange(n_samples, dtype=jnp.int32), batch_size=batch_size,
+                                    names=("m1", "q11"), cpu_rewrite=cpu_rewrite)
+    est = _monte_carlo.finish(sums, "mean", stderr=True)
+    used = jnp.round(est.value[1] * n_samples).astype(jnp.int32)
+    return _monte_carlo.Estimate(est.value[0].astype(like[0]), est.stderr[0].astype(like[0]), used)
 
   return wrap(eg, grad_fn, name, is_stochastic_result=True, adds_key=not stochastic)
 
@@ -273,6 +326,7 @@ def blur_integrated_gradients(
     batch_size: Any = None,
     argnums: int = 0,
     stochastic: Optional[bool] = None,
+    return_stderr: Optional[bool] = None,
     cpu_rewrite: Optional[bool] = None,
 ) -> Callable[..., Any]:
   r"""Blur IG: gradients integrated along a path of increasingly blurred images.
@@ -296,6 +350,11 @@ def blur_integrated_gradients(
     batch_size: evaluate this many path points at a time (bounded memory).
     argnums: the positional argument (after the key, if any) holding the input.
     stochastic: whether ``grad_fn`` takes a leading key; None uses its mark.
+    return_stderr: as in :func:`integrated_gradients`: with a ``grad_fn``
+      that returns an :class:`Estimate` (S-/A-Blur IG built with
+      ``return_stderr=True``), the map's standard error from the points'
+      independent errors (the quadrature is linear in the gradients). None
+      follows ``grad_fn``, True requires it, False drops it.
     cpu_rewrite: the CPU switch (:mod:`adaptgrad_jax.cpu`).
 
   Returns:
@@ -325,6 +384,7 @@ def blur_integrated_gradients(
     raise ValueError(f"axes={axes!r} must be two distinct ints: the spatial axes of the input ((0, 1) for HWC).")
   steps = np.arange(n_steps + 1, dtype=np.float64) * max_sigma / n_steps
   sigmas = np.sqrt(steps) if sqrt else steps
+  return_stderr = _stderr_option(return_stderr, stochastic)
   name = "blur_integrated_gradients"
 
   def blur_ig(*call_args, **kwargs):
@@ -335,14 +395,25 @@ def blur_integrated_gradients(
     dtype = compute_dtype(x.dtype)
     sigma_table = jnp.asarray(sigmas, dtype)
 
+    with_err = []
+
     def term(i):
       s = sigma_table[i]
       x_s = gaussian_blur(x, s, axes, max_sigma=max_sigma + grad_step)
       dx = (gaussian_blur(x, s + grad_step, axes, max_sigma=max_sigma + grad_step) - x_s) / grad_step
-      grad = _gradient(grad_fn, stochastic, key, args, argnums, kwargs, x_s.astype(x.dtype), i, name)
-      return (sigma_table[i + 1] - s) * dx * grad.astype(dtype)
+      new_args = replace_arg(args, argnums, x_s.astype(x.dtype))
+      out = grad_fn(jax.random.fold_in(key, i), *new_args, **kwargs) if stochastic else grad_fn(*new_args, **kwargs)
+      grad, err, used = _monte_carlo.split_estimate(out)
+      grad = _check_gradient(grad, x_s, argnums, name)
+      keep = _monte_carlo.stderr_wanted(return_stderr, err is not None, name, own_samples=False)
+      with_err.append(keep)
+      coef = (sigma_table[i + 1] - s) * dx
+      var = jnp.square(coef * err.astype(dtype)) if keep else None
+      return coef * grad.astype(dtype), var, used if keep else None
 
-    return (-_sum_over(term, n_steps, batch_size, cpu_rewrite)).astype(x.dtype)
+    total, err, used = _monte_carlo.sum_of_terms(term, n_steps, batch_size=batch_size, cpu_rewrite=cpu_rewrite)
+    value = (-total).astype(x.dtype)
+    return _monte_carlo.Estimate(value, err.astype(x.dtype), used) if with_err[0] else value
 
   return wrap(blur_ig, grad_fn, name, is_stochastic_result=stochastic, adds_key=False)
 

@@ -86,6 +86,67 @@ def relative_error(estimate: Estimate) -> jax.Array:
   return jnp.where(size > 0, err / jnp.where(size > 0, size, 1.0), jnp.where(err > 0, jnp.inf, 0.0))
 
 
+def split_estimate(out: Any) -> tuple[Any, Any, Any]:
+  """``(value, stderr, num_samples)`` of a gradient function's output: an :class:`Estimate`'s fields, else ``(out, None, None)``."""
+  if isinstance(out, Estimate):
+    return out.value, out.stderr, out.num_samples
+  return out, None, None
+
+
+def stderr_wanted(return_stderr: Optional[bool], inner_estimate: bool, name: str, *, own_samples: bool) -> bool:
+  """Whether a transform returns an :class:`Estimate` (``return_stderr`` resolved at trace time).
+
+  None follows the gradient function: an Estimate in, an Estimate out. True
+  needs a source of Monte Carlo error: the transform's own samples
+  (``own_samples``) or an inner function that returns an Estimate.
+  """
+  if return_stderr is None:
+    return inner_estimate
+  if return_stderr and not (inner_estimate or own_samples):
+    raise TypeError(
+        f"{name}: return_stderr=True, but grad_fn returned a plain gradient, so"
+        " there is no Monte Carlo error to propagate; build the stochastic"
+        " inner transform with return_stderr=True (e.g. adapt_smooth(...,"
+        " return_stderr=True)), or drop return_stderr."
+    )
+  return bool(return_stderr)
+
+
+def sum_of_terms(term_fn: Callable[[jax.Array], tuple[PyTree, Any, Any]], count: int, *, batch_size: Any,
+                 cpu_rewrite: Optional[bool]) -> tuple[PyTree, Any, Any]:
+  """``sum_k term_k`` for ``k < count``, and the standard error of the sum when the terms are random.
+
+  For the deterministic quadratures over a path (Integrated Gradients, Blur
+  IG) of a stochastic gradient function: each point's gradient is an
+  independent Monte Carlo estimate (its own key), so the variance of the sum
+  is the sum of the terms' variances. ``term_fn(k)`` returns ``(term,
+  variance, used)``: a pytree of float arrays; None, or the variance of each
+  element of ``term``; None, or the gradient evaluations behind it. Returns
+  ``(total, stderr, used)`` (the last two None without variances). An
+  infinite variance (an inner estimate of fewer than two units) gives an
+  infinite standard error, never a NaN.
+  """
+  def values(k):
+    term, var, used = term_fn(k)
+    out = {"term": term}
+    if var is not None:
+      out["var"] = jax.tree.map(lambda v: jnp.where(jnp.isinf(v), 0, v), var)
+      out["inf"] = jax.tree.map(lambda v: jnp.isinf(v).astype(jnp.float32), var)
+    if used is not None:
+      out["used"] = jnp.asarray(used, jnp.float32)
+    return jax.tree.map(lambda v: v[None], out), None
+
+  sums = sample_sums(values, jnp.arange(count, dtype=jnp.int32), batch_size=batch_size, names=("m1",),
+                     cpu_rewrite=cpu_rewrite)
+  total = jax.tree.map(lambda m: m * count, sums.sums["m1"])
+  stderr = None
+  if "var" in total:
+    stderr = jax.tree.map(lambda v, i: jnp.where(i > 0, jnp.inf, jnp.sqrt(jnp.maximum(v, 0))),
+                          total["var"], total["inf"])
+  used = jnp.round(total["used"]).astype(jnp.int32) if "used" in total else None
+  return total["term"], stderr, used
+
+
 class Sums(NamedTuple):
   """Sums over the units of a Monte Carlo estimate (see :func:`sample_sums`)."""
 

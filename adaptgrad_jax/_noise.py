@@ -53,14 +53,16 @@ def add_noise(x: PyTree, eps: PyTree) -> PyTree:
   )
 
 
-NOISE_SCHEMES = ("iid", "antithetic", "orthogonal")
+NOISE_SCHEMES = ("iid", "antithetic", "orthogonal", "lhs")
 ORTHOGONAL_BLOCK = 8
 """Samples per block of ``noise="orthogonal"``: blocks of 8 exactly orthogonal directions."""
+LHS_BLOCK = 8
+"""Samples per replicate of ``noise="lhs"``: Latin hypercubes of 8 strata per element."""
 
 
 def group_size(noise: str) -> int:
   """Samples per independent unit of a noise scheme."""
-  return {"iid": 1, "antithetic": 2, "orthogonal": ORTHOGONAL_BLOCK}[noise]
+  return {"iid": 1, "antithetic": 2, "orthogonal": ORTHOGONAL_BLOCK, "lhs": LHS_BLOCK}[noise]
 
 
 def _orthogonal_normals(key: KeyArray, count: int, size: int, dtype) -> jax.Array:
@@ -83,27 +85,59 @@ def _orthogonal_normals(key: KeyArray, count: int, size: int, dtype) -> jax.Arra
   return q.T * jnp.linalg.norm(a, axis=1, keepdims=True)
 
 
+def _latin_hypercube_normals(key: KeyArray, count: int, size: int, dtype) -> jax.Array:
+  """``count`` vectors of ``size`` standard normals, a randomised Latin hypercube in every element.
+
+  Element i of sample j is ``Phi^-1((pi_i(j) + u_ij) / count)``: a random
+  permutation ``pi_i`` per element (the argsort of uniforms) puts the
+  ``count`` samples one in each of ``count`` equiprobable strata of N(0, 1),
+  and a uniform ``u_ij`` places each inside its stratum. Each element of each
+  sample is therefore exactly N(0, 1), elements are independent, and the
+  samples of a replicate are negatively dependent within an element (McKay
+  et al., 1979; Owen, 1997). The upper half is computed by symmetry,
+  ``-Phi^-1(1 - p)``, so that no float rounding of ``p`` near 1 truncates
+  the tail.
+  """
+  k_perm, k_u = jax.random.split(key)
+  strata = jnp.argsort(jax.random.uniform(k_perm, (count, size)), axis=0).astype(dtype)
+  u = jax.random.uniform(k_u, (count, size), dtype, minval=jnp.finfo(dtype).tiny)  # (0, 1)
+  lower = strata + u  # count * p, in (0, count)
+  upper = (count - 1 - strata) + (1 - u)  # count * (1 - p), without the rounding of count - lower
+  return jnp.where(lower < count / 2, jax.scipy.special.ndtri(lower / count),
+                   -jax.scipy.special.ndtri(upper / count))
+
+
+def _block_over_leaves(z: jax.Array, x: PyTree, sigma: PyTree) -> PyTree:
+  """``(group, total)`` standard noise cut into ``x``'s leaves and scaled by ``sigma``."""
+  leaves, structure = jax.tree.flatten(x)
+  sizes = [int(np.prod(jnp.shape(leaf))) for leaf in leaves]
+  sigmas = jax.tree.leaves(broadcast_like(sigma, x, "sigma"))
+  out, start = [], 0
+  for leaf, s, size in zip(leaves, sigmas, sizes):
+    leaf_dtype = compute_dtype(jnp.result_type(leaf))
+    piece = z[:, start:start + size].reshape((z.shape[0],) + jnp.shape(leaf)).astype(leaf_dtype)
+    out.append(jnp.asarray(s, leaf_dtype) * piece)
+    start += size
+  return jax.tree.unflatten(structure, out)
+
+
 def unit_noise(key: KeyArray, x: PyTree, sigma: PyTree, noise: str) -> PyTree:
   """The noise of one unit of ``noise``: leaves shaped ``(group,) + leaf.shape``.
 
   ``"iid"``: one draw (the noise :func:`sample_noise` gives ``key``).
   ``"antithetic"``: that draw and its negation. ``"orthogonal"``: a block of
   :data:`ORTHOGONAL_BLOCK` exactly orthogonal directions with chi norms, over
-  all elements of all leaves. Each sample is marginally ``N(0, diag(sigma^2))``.
+  all elements of all leaves. ``"lhs"``: a Latin hypercube replicate of
+  :data:`LHS_BLOCK` samples, stratified in every element. Each sample is
+  marginally ``N(0, diag(sigma^2))``.
   """
   if noise == "iid":
     return jax.tree.map(lambda e: e[None], sample_noise(key, x, sigma))
   if noise == "antithetic":
     return jax.tree.map(lambda e: jnp.stack([e, -e]), sample_noise(key, x, sigma))
-  leaves, structure = jax.tree.flatten(x)
+  leaves = jax.tree.leaves(x)
   dtype = jnp.result_type(*[compute_dtype(jnp.result_type(leaf)) for leaf in leaves])
-  sizes = [int(np.prod(jnp.shape(leaf))) for leaf in leaves]
-  z = _orthogonal_normals(key, ORTHOGONAL_BLOCK, sum(sizes), dtype)
-  sigmas = jax.tree.leaves(broadcast_like(sigma, x, "sigma"))
-  out, start = [], 0
-  for leaf, s, size in zip(leaves, sigmas, sizes):
-    leaf_dtype = compute_dtype(jnp.result_type(leaf))
-    piece = z[:, start:start + size].reshape((ORTHOGONAL_BLOCK,) + jnp.shape(leaf)).astype(leaf_dtype)
-    out.append(jnp.asarray(s, leaf_dtype) * piece)
-    start += size
-  return jax.tree.unflatten(structure, out)
+  total = sum(int(np.prod(jnp.shape(leaf))) for leaf in leaves)
+  if noise == "lhs":
+    return _block_over_leaves(_latin_hypercube_normals(key, LHS_BLOCK, total, dtype), x, sigma)
+  return _block_over_leaves(_orthogonal_normals(key, ORTHOGONAL_BLOCK, total, dtype), x, sigma)

@@ -23,7 +23,7 @@ from adaptgrad_jax import cpu
 from adaptgrad_jax._pytree import compute_dtype, replace_arg
 from adaptgrad_jax._typing import GradFn, PyTree
 from adaptgrad_jax._wrapping import resolve_stochastic, split_key_args, validate_argnums
-from adaptgrad_jax._wrapping import validate_choice, validate_count, validate_flag, validate_number, wrap
+from adaptgrad_jax._wrapping import validate_choice, validate_count, validate_number, validate_stderr_option, wrap
 
 Mask = Union[None, PyTree, Callable[[tuple], bool]]
 
@@ -203,7 +203,7 @@ def noise_grad(
     batch_size: Any = None,
     aggregate: str = "mean",
     stochastic: Optional[bool] = None,
-    return_stderr: bool = False,
+    return_stderr: Optional[bool] = None,
     cpu_rewrite: Optional[bool] = None,
 ) -> Callable[..., Any]:
   """NoiseGrad: averages explanations over models with noisy parameters.
@@ -245,10 +245,13 @@ def noise_grad(
       :func:`adapt_smooth`.
     stochastic: whether ``grad_fn`` takes a leading key; None uses its mark
       (see :func:`is_stochastic`).
-    return_stderr: return an :class:`Estimate` ``(value, stderr,
+    return_stderr: True returns an :class:`Estimate` ``(value, stderr,
       num_samples)``, the standard error from the spread of the n parameter
       samples (each with its own inner noise when ``grad_fn`` is stochastic,
-      so for A-NG it covers both sources of noise).
+      so for A-NG it covers both sources of noise). None (default): an
+      Estimate if and only if ``grad_fn`` returns one (only its value is
+      used, and ``num_samples`` then counts the inner gradient evaluations).
+      False: the map alone.
     cpu_rewrite: the CPU switch (:mod:`adaptgrad_jax.cpu`).
 
   Returns:
@@ -282,13 +285,15 @@ def noise_grad(
   batch_size = _memory.validate_batch_size(batch_size)
   aggregate = validate_choice(aggregate, "aggregate", _monte_carlo.AGGREGATES)
   cpu_rewrite = cpu.validate_switch(cpu_rewrite)
-  return_stderr = validate_flag(return_stderr, "return_stderr")
+  return_stderr = validate_stderr_option(return_stderr)
   name = "noise_grad"
 
   def ng(key, *args, **kwargs):
     _, args = split_key_args((key,) + args, True, argnums, name)
     params = args[argnums]
     selected = select_leaves(params, mask)
+
+    inner_used = []
 
     def at_sample(sample_key):
       if stochastic:
@@ -297,13 +302,22 @@ def noise_grad(
         param_key = sample_key
       noisy = perturb_params(param_key, params, sigma, selected)
       new_args = replace_arg(args, argnums, noisy)
-      grad = grad_fn(inner_key, *new_args, **kwargs) if stochastic else grad_fn(*new_args, **kwargs)
-      return jax.tree.map(lambda g: jnp.asarray(g)[None], grad), None
+      out = grad_fn(inner_key, *new_args, **kwargs) if stochastic else grad_fn(*new_args, **kwargs)
+      grad, _, used = _monte_carlo.split_estimate(out)
+      inner_used.append(used)
+      return jax.tree.map(lambda g: jnp.asarray(g)[None], grad), None if used is None else used[None]
 
     keys = _monte_carlo.sample_keys(key, n, cpu_rewrite)
+    wanted = bool(return_stderr)
+    if return_stderr is None and stochastic:  # does grad_fn return an Estimate? One abstract trace tells.
+      jax.eval_shape(at_sample, keys[0])
+      wanted = inner_used[0] is not None
     sums = _monte_carlo.sample_sums(at_sample, keys, batch_size=batch_size,
-                                    names=_monte_carlo.needed_sums(aggregate, return_stderr),
+                                    names=_monte_carlo.needed_sums(aggregate, wanted),
                                     cpu_rewrite=cpu_rewrite)
-    return _monte_carlo.finish(sums, aggregate, stderr=return_stderr)
+    result = _monte_carlo.finish(sums, aggregate, stderr=wanted)
+    if wanted and sums.extras is not None and inner_used[-1] is not None:
+      result = result._replace(num_samples=jnp.sum(sums.extras).astype(jnp.int32))
+    return result
 
   return wrap(ng, grad_fn, name, is_stochastic_result=True, adds_key=not stochastic)

@@ -230,3 +230,13 @@ def validate_choice(value, name: str, choices: tuple, hint: str = "") -> str:
   if not isinstance(value, str) or value not in choices:
     raise ValueError(f"{name}={value!r} is not supported; use one of {choices}.{(' ' + hint) if hint else ''}")
   return value
+
+
+def validate_stderr_option(value, name: str = "return_stderr") -> Optional[bool]:
+  """None (follow the gradient function: an Estimate in, an Estimate out), True or False."""
+  if value is None or isinstance(value, (bool, np.bool_)):
+    return None if value is None else bool(value)
+  raise TypeError(
+      f"{name}={value!r} must be None (return an Estimate if and only if"
+      " grad_fn returns one), True or False."
+  )
