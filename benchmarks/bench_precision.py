@@ -54,9 +54,10 @@ from flax import nnx
 import adaptgrad_jax as ag
 from adaptgrad_jax import models
 from adaptgrad_jax._files import atomic_write
+from adaptgrad_jax._noise import group_size
 from benchmarks._harness import environment
 
-SCHEMES = ("iid", "antithetic", "orthogonal")
+SCHEMES = ("iid", "antithetic", "orthogonal", "lhs")
 METHODS = ("smooth_grad", "adapt_smooth")
 TARGETS = (0.10, 0.05, 0.02)
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
@@ -172,7 +173,8 @@ def needed(ns: list[int], errors: list[float], target: float) -> dict[str, Any]:
   return {"n": int(math.ceil(ns[-1] * (errors[-1] / target) ** 2)), "extrapolated": True}
 
 
-def run_model(name: str, settings: Settings, *, quick: bool, size: Optional[int], log) -> dict[str, Any]:
+def run_model(name: str, settings: Settings, *, quick: bool, size: Optional[int], log,
+              schemes: tuple[str, ...] = SCHEMES) -> dict[str, Any]:
   work = build(name, size, quick=quick)
   log(f"[{name}] {work.description}; {settings}")
   grad = jax.grad(work.logit)
@@ -180,6 +182,7 @@ def run_model(name: str, settings: Settings, *, quick: bool, size: Optional[int]
   x, state, bounds = work.x, work.state, work.bounds
   bs = settings.batch_size
   record: dict[str, Any] = {"model": name, "description": work.description, "input_shape": list(x.shape),
+                            "date_utc": environment()["date_utc"],
                             "settings": settings._asdict(), "grid": grid(settings.n_max), "methods": {}}
   ns = record["grid"]
   for method in METHODS:
@@ -190,8 +193,8 @@ def run_model(name: str, settings: Settings, *, quick: bool, size: Optional[int]
     ref_rel = float(ag.relative_error(ref))
     log(f"[{name}] {method} reference n={settings.n_ref}: rel. stderr {ref_rel:.4f} ({time.perf_counter() - start:.0f} s)")
     out: dict[str, Any] = {"reference": {"n": settings.n_ref, "relative_stderr": ref_rel}, "schemes": {}}
-    for scheme in SCHEMES:
-      group = {"iid": 1, "antithetic": 2, "orthogonal": 8}[scheme]
+    for scheme in schemes:
+      group = group_size(scheme)
       fn = jax.jit(transform(method, grad_aux, settings.n_max, bounds, batch_size=bs, noise=scheme,
                              has_aux=True, return_stderr=True))
       start = time.perf_counter()
@@ -246,7 +249,7 @@ def run_model(name: str, settings: Settings, *, quick: bool, size: Optional[int]
       log(f"[{name}] {method} {scheme}: err@{ns[-1]} {mean_err[-1]:.4f} (corr. {corrected[-1]:.4f}),"
           f" calib {calibration:.3f}, {s_per_eval * 1e3:.2f} ms/eval, rtol {rtol}: {got} vs {expected}")
     iid_ms = out["schemes"]["iid"]["relative_stderr_at_n_max_ms"]
-    for scheme in SCHEMES:
+    for scheme in schemes:
       entry = out["schemes"][scheme]
       entry["variance_ratio_vs_iid"] = iid_ms / entry["relative_stderr_at_n_max_ms"]
       last = out["schemes"]["iid"]["error_minus_reference_noise"][-1]
@@ -259,22 +262,35 @@ def run_model(name: str, settings: Settings, *, quick: bool, size: Optional[int]
 
 
 def stderr_cost(work: Workload, grad, bs: int, *, quick: bool) -> dict[str, Any]:
-  """Median time of AdaptGrad (i.i.d.) with and without return_stderr, calls in turns."""
+  """Median time of AdaptGrad (i.i.d.) with and without return_stderr, calls in turns.
+
+  Two layouts at the same n: all samples in one chunk (``batch_size`` >= n)
+  and four chunks (``batch_size = n / 4``, a ``lax.scan`` whose carry merges
+  the chunks' moments). Each round times every function in turn (the
+  fastest of ``repeats`` calls); the ratio is the median over rounds of the
+  per-round ratios.
+  """
   n = 64 if quick else min(bs, 128)
-  plain = jax.jit(transform("adapt_smooth", grad, n, work.bounds, batch_size=bs))
-  with_err = jax.jit(transform("adapt_smooth", grad, n, work.bounds, batch_size=bs, return_stderr=True))
   args = (jax.random.key(0), work.x, work.state)
-  jax.block_until_ready(plain(*args))
-  jax.block_until_ready(with_err(*args))
-  rounds = 3 if quick else 7
-  repeats = max(1, min(50, int(0.5 / max(1e-4, min(_time_calls(plain, args, 1))))))
-  a, b = [], []
-  for _ in range(rounds):
-    a.append(min(_time_calls(plain, args, repeats)))
-    b.append(min(_time_calls(with_err, args, repeats)))
-  ratios = [y / x for x, y in zip(a, b)]
-  return {"n": n, "plain_s": float(np.median(a)), "with_stderr_s": float(np.median(b)),
-          "ratio_median": float(np.median(ratios)), "ratio_per_round": ratios, "calls_per_round": repeats}
+  rounds = 3 if quick else 15
+  out: dict[str, Any] = {"n": n}
+  for layout, batch in (("one_chunk", bs), ("four_chunks", n // 4)):
+    plain = jax.jit(transform("adapt_smooth", grad, n, work.bounds, batch_size=batch))
+    with_err = jax.jit(transform("adapt_smooth", grad, n, work.bounds, batch_size=batch, return_stderr=True))
+    jax.block_until_ready(plain(*args))
+    jax.block_until_ready(with_err(*args))
+    repeats = max(1, min(50, int(0.25 / max(1e-4, min(_time_calls(plain, args, 1))))))
+    a, b = [], []
+    for _ in range(rounds):
+      a.append(min(_time_calls(plain, args, repeats)))
+      b.append(min(_time_calls(with_err, args, repeats)))
+    ratios = [y / x for x, y in zip(a, b)]
+    out[layout] = {"batch_size": batch, "plain_s": float(np.median(a)), "with_stderr_s": float(np.median(b)),
+                   "ratio_median": float(np.median(ratios)), "ratio_per_round": ratios, "calls_per_round": repeats}
+  # The headline figures (as before): one chunk.
+  out.update({k: out["one_chunk"][k] for k in ("plain_s", "with_stderr_s", "ratio_median", "ratio_per_round",
+                                                "calls_per_round")})
+  return out
 
 
 def needed_by_stderr(rec: dict[str, Any], entry: dict[str, Any]) -> dict[str, int]:
@@ -301,7 +317,8 @@ def markdown(results: dict[str, Any]) -> str:
            " evaluation on a shared, loaded machine (noisy, secondary).", ""]
   for rec in results["models"]:
     s = rec["settings"]
-    lines += [f"## {rec['model']}", "", f"{rec['description']}; input {tuple(rec['input_shape'])}; grid n ="
+    lines += [f"## {rec['model']}", "", f"Run {rec.get('date_utc', results['environment']['date_utc'])} UTC."
+              f" {rec['description']}; input {tuple(rec['input_shape'])}; grid n ="
               f" {rec['grid'][0]}..{rec['grid'][-1]}, {s['keys']} keys, reference {s['n_ref']} i.i.d. samples,"
               f" batch_size {s['batch_size']}.", "",
               "| method | noise | n for 10% | n for 5% | n for 2% | s for 10 / 5 / 2% | n for 10 / 5 / 2% by stderr"
@@ -323,9 +340,19 @@ def markdown(results: dict[str, Any]) -> str:
             f" {rt} |")
     refs = ", ".join(f"{m} {o['reference']['relative_stderr']:.2%}" for m, o in rec["methods"].items())
     c = rec["stderr_cost"]
-    cost = "not measured" if c is None else (
-        f"{c['with_stderr_s'] * 1e3:.1f} ms against {c['plain_s'] * 1e3:.1f} ms plain at n = {c['n']} (median ratio"
-        f" {c['ratio_median']:.3f}, per round {', '.join(f'{v:.2f}' for v in c['ratio_per_round'])})")
+
+    def cost_of(c):
+      return (f"{c['with_stderr_s'] * 1e3:.1f} ms against {c['plain_s'] * 1e3:.1f} ms plain (median ratio"
+              f" {c['ratio_median']:.3f} over {len(c['ratio_per_round'])} rounds, range"
+              f" {min(c['ratio_per_round']):.2f}-{max(c['ratio_per_round']):.2f})")
+
+    if c is None:
+      cost = "not measured"
+    elif "one_chunk" in c:
+      cost = (f"at n = {c['n']}, one chunk: {cost_of(c['one_chunk'])}; four chunks of"
+              f" {c['four_chunks']['batch_size']}: {cost_of(c['four_chunks'])}")
+    else:
+      cost = f"at n = {c['n']}: {cost_of(c)}"
     lines += ["", f"Reference's own relative standard error: {refs}. `return_stderr=True`: {cost}.", ""]
   return "\n".join(lines) + "\n"
 
@@ -338,7 +365,7 @@ def plot(results: dict[str, Any], path: pathlib.Path) -> None:
 
   recs = results["models"]
   fig, axes = plt.subplots(1, len(recs), figsize=(4.2 * len(recs), 3.8), squeeze=False)
-  colours = {"iid": "tab:blue", "antithetic": "tab:orange", "orthogonal": "tab:green"}
+  colours = {"iid": "tab:blue", "antithetic": "tab:orange", "orthogonal": "tab:green", "lhs": "tab:red"}
   for ax, rec in zip(axes[0], recs):
     for method, style in (("smooth_grad", "--"), ("adapt_smooth", "-")):
       for scheme, e in rec["methods"][method]["schemes"].items():
@@ -364,6 +391,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
   parser.add_argument("--out", default=str(RESULTS))
   parser.add_argument("--no-plot", action="store_true")
   parser.add_argument("--from-json", default=None, help="only rewrite the markdown and plot of a results file")
+  parser.add_argument("--schemes", default=",".join(SCHEMES), help="noise schemes to run (iid is always run)")
+  parser.add_argument("--update", action="store_true",
+                      help="keep the other models of an existing <tag>.json; replace the ones run now")
   args = parser.parse_args(argv)
   if args.from_json:
     path = pathlib.Path(args.from_json)
@@ -379,10 +409,23 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   tag = args.tag or ("precision_quick" if args.quick else "precision")
+  schemes = tuple(dict.fromkeys(["iid"] + [s for s in args.schemes.split(",") if s]))
+  unknown = [s for s in schemes if s not in SCHEMES]
+  if unknown:
+    parser.error(f"--schemes: unknown {unknown}; choose from {SCHEMES}")
+  kept = []
+  if args.update and (out / f"{tag}.json").exists():
+    old = json.loads((out / f"{tag}.json").read_text())
+    kept = [rec for rec in old["models"] if rec["model"] not in names]
+    for rec in kept:
+      rec.setdefault("date_utc", old["environment"]["date_utc"])
   start = time.perf_counter()
   for name in names:
     settings = QUICK if args.quick else FULL[name]
-    results["models"].append(run_model(name, settings, quick=args.quick, size=args.size, log=log))
+    results["models"].append(run_model(name, settings, quick=args.quick, size=args.size, log=log, schemes=schemes))
+    order = {m: i for i, m in enumerate(FULL)}
+    results["models"] = sorted([r for r in results["models"] if r["model"] not in {k["model"] for k in kept}] + kept,
+                               key=lambda r: order.get(r["model"], len(order)))
     results["total_s"] = time.perf_counter() - start
     atomic_write(out / f"{tag}.json", lambda f: f.write(json.dumps(results, indent=1).encode()))
     atomic_write(out / f"{tag}.md", lambda f: f.write(markdown(results).encode()))

@@ -16,7 +16,7 @@ X = jnp.linspace(0.05, 0.95, 32)
 W = jnp.linspace(1.0, 4.0, 32)
 
 
-@pytest.mark.parametrize("noise, group", [("iid", 1), ("antithetic", 2), ("orthogonal", 8)])
+@pytest.mark.parametrize("noise, group", [("iid", 1), ("antithetic", 2), ("orthogonal", 8), ("lhs", 8)])
 def test_aux_samples_give_the_estimate_and_its_stderr(noise, group):
   # The benchmark reads every sample's gradient from aux; their mean is the map and the units'
   # spread is the library's stderr, so prefixes of them are the estimates at smaller n.
