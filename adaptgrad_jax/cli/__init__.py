@@ -58,7 +58,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
   # pylint: disable=import-outside-toplevel
-  from adaptgrad_jax.cli import _demo, _explain, _sweeps
+  from adaptgrad_jax.cli import _demo, _evaluate, _explain, _sweeps
 
   try:
     from adaptgrad_jax import __version__ as version
@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
   _demo.add_parser(subparsers, _Formatter)
   _explain.add_parser(subparsers, _Formatter)
   _sweeps.add_parsers(subparsers, _Formatter)
+  _evaluate.add_parser(subparsers, _Formatter)
   for sub in subparsers.choices.values():
     sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                      help="show full tracebacks on errors")

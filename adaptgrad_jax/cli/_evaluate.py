@@ -1,0 +1,426 @@
+"""``adaptgrad-jax evaluate``: every method x every metric over photos, an image folder or MNIST digits.
+
+The command is a thin front end of :func:`adaptgrad_jax.metrics.evaluate`:
+it loads the model and the examples as ``explain`` does, builds one
+explainer per ``--methods`` name with the CLI's method registry
+(``cli/_methods.py``) and the method options of ``explain`` (the same
+argument definitions, taken from ``explain``'s parser), and writes the
+runner's markdown, CSV, JSON and plot into ``--out``, printing the summary
+table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import pathlib
+import shutil
+import time
+from typing import Any
+
+import numpy as np
+
+from adaptgrad_jax.cli import _errors, _explain, _methods, _models, _shared
+from adaptgrad_jax.cli._errors import CliError, UsageError
+
+EPILOG = """\
+examples:
+  adaptgrad-jax evaluate --out eval/
+      Grad, SG and AG (N=50) of the bundled photos (scikit-image's chelsea
+      and coffee) with the offline EfficientNet-Lite0, scored by sparseness,
+      deletion and insertion
+  adaptgrad-jax evaluate --mnist --examples 100 --methods smoothgrad,adaptgrad,ig,a-ig --n 20 --ig-steps 20 --out eval/
+      100 embedded MNIST test digits with the demo's MLP (trained once, cached)
+  adaptgrad-jax evaluate photos/ --methods sg,ag --metrics sparseness,max_sensitivity --n 10 --out eval/
+      every image of a folder
+  adaptgrad-jax evaluate --mnist --metrics deletion,faithfulness_correlation --metric-option deletion.num_steps=28 --out eval/
+
+outputs: OUT/evaluation.md (the table: mean [95% bootstrap interval] per
+method and metric), OUT/evaluation.csv (the same rows), OUT/evaluation.scores.csv
+(one score per example), OUT/evaluation.json (settings, summary, scores),
+OUT/evaluation.png (the means with their intervals), OUT/evaluate.json (the
+record of the run) and OUT/maps/ (the maps, as adaptgrad_jax.attribute's
+checksummed shards).
+
+Resumable: an interrupted run continues where it stopped when run again (the
+finished maps are reused); a finished run is not redone. Other settings on a
+used --out are refused unless --overwrite. Keys: example i is explained with
+fold_in(k_maps, i) by every method (the same noise for SG and AG) and scored
+by metric m with the same perturbations for every method (see
+adaptgrad_jax.metrics.evaluate). Deletion, insertion, faithfulness
+correlation and the information level read softmax probabilities (--scores
+logits reads the logits instead).
+"""
+
+RECORD = "evaluate.json"
+BASENAME = "evaluation"
+OUTPUTS = tuple(BASENAME + s for s in (".md", ".csv", ".scores.csv", ".json", ".png"))
+MAPS = "maps"
+DEFAULT_METHODS = "grad,smoothgrad,adaptgrad"
+DEFAULT_METRICS = "sparseness,deletion,insertion"
+MNIST_EXAMPLES = 100
+
+# explain's option groups that evaluate shares (the definitions, not copies).
+_SHARED_GROUPS = ("model", "smoothing (paper defaults)", "Monte Carlo precision",
+                  "integrated gradients and NoiseGrad", "the IG family and CAM")
+# Options of information_level that evaluate() reads besides the library function's.
+_INFORMATION_LEVEL_OPTIONS = ("masks_per_image", "mask_fraction")
+
+
+def _explain_groups() -> list:
+  """``explain``'s argument groups of the method options, from a parser built by ``explain`` itself."""
+  holder = argparse.ArgumentParser(add_help=False)
+  subparsers = holder.add_subparsers()
+  _explain.add_parser(subparsers, argparse.HelpFormatter)
+  groups = [g for g in subparsers.choices["explain"]._action_groups  # pylint: disable=protected-access
+            if g.title in _SHARED_GROUPS]
+  if len(groups) != len(_SHARED_GROUPS):  # pragma: no cover - a renamed group in explain
+    raise AssertionError(f"explain's option groups changed: {[g.title for g in groups]}")
+  return groups
+
+
+def add_parser(subparsers, formatter) -> None:
+  parser = subparsers.add_parser(
+    "evaluate", help="score methods with metrics over photos, an image folder or MNIST digits",
+    description="Scores every --methods explanation method with every --metrics metric over the bundled photos"
+                " (EfficientNet-Lite0, offline), your images, or the embedded MNIST test digits (--mnist, the"
+                " demo's MLP), with adaptgrad_jax.metrics.evaluate: means with bootstrap confidence intervals,"
+                " written as markdown, CSV, JSON and a plot.",
+    epilog=EPILOG, formatter_class=formatter)
+  parser.add_argument(
+    "inputs", nargs="*", metavar="IMAGE_OR_DIR",
+    help="image files and/or folders of images (default: the bundled photos, or with --mnist the embedded digits)")
+  group = parser.add_argument_group("what to evaluate")
+  group.add_argument(
+    "--methods", default=DEFAULT_METHODS, metavar="A,B,...",
+    help=f"comma-separated methods of explain's --method: {', '.join(_methods.METHODS)} (aliases sg, ag, gbp,"
+         f" grad-cam++, gradientshap; default: {DEFAULT_METHODS})")
+  group.add_argument(
+    "--metrics", default=DEFAULT_METRICS, metavar="A,B,...",
+    help=f"comma-separated metrics of adaptgrad_jax.metrics.evaluate: {', '.join(_metric_names())} (default:"
+         f" {DEFAULT_METRICS})")
+  group.add_argument(
+    "--metric-option", action="append", default=[], metavar="METRIC.NAME=VALUE", dest="metric_options",
+    help="a keyword option of a metric's library function, e.g. deletion.num_steps=28 or"
+         " faithfulness_correlation.subset_size=32 (repeat for more; VALUE is a number, true/false, or text)")
+  group.add_argument("--mnist", action="store_true",
+                     help="evaluate on the embedded MNIST test digits with --model mlp (the demo's MLP by default)")
+  group.add_argument(
+    "--examples", type=_errors.positive_int("--examples", "it is the number of examples to evaluate"),
+    default=None, metavar="K",
+    help=f"evaluate the first K examples only (default: all inputs; with --mnist {MNIST_EXAMPLES})")
+  group.add_argument(
+    "--scores", choices=("probabilities", "logits"), default="probabilities",
+    help="what the model metrics (deletion, insertion, faithfulness correlation...) read: softmax probabilities"
+         " (default) or logits; the information level needs probabilities")
+  group.add_argument(
+    "--example-batch", type=_errors.positive_int("--example-batch", "it is the number of examples explained at once"),
+    default=None, metavar="B",
+    help="examples explained (and scored) at once, per shard of OUT/maps (default: 32 for mlp, 2 for ImageNet"
+         " models; lower it to bound memory; results do not change)")
+  for shared in _explain_groups():
+    mine = parser.add_argument_group(shared.title, shared.description)
+    for action in shared._group_actions:  # pylint: disable=protected-access
+      mine._add_action(action)  # pylint: disable=protected-access  # as argparse's parents= does
+  _explain.add_output_options(parser, "adaptgrad_evaluate")
+  parser.set_defaults(run=run, model=None)  # None: mlp with --mnist, else efficientnet_lite0
+
+
+def _metric_names() -> tuple[str, ...]:
+  from adaptgrad_jax.metrics import METRIC_NAMES  # pylint: disable=import-outside-toplevel
+
+  return METRIC_NAMES
+
+
+# ----------------------------------------------------------------------------
+# The command line, checked before any work.
+
+
+def _names(text: str, option: str) -> list[str]:
+  names = [part.strip() for part in text.split(",")]
+  if not text.strip() or any(not n for n in names):
+    raise UsageError(f"{option} {text!r} holds an empty name; pass comma-separated names, e.g. {option}"
+                     f" {DEFAULT_METHODS if option == '--methods' else DEFAULT_METRICS}")
+  return names
+
+
+def parse_methods(text: str) -> list[str]:
+  """``--methods`` as canonical registry names, in order; unknown names and repeats are usage errors."""
+  methods = [_methods.canonical(name) for name in _names(text, "--methods")]
+  for i, m in enumerate(methods):
+    if m in methods[:i]:
+      raise UsageError(f"--methods names {m} twice ({text}); name each method once")
+  return methods
+
+
+def parse_metrics(text: str) -> list[str]:
+  """``--metrics`` as the runner's metric names, in order."""
+  known = _metric_names()
+  metrics = _names(text, "--metrics")
+  for i, m in enumerate(metrics):
+    if m not in known:
+      raise UsageError(f"unknown metric {m!r}; choose from: {', '.join(known)}")
+    if m in metrics[:i]:
+      raise UsageError(f"--metrics names {m} twice ({text}); name each metric once")
+  return metrics
+
+
+def _value(text: str) -> Any:
+  lowered = text.strip().lower()
+  if lowered in ("true", "false"):
+    return lowered == "true"
+  if lowered in ("none", "null"):
+    return None
+  for kind in (int, float):
+    try:
+      return kind(text)
+    except ValueError:
+      pass
+  return text
+
+
+def parse_metric_options(items: list[str], metrics: list[str]) -> dict[str, dict[str, Any]]:
+  """``--metric-option METRIC.NAME=VALUE`` items as ``{metric: {name: value}}``, each name checked."""
+  from adaptgrad_jax import metrics as metrics_lib  # pylint: disable=import-outside-toplevel
+
+  options: dict[str, dict[str, Any]] = {}
+  for item in items:
+    head, eq, text = item.partition("=")
+    metric, dot, name = head.strip().partition(".")
+    if not (eq and dot and metric and name.strip()):
+      raise UsageError(f"--metric-option {item!r} is not METRIC.NAME=VALUE; e.g. --metric-option"
+                       " deletion.num_steps=28")
+    name = name.strip()
+    if metric not in metrics:
+      raise UsageError(f"--metric-option {item!r} is for {metric!r}, which --metrics does not name"
+                       f" ({', '.join(metrics)})")
+    # The arguments the runner passes itself (the key, the model, the input, the map, the target) are not options.
+    fixed = {"key", "predict_fn", "explain_fn", "image", "images", "x", "attribution", "attributions", "target",
+             "args", "kwargs"}
+    params = inspect.signature(getattr(metrics_lib, metric)).parameters
+    allowed = sorted(p for p, v in params.items() if p not in fixed and v.kind == v.KEYWORD_ONLY)
+    if metric == "information_level":
+      allowed = sorted(set(allowed) | set(_INFORMATION_LEVEL_OPTIONS))
+    if name not in allowed:
+      raise UsageError(f"--metric-option {item!r}: {metric} has no option {name!r}; its options are"
+                       f" {', '.join(allowed) or 'none'}")
+    if name in options.get(metric, {}):
+      raise UsageError(f"--metric-option gives {metric}.{name} twice; give it once")
+    options.setdefault(metric, {})[name] = _value(text)
+  return options
+
+
+def _model_name(args: argparse.Namespace) -> str:
+  if args.mnist:
+    if args.inputs:
+      raise UsageError(f"--mnist evaluates the embedded MNIST digits and takes no IMAGE_OR_DIR ({args.inputs[0]});"
+                       " leave out --mnist to evaluate your images, or the images to evaluate the digits")
+    if args.model not in (None, "mlp"):
+      raise UsageError(f"--mnist evaluates MNIST digits with --model mlp, not --model {args.model}; leave --model"
+                       " out")
+    return "mlp"
+  return args.model or "efficientnet_lite0"
+
+
+def _data_source(args: argparse.Namespace, spec) -> tuple[str, list]:
+  """``(kind, items)``: ``("files", paths)``, ``("photos", names)`` or ``("mnist", indices)``."""
+  if args.inputs:
+    paths = _explain.unique_inputs(_models.expand_inputs(args.inputs))
+    return "files", paths[:args.examples] if args.examples else paths
+  if spec.family == "mnist":
+    return "mnist", list(range(args.examples or MNIST_EXAMPLES))
+  photos = list(_models._imagenet().PHOTOS)  # pylint: disable=protected-access
+  return "photos", photos[:args.examples] if args.examples else photos
+
+
+def run_identity(args, methods, metrics, metric_options, model, kind, items, example_batch) -> dict:
+  """What decides the results: a rerun with the same identity may continue an interrupted run."""
+  weights = args.weights
+  if weights not in (None, "random", "download", "pretrained"):
+    weights = _shared.file_identity(weights)
+  if kind == "files":
+    data = [_shared.file_identity(p) for p in items]
+  elif kind == "mnist":
+    data = {"embedded_mnist_test_digits": len(items)}
+  else:
+    data = items
+  identity = {
+    "command": "evaluate", "methods": methods, "metrics": metrics, "metric_options": metric_options,
+    "model": model, "weights": weights, "target": args.target, "seed": args.seed,
+    "options": dict(vars(_explain.options_from(args))), "scores": args.scores, "example_batch": example_batch,
+    "data": {kind: data},
+  }
+  return json.loads(json.dumps(identity))  # as read back from evaluate.json
+
+
+# ----------------------------------------------------------------------------
+# The command.
+
+
+def run(args: argparse.Namespace, console, err_console) -> int:
+  methods = parse_methods(args.methods)
+  metrics = parse_metrics(args.metrics)
+  metric_options = parse_metric_options(args.metric_options, metrics)
+  options = _explain.options_from(args)
+  for method in methods:
+    _methods.check_options(method, options)
+  if args.scores == "logits" and "information_level" in metrics:
+    raise UsageError("--metrics information_level reads softmax probabilities (XRAI's SIC); leave out --scores"
+                     " logits")
+  model = _model_name(args)
+  spec = _models.spec_for(model)
+  _errors.require_plotting("evaluate")
+  kind, items = _data_source(args, spec)
+  out = pathlib.Path(args.out).expanduser()
+  if out.exists() and not out.is_dir():
+    raise UsageError(f"--out {args.out} is a file; pass a folder")
+  if args.inputs:
+    _explain.check_out_is_not_an_input(out, args.inputs)
+    _shared.check_images(items, grayscale=spec.grayscale, short_side=_shared.resize_short_side(spec))
+  example_batch = args.example_batch or (32 if spec.family == "mnist" else 2)
+  identity = run_identity(args, methods, metrics, metric_options, model, kind, items, example_batch)
+  names = list(OUTPUTS) + [RECORD]
+  with _shared.locked_output(out):
+    _shared.remove_stale_temporaries(out, names)
+    record = None if args.overwrite else _shared.read_record(out / RECORD)
+    if record is not None and record.get("run") != identity:
+      recorded = record.get("run")
+      diff = _shared.differences(recorded, identity) if isinstance(recorded, dict) else []
+      what = f"differs in {', '.join(diff)}" if diff else "was written by another command or version"
+      raise CliError(f"{out / RECORD} records another run ({what}); pass --overwrite to replace its outputs,"
+                     " or choose another --out")
+    if record is None and not args.overwrite:
+      _explain.check_outputs([out / n for n in OUTPUTS] + [out / MAPS], overwrite=False)
+    if record is not None and record.get("complete") is True and all((out / n).exists() for n in OUTPUTS):
+      console.print(f"nothing to do: the evaluation in {out} is complete ({out / RECORD}); --overwrite computes"
+                    " it again")
+      _print_summary(console, record.get("summary") or [], record.get("title", "evaluation"))
+      return _errors.EXIT_OK
+    if args.overwrite and (out / MAPS).is_dir():
+      shutil.rmtree(out / MAPS)  # this command's own shards, replaced
+    return _run_locked(args, console, err_console, methods, metrics, metric_options, options, spec, kind, items,
+                       out, identity, example_batch, resumed=record is not None)
+
+
+def _load_examples(kind: str, items: list, loaded) -> np.ndarray:
+  if kind == "files":
+    return np.stack([loaded.preprocess(_shared.read_image(p, grayscale=loaded.spec.grayscale)) for p in items])
+  if kind == "photos":
+    imagenet = _models._imagenet()  # pylint: disable=protected-access
+    return np.stack([loaded.preprocess(imagenet.load_photo(name)) for name in items])
+  from adaptgrad_jax import datasets  # pylint: disable=import-outside-toplevel
+
+  digits = datasets.mnist_embedded().x_test
+  if len(items) > len(digits):
+    raise UsageError(f"--examples {len(items)}: the embedded MNIST test set holds {len(digits)} digits; pass at"
+                     f" most {len(digits)}")
+  return np.asarray(digits[:len(items)], np.float32)
+
+
+def _explainer(method: str, f, loaded, options, param_fn, x_shape):
+  """``explain_fn(key, x, target) -> map`` of the input's shape (CAM's (H, W, 1) maps lose their axis)."""
+  import adaptgrad_jax as ag  # pylint: disable=import-outside-toplevel
+
+  model = loaded.module if method in _methods.MODEL_METHODS else None
+  explainer = _methods.build(method, f, loaded.bounds, options,
+                             param_fn=param_fn() if method.endswith("ng") else None, model=model)
+  _methods.check_model(method, options, x_shape, model=model)
+  squeeze = x_shape[-1] != 1
+
+  def explain_fn(key, x, target):
+    value = explainer(key, x, target)
+    if isinstance(value, ag.Estimate):  # --rtol: the Monte Carlo mean of the Estimate
+      value = value.value
+    if squeeze and value.ndim == x.ndim and value.shape[-1] == 1:
+      value = value[..., 0]  # CAM: (H, W, 1) -> (H, W), the input without its channel axis
+    return value
+
+  return explain_fn
+
+
+def _run_locked(args, console, err_console, methods, metrics, metric_options, options, spec, kind, items, out,
+                identity, example_batch, *, resumed):
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  from adaptgrad_jax import metrics as metrics_lib  # pylint: disable=import-outside-toplevel
+
+  loaded = _models.load(spec.name, args.weights)
+  _explain.check_target(args.target, loaded)
+  xs = _load_examples(kind, items, loaded)
+  f, logits_fn, param_fn = _explain.model_functions(loaded)
+  logits = jax.jit(logits_fn)
+  if args.target == "predicted":
+    targets = np.concatenate([np.asarray(jnp.argmax(logits(xs[i:i + example_batch]), axis=-1))
+                              for i in range(0, len(xs), example_batch)]).astype(np.int32)
+  else:
+    targets = np.full(len(xs), int(args.target), np.int32)
+  labels = {m: _methods.label(m) for m in methods}
+  explainers = {labels[m]: _explainer(m, f, loaded, options, param_fn, xs.shape[1:]) for m in methods}
+  weights = identity["weights"]
+  explain_ids = {labels[m]: json.dumps({"method": m, "model": spec.name, "weights": weights,
+                                        "options": identity["options"]}, sort_keys=True) for m in methods}
+  if args.scores == "logits":
+    predict_fn = logits_fn
+  else:
+    predict_fn = lambda batch: jax.nn.softmax(logits_fn(batch), axis=-1)  # noqa: E731
+  what = (f"{len(items)} image(s)" if kind == "files" else f"{len(items)} embedded MNIST test digit(s)"
+          if kind == "mnist" else f"the bundled photo(s) {', '.join(items)}")
+  err_console.print(
+    f"{', '.join(labels.values())} x {', '.join(metrics)} on {what} with {spec.name} ({loaded.weights})"
+    + ("; continuing an interrupted run" if resumed else ""))
+  _shared.write_json(out / RECORD, {
+    "complete": False, "run": identity,
+    "note": "running or interrupted: run the same command again to continue (finished maps are reused)"})
+  start = time.perf_counter()
+  evaluation = metrics_lib.evaluate(
+    explainers, metrics, (xs, targets), jax.random.key(args.seed), predict_fn=predict_fn, bounds=loaded.bounds,
+    metric_options=metric_options, out=out / MAPS, batch_size=example_batch, explain_ids=explain_ids,
+    log=err_console.print)
+  title = f"{spec.name}, {what}: mean and {100 * evaluation.confidence:g}% bootstrap interval"
+  written = evaluation.write(out / BASENAME)
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+  figure = evaluation.plot(out / f"{BASENAME}.png", title=title)
+  plt.close(figure)
+  seconds = time.perf_counter() - start
+  summary = [_row(r) for r in evaluation.summary()]
+  _shared.write_json(out / RECORD, {
+    "complete": True, "run": identity, "title": title, "model": spec.name, "weights": loaded.weights,
+    "methods": {labels[m]: m for m in methods}, "metrics": metrics,
+    "targets": targets.tolist(), "files": sorted(p.name for p in written.values()) + [f"{BASENAME}.png"],
+    "seconds": round(seconds, 2), "summary": summary})
+  _print_summary(console, summary, title)
+  console.print(f"wrote {', '.join(OUTPUTS)} to {out} in {seconds:.1f} s")
+  return _errors.EXIT_OK
+
+
+def _row(r) -> dict:
+  return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in r._asdict().items()}
+
+
+def _print_summary(console, summary: list[dict], title: str) -> None:
+  """The summary as a table: one row per method, ``mean [low, high]`` per metric."""
+  from rich.table import Table  # pylint: disable=import-outside-toplevel
+
+  explainers = list(dict.fromkeys(r["explainer"] for r in summary))
+  metrics = list(dict.fromkeys(r["metric"] for r in summary))
+  table = Table(title=title)
+  table.add_column("method")
+  for m in metrics:
+    table.add_column(m, justify="right")
+  cells = {(r["explainer"], r["metric"]): r for r in summary}
+  for e in explainers:
+    row = [e]
+    for m in metrics:
+      r = cells.get((e, m))
+      if r is None or r.get("mean") is None:
+        row.append("n/a" if r is None else f"n/a ({r.get('note') or 'no example scored'})")
+        continue
+      text = f"{r['mean']:.4f} [{r['low']:.4f}, {r['high']:.4f}]"
+      if r.get("skipped") or r.get("undefined"):
+        text += f" (n={r['n']})"
+      row.append(text)
+    table.add_row(*row)
+  console.print(table)
