@@ -14,10 +14,10 @@ Import this module only inside tests that have torch (``pytest.importorskip``).
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 
 import torch
+import torch_reference
 from torch import nn
 from torch.nn import functional as F
 
@@ -331,25 +331,8 @@ class DenseNet(nn.Module):
 
 
 def randomize(module, seed):
-  """Random weights and batch-norm statistics keeping activations O(1), then ``eval()`` and float64."""
-  gen = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for name, tensor in module.state_dict().items():
-      if name.endswith("num_batches_tracked"):
-        continue
-      leaf = name.rsplit(".", 1)[-1]
-      if leaf == "running_var" or (leaf == "weight" and tensor.ndim == 1):
-        tensor.copy_(0.5 + torch.rand(tensor.shape, generator=gen))
-      elif leaf in ("running_mean", "bias", "in_proj_bias"):
-        tensor.copy_(0.1 * torch.randn(tensor.shape, generator=gen))
-      elif leaf == "layer_scale":  # torchvision initialises it at 1e-6; O(1) exercises the block
-        tensor.copy_(0.5 + torch.rand(tensor.shape, generator=gen))
-      elif leaf in ("class_token", "pos_embedding"):
-        tensor.copy_(0.5 * torch.randn(tensor.shape, generator=gen))
-      else:  # conv / linear / attention weights: He scaling on fan-in
-        fan_in = tensor[0].numel()
-        tensor.copy_(torch.randn(tensor.shape, generator=gen) * math.sqrt(2.0 / fan_in))
-  return module.double().eval()
+  """`torch_reference.randomize` (random weights and batch-norm statistics keeping activations O(1)), in float64."""
+  return torch_reference.randomize(module, seed).double()
 
 
 __all__ = [

@@ -437,18 +437,24 @@ class TorchEfficientNetLite0(nn.Module):
 def randomize(module: nn.Module, seed: int = 0) -> nn.Module:
   """Random weights at a stable scale and non-trivial batch-norm statistics; eval mode.
 
-  Convolution and linear weights are He-scaled on their fan-in (activations
-  stay O(1) through any depth); batch-norm scales and running variances lie
-  in [0.5, 1.5], biases and running means are N(0, 0.1^2).
+  Convolution, linear and attention weights are He-scaled on their fan-in
+  (activations stay O(1) through any depth); batch- and layer-norm scales,
+  running variances and ConvNeXt's ``layer_scale`` (torchvision starts it at
+  1e-6; O(1) exercises the block) lie in [0.5, 1.5]; biases and running means
+  are N(0, 0.1^2); ViT's ``class_token`` and ``pos_embedding`` N(0, 0.5^2).
+  The references of tests/torch_backbones.py use it too.
   """
   gen = torch.Generator().manual_seed(seed)
   with torch.no_grad():
     for name, tensor in module.state_dict().items():
       if name.endswith("num_batches_tracked"):
         continue
-      if name.endswith("running_var") or (name.endswith("weight") and tensor.ndim == 1):
+      leaf = name.rsplit(".", 1)[-1]
+      if name.endswith("running_var") or (name.endswith("weight") and tensor.ndim == 1) or leaf == "layer_scale":
         tensor.copy_(torch.rand(tensor.shape, generator=gen) + 0.5)
-      elif tensor.ndim == 1:  # biases, batch-norm shifts, running means
+      elif leaf in ("class_token", "pos_embedding"):
+        tensor.copy_(torch.randn(tensor.shape, generator=gen) * 0.5)
+      elif tensor.ndim == 1:  # biases (in_proj_bias too), batch-norm shifts, running means
         tensor.copy_(torch.randn(tensor.shape, generator=gen) * 0.1)
       else:
         fan_in = tensor[0].numel()
@@ -532,8 +538,15 @@ def torch_logits_and_input_grad(
 
 
 def as_float64(tree: Any) -> Any:
-  """Casts every floating leaf to float64 (call with `jax.enable_x64` on, or it stays float32)."""
-  return jax.tree.map(lambda a: a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+  """Casts every floating leaf to float64 (call with `jax.enable_x64` on, or it stays float32).
+
+  The cast is done by NumPy and the result put on the device: an eager
+  ``astype`` compiles one conversion program per leaf shape (31 for a
+  ResNet-50, about a second each on a busy 2-core machine).
+  """
+  return jax.tree.map(
+    lambda a: jax.device_put(np.asarray(a, np.float64)) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree
+  )
 
 
 def assert_close(actual: Any, expected: Any, rel: float) -> None:
