@@ -27,9 +27,10 @@ def x64():
 
 
 def _pair(seed=0):
+  # build_model loads the weights into the traced model: no random initialisation to compile (seconds per shape).
   ref = ref_lib.randomize(ref_lib.TorchVGG(CONFIG, num_classes=5, hidden=8), seed=seed).double()
-  model = models.VGG(CONFIG, num_classes=5, hidden=8, rngs=nnx.Rngs(0))
-  model = models.load_weights(model, ref_lib.numpy_state_dict(ref))
+  model = models.build_model(lambda rngs: models.VGG(CONFIG, num_classes=5, hidden=8, rngs=rngs),
+                             ref_lib.numpy_state_dict(ref), nnx.Rngs(0))
   model.eval()
   x = np.random.default_rng(seed).normal(size=(SIZE, SIZE, 3))
   return ref, model, x
@@ -37,8 +38,7 @@ def _pair(seed=0):
 
 def _as64(model):
   graphdef, state = nnx.split(model)
-  return nnx.merge(graphdef, jax.tree.map(
-      lambda a: jnp.asarray(a, jnp.float64) if jnp.issubdtype(jnp.result_type(a), jnp.floating) else a, state))
+  return nnx.merge(graphdef, ref_lib.as_float64(state))  # cast on the host: no conversion compiled per shape
 
 
 @pytest.mark.parametrize("layer", ["features.7", "features.9"])
@@ -66,7 +66,7 @@ def test_guided_backprop_matches_captum(x64):
     expected = captum_attr.GuidedBackprop(ref).attribute(x_t, target=3).detach().numpy()[0]
   ours = jax.jit(flax_cam.guided_backprop(model))(jnp.asarray(x), 3)
   np.testing.assert_allclose(ours, np.moveaxis(expected, 0, -1), rtol=1e-9, atol=1e-12)
-  plain = jax.grad(lambda x: model(x[None])[0, 3])(jnp.asarray(x))
+  plain = jax.jit(jax.grad(lambda x: model(x[None])[0, 3]))(jnp.asarray(x))
   assert not np.allclose(ours, plain)  # the guided ReLUs changed the backward pass
   assert jax.nn.relu is not flax_cam.guided_relu  # the patch is undone
 
@@ -86,8 +86,8 @@ def test_grad_cam_pp_against_formula(x64):
   _, model, x = _pair(2)
   model = _as64(model)
   layer = "features.9"
-  act = flax_cam.layer_activation(model, layer)(jnp.asarray(x))
-  g = np.asarray(flax_cam.layer_gradient(model, layer)(jnp.asarray(x), 1))
+  act = jax.jit(flax_cam.layer_activation(model, layer))(jnp.asarray(x))
+  g = np.asarray(jax.jit(flax_cam.layer_gradient(model, layer))(jnp.asarray(x), 1))
   a = np.asarray(act)
   denom = 2 * g ** 2 + a.sum(axis=(0, 1)) * g ** 3
   alpha = np.divide(g ** 2, denom, out=np.zeros_like(g), where=denom != 0)
@@ -121,8 +121,8 @@ def test_bad_layers_are_named():
     flax_cam.grad_cam(model, "layer4")
   with pytest.raises(ValueError, match="features.99"):
     flax_cam.grad_cam(model, "features.99")
-  with pytest.raises(ValueError, match="feature map"):
-    flax_cam.grad_cam(model, "classifier.1")(jnp.zeros((SIZE, SIZE, 3)), 0)
+  with pytest.raises(ValueError, match="feature map"):  # raised while tracing: abstract evaluation suffices
+    jax.eval_shape(flax_cam.grad_cam(model, "classifier.1"), jnp.zeros((SIZE, SIZE, 3)), 0)
   assert "features.9" in flax_cam.available_layers(model)
 
 
@@ -131,8 +131,8 @@ def test_resnet_layer4_grad_cam_and_guided_backprop_match_captum(x64):
   # reference calls torch.relu, which Captum's GuidedBackprop (it hooks nn.ReLU modules) does not see, so the
   # guided reference is torch autograd with torch.relu patched to a guided ReLU Function.
   ref = ref_lib.randomize(ref_lib.TorchResNet(ref_lib.TorchBasicBlock, [1, 1, 1, 1], num_classes=5), seed=6).double()
-  model = models.load_weights(models.ResNet(models.BasicBlock, (1, 1, 1, 1), num_classes=5, rngs=nnx.Rngs(0)),
-                              ref_lib.numpy_state_dict(ref))
+  model = models.build_model(lambda rngs: models.ResNet(models.BasicBlock, (1, 1, 1, 1), num_classes=5, rngs=rngs),
+                             ref_lib.numpy_state_dict(ref), nnx.Rngs(0))
   model.eval()
   model = _as64(model)
   x = np.random.default_rng(6).normal(size=(32, 32, 3))
@@ -154,7 +154,8 @@ def test_resnet_layer4_grad_cam_and_guided_backprop_match_captum(x64):
     with mock.patch.object(torch, "relu", GuidedReLU.apply):
       ref(x_g)[0, 1].backward()
     gbp_ref = x_g.grad.numpy()[0]
-  np.testing.assert_allclose(flax_cam.grad_cam(model, "layer4", relu=False)(jnp.asarray(x), 1), cam_ref,
+  # Jitted: eager, each of the ResNet's operations compiles a program of its own.
+  np.testing.assert_allclose(jax.jit(flax_cam.grad_cam(model, "layer4", relu=False))(jnp.asarray(x), 1), cam_ref,
                              rtol=1e-9, atol=1e-12)
-  np.testing.assert_allclose(flax_cam.guided_backprop(model)(jnp.asarray(x), 1), np.moveaxis(gbp_ref, 0, -1),
-                             rtol=1e-9, atol=1e-12)
+  np.testing.assert_allclose(jax.jit(flax_cam.guided_backprop(model))(jnp.asarray(x), 1),
+                             np.moveaxis(gbp_ref, 0, -1), rtol=1e-9, atol=1e-12)
