@@ -302,11 +302,17 @@ class Evaluation:
 
   def counted(self, explainer: str, metric: str) -> np.ndarray:
     """Bool mask of the examples with a finite score."""
-    return np.isfinite(self.scores[self._check(explainer, metric)])
+    em = self._check(explainer, metric)
+    if em not in self.scores:
+      return np.zeros(self.num_examples, bool)
+    return np.isfinite(self.scores[em])
 
   def summary_row(self, explainer: str, metric: str) -> SummaryRow:
     """Mean and bootstrap interval of one explainer on one metric."""
     em = self._check(explainer, metric)
+    if em not in self.scores:
+      return SummaryRow(explainer, metric, None, None, None, 0, 0, 0,
+                        "not evaluated (metrics_per_explainer)")
     s = self.scores[em]
     ok = np.isfinite(s)
     skipped = int(self.skipped[em].sum())
@@ -338,8 +344,10 @@ class Evaluation:
       KeyError: an unknown explainer or metric.
       ValueError: no example was scored for both.
     """
-    self._check(a, metric)
-    self._check(b, metric)
+    for e in (a, b):
+      if self._check(e, metric) not in self.scores:
+        raise ValueError(f"{e!r} was not evaluated on {metric!r} (see "
+                         "metrics_per_explainer); nothing to compare")
     sa, sb = self.scores[(a, metric)], self.scores[(b, metric)]
     both = np.isfinite(sa) & np.isfinite(sb)
     if not both.any():
@@ -357,7 +365,8 @@ class Evaluation:
     """A JSON-able dict: settings, summary rows and per-example scores (null = not scored)."""
     per_example = {
         e: {m: [None if not np.isfinite(v) else float(v)
-                for v in self.scores[(e, m)]] for m in self.metrics}
+                for v in self.scores[(e, m)]]
+            for m in self.metrics if (e, m) in self.scores}
         for e in self.explainers}
     return {
         "explainers": list(self.explainers),
@@ -384,6 +393,9 @@ class Evaluation:
       cells = [e]
       for m in self.metrics:
         r = self.summary_row(e, m)
+        if (e, m) not in self.scores:
+          cells.append("-")
+          continue
         if r.mean is None:
           cells.append("n/a")
         else:
@@ -410,12 +422,16 @@ class Evaluation:
       w.writerow(["explainer", "metric", "example", "score", "skipped"])
       for e in self.explainers:
         for m in self.metrics:
+          if (e, m) not in self.scores:
+            continue
           for i, v in enumerate(self.scores[(e, m)]):
             w.writerow([e, m, i, "" if not np.isfinite(v) else repr(float(v)),
                         int(self.skipped[(e, m)][i])])
       return buf.getvalue()
     w.writerow(list(SummaryRow._fields) + ["confidence"])
     for r in self.summary():
+      if (r.explainer, r.metric) not in self.scores:
+        continue
       w.writerow([("" if v is None else v) for v in r] + [self.confidence])
     return buf.getvalue()
 
@@ -673,9 +689,8 @@ def _score_all(metric: Metric, key, explain_fn, predict_fn, xs, ts, maps,
       fn = jax.jit(jax.vmap(lambda k, x, a, t: metric.score(k, explain_fn, p, x, t)))
     size = min(batch_size, n)
     for lo, hi in _chunks(n, size):
-      out = fn(_pad(keys[lo:hi], size) if hi - lo < size else keys[lo:hi],
-               _pad(xs[lo:hi], size), _pad(np.asarray(maps[lo:hi]), size),
-               _pad(ts[lo:hi], size))
+      idx = np.minimum(np.arange(lo, lo + size), hi - 1)  # the last one repeated
+      out = fn(keys[idx], xs[idx], _pad(np.asarray(maps[lo:hi]), size), ts[idx])
       out = np.asarray(out, np.float64)
       if out.shape != (size,):
         raise ValueError(f"a metric returned shape {out.shape[1:]} per example; "
@@ -715,6 +730,7 @@ def evaluate(
     out: str | os.PathLike | None = None,
     batch_size: int = 32,
     explain_ids: Mapping[str, str] | None = None,
+    metrics_per_explainer: Mapping[str, Sequence[str]] | None = None,
     confidence: float = 0.95,
     num_resamples: int = 2000,
     progress: bool = False,
@@ -795,6 +811,9 @@ def evaluate(
     explain_ids: explainer name -> an identity string for ``attribute``'s
       resume check, needed when an explainer closes over state that cannot
       be fingerprinted (a Flax module); default: the fingerprint.
+    metrics_per_explainer: explainer name -> the metric names to score it
+      on (default: every metric); e.g. the information level of the IG
+      rows only. Pairs left out read "not evaluated" in the summary.
     confidence: the confidence level of the intervals.
     num_resamples: bootstrap resamples.
     progress: show ``attribute``'s progress bars.
@@ -864,6 +883,17 @@ def evaluate(
     if metric.uses_predict_fn and predict_fn is None:
       raise ValueError(f"metric {name!r} needs the model: pass "
                        "predict_fn=batch -> class scores (B, num_classes)")
+  only = {}
+  for e, ms in (metrics_per_explainer or {}).items():
+    if e not in explainers:
+      raise ValueError(f"metrics_per_explainer names {e!r}, which is not an "
+                       f"explainer ({list(explainers)})")
+    ms = [ms] if isinstance(ms, str) else list(ms)
+    for m in ms:
+      if m not in resolved:
+        raise ValueError(f"metrics_per_explainer[{e!r}] names {m!r}, which is "
+                         f"not in metrics ({list(resolved)})")
+    only[e] = set(ms)
   k_maps, k_metrics, k_stats = jax.random.split(key, 3)
   for name, fn in explainers.items():
     _check_map_shape(name, fn, k_maps, xs[0], ts[0])
@@ -888,6 +918,8 @@ def evaluate(
     maps[name] = res
     say(f"{name}: maps done")
     for mname, metric in resolved.items():
+      if name in only and mname not in only[name]:
+        continue
       mkey = jax.random.fold_in(k_metrics, _crc(mname))
       s, sk, reason = _score_all(metric, mkey, fn, predict_fn, xs, ts, res,
                                  int(batch_size))
