@@ -65,8 +65,10 @@ def test_lhs_stderr_for_a_linear_gradient_matches_the_within_stratum_variance():
   from scipy.stats import norm  # pylint: disable=import-outside-toplevel
   m = 8
   edges = norm.ppf(np.linspace(0.0, 1.0, m + 1))
-  pdf = np.nan_to_num(norm.pdf(edges))
-  edges_pdf = np.nan_to_num(edges * pdf)
+  finite = np.isfinite(edges)
+  pdf, edges_pdf = np.zeros(m + 1), np.zeros(m + 1)  # phi(z) and z phi(z) vanish at +-inf
+  pdf[finite] = norm.pdf(edges[finite])
+  edges_pdf[finite] = edges[finite] * pdf[finite]
   mean = m * (pdf[:-1] - pdf[1:])
   second = 1 + m * (edges_pdf[:-1] - edges_pdf[1:])
   within = float(np.mean(second - mean**2))  # about 0.05: 20x less variance than i.i.d.
