@@ -218,7 +218,8 @@ def _agreement(ours: np.ndarray, peer: np.ndarray, stochastic: bool) -> dict[str
   cosine = float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-30))
   if stochastic:
     return {"cosine": round(cosine, 4)}
-  return {"relative_l2": float(f"{np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30):.3g}"), "cosine": round(cosine, 6)}
+  relative = np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)
+  return {"relative_l2": float(f"{relative:.3g}"), "cosine": round(cosine, 6)}
 
 
 def measure(setup: Setup, *, steps: int, n: int, rounds: int, only: Optional[set[str]] = None,
@@ -287,7 +288,8 @@ def write(records: list[dict[str, Any]], env: dict[str, Any], stem: str = "metho
     " apart). ratio = peer / ours (> 1: ours faster). Agreement: relative L2 difference (deterministic methods)"
     " or cosine (stochastic ones: other random draws), float32 on both sides.",
     "",
-    f"jax {env['jax']} (XLA_FLAGS `{env.get('xla_flags', '')}`), torch {env['torch']} ({env['torch_threads']} threads), captum {env['captum']}, saliency"
+    f"jax {env['jax']} (XLA_FLAGS `{env.get('xla_flags', '')}`), torch {env['torch']}"
+    f" ({env['torch_threads']} threads), captum {env['captum']}, saliency"
     f" {env['saliency']}, numpy {env['numpy']}; {env['cpus']} CPUs, load average at start"
     f" {env['load_average_at_start']} (shared machine: absolute times are under load, compare the ratios).",
     "",
