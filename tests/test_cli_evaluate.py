@@ -129,3 +129,13 @@ def test_bundled_photo_with_efficientnet_lite0(tmp_path, capsys):
   (score,) = result["scores"]["Grad"]["sparseness"]
   assert 0.0 < score < 1.0
   assert "chelsea" in capsys.readouterr().err
+
+
+def test_help_lists_explain_options_and_examples(capsys):
+  assert main(["evaluate", "--help"]) == 0
+  out = capsys.readouterr().out
+  assert "adaptgrad-jax evaluate --mnist" in out.split("examples:")[1]
+  for option in ("--methods", "--metrics", "--metric-option", "--ig-steps", "--rtol", "--layer", "--out"):
+    assert option in out
+  assert main(["explain", "--help"]) == 0  # explain's parser is unchanged by the sharing
+  assert "--ig-steps" in capsys.readouterr().out

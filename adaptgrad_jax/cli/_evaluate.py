@@ -378,7 +378,7 @@ def _run_locked(args, console, err_console, methods, metrics, metric_options, op
     explainers, metrics, (xs, targets), jax.random.key(args.seed), predict_fn=predict_fn, bounds=loaded.bounds,
     metric_options=metric_options, out=out / MAPS, batch_size=example_batch, explain_ids=explain_ids,
     log=err_console.print)
-  title = f"{spec.name}, {what}: mean and {100 * evaluation.confidence:g}% bootstrap interval"
+  title = f"{spec.name} on {what}: mean [{100 * evaluation.confidence:g}% bootstrap interval]"
   written = evaluation.write(out / BASENAME)
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
