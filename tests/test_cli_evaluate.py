@@ -90,11 +90,13 @@ def test_mnist_scores_equal_the_library_and_the_run_resumes(tmp_path, capsys):
     (["--metrics", "information_level", "--scores", "logits"], ["probabilities"]),
     (["--model", "resnet18"], ["--mnist", "--model mlp"]),
     (["--examples", "0"], ["--examples 0"]),
+    (["--target", "10"], ["--target 10", "10 classes"]),
+    (["--weights", "nowhere.pth"], ["nowhere.pth", "no such file"]),
   ],
 )
 def test_user_mistakes_are_one_line_exit_2_and_write_nothing(argv, needles, tmp_path, capsys):
   out = tmp_path / "eval"
-  base = ["evaluate", "--mnist", "--weights", "random", "--out", str(out)]
+  base = ["evaluate", "--mnist", "--out", str(out)] + ([] if "--weights" in argv else ["--weights", "random"])
   assert main(base + argv) == 2
   err = _error_line(capsys)
   assert err.startswith("adaptgrad-jax") and "error:" in err

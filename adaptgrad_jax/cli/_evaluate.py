@@ -270,6 +270,11 @@ def run(args: argparse.Namespace, console, err_console) -> int:
                      " logits")
   model = _model_name(args)
   spec = _models.spec_for(model)
+  # Checked before --out is created (the model itself loads under its lock).
+  _explain.check_target(args.target, _models.LoadedModel(spec, None, (None, None), "",
+                                                          _models._class_names(spec)))  # pylint: disable=protected-access
+  if args.weights not in (None, "random", "download", "pretrained"):
+    _models._weights_file(spec, args.weights)  # pylint: disable=protected-access  # a missing file: usage error
   _errors.require_plotting("evaluate")
   kind, items = _data_source(args, spec)
   out = pathlib.Path(args.out).expanduser()
