@@ -252,13 +252,8 @@ def expected_gradients(
       inner_used.append(used)
       return grad.astype(dtype) * (noisy - base), used
 
-    wanted = bool(return_stderr)
-    if return_stderr is None and stochastic:  # does grad_fn return an Estimate? One abstract trace tells.
-      jax.eval_shape(sample, jnp.int32(0))
-      wanted = inner_used[0] is not None
-    if not wanted:
-      total = _sum_over(lambda j: sample(j)[0], n_samples, batch_size, cpu_rewrite)
-      return (total / n_samples).astype(like[0])
+    def wanted():  # known once sample has been traced: does grad_fn return an Estimate?
+      return _monte_carlo.stderr_wanted(return_stderr, inner_used[0] is not None, name, own_samples=True)
 
     def unit(j):
       term, used = sample(j)
@@ -266,7 +261,9 @@ def expected_gradients(
       return jax.tree.map(lambda v: v[None], values), None
 
     sums = _monte_carlo.sample_sums(unit, jnp.arange(n_samples, dtype=jnp.int32), batch_size=batch_size,
-                                    names=("m1", "q11"), cpu_rewrite=cpu_rewrite)
+                                    names=lambda: ("m1", "q11") if wanted() else ("m1",), cpu_rewrite=cpu_rewrite)
+    if not wanted():
+      return sums.sums["m1"][0].astype(like[0])
     est = _monte_carlo.finish(sums, "mean", stderr=True)
     used = jnp.round(est.value[1] * n_samples).astype(jnp.int32)
     return _monte_carlo.Estimate(est.value[0].astype(like[0]), est.stderr[0].astype(like[0]), used)

@@ -87,7 +87,10 @@ def relative_error(estimate: Estimate) -> jax.Array:
 
 
 def split_estimate(out: Any) -> tuple[Any, Any, Any]:
-  """``(value, stderr, num_samples)`` of a gradient function's output: an :class:`Estimate`'s fields, else ``(out, None, None)``."""
+  """``(value, stderr, num_samples)`` of a gradient function's output: an :class:`Estimate`'s fields.
+
+  A plain output gives ``(out, None, None)``.
+  """
   if isinstance(out, Estimate):
     return out.value, out.stderr, out.num_samples
   return out, None, None
@@ -294,7 +297,9 @@ def sample_sums(
     inputs: an array whose leading axis enumerates the units.
     group: samples per unit.
     batch_size: None, an int >= 1 (samples), ``"auto"`` or an ``AutoBatchSize``.
-    names: the sums to accumulate (:func:`needed_sums`).
+    names: the sums to accumulate (:func:`needed_sums`), or a callable
+      returning them, called once ``fn`` has been traced (for transforms
+      whose statistics depend on what ``fn`` returns, without a second trace).
     cpu_rewrite: the switch of :mod:`adaptgrad_jax.cpu`.
     rtol: stop early at this relative standard error (needs an int
       ``batch_size``); extras are then not returned.
@@ -306,6 +311,7 @@ def sample_sums(
   units = inputs.shape[0]
   spec = jax.ShapeDtypeStruct(inputs.shape[1:], inputs.dtype)
   closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(spec)
+  names = tuple(names()) if callable(names) else names
   out_tree = jax.tree.structure(out_shape)
   like = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape[1:], v.dtype), out_shape[0])
   acc = jax.tree.map(lambda v: compute_dtype(v.dtype), like)

@@ -308,15 +308,14 @@ def noise_grad(
       return jax.tree.map(lambda g: jnp.asarray(g)[None], grad), None if used is None else used[None]
 
     keys = _monte_carlo.sample_keys(key, n, cpu_rewrite)
-    wanted = bool(return_stderr)
-    if return_stderr is None and stochastic:  # does grad_fn return an Estimate? One abstract trace tells.
-      jax.eval_shape(at_sample, keys[0])
-      wanted = inner_used[0] is not None
+    def wanted():  # known once at_sample has been traced: does grad_fn return an Estimate?
+      return _monte_carlo.stderr_wanted(return_stderr, inner_used[0] is not None, name, own_samples=True)
+
     sums = _monte_carlo.sample_sums(at_sample, keys, batch_size=batch_size,
-                                    names=_monte_carlo.needed_sums(aggregate, wanted),
+                                    names=lambda: _monte_carlo.needed_sums(aggregate, wanted()),
                                     cpu_rewrite=cpu_rewrite)
-    result = _monte_carlo.finish(sums, aggregate, stderr=wanted)
-    if wanted and sums.extras is not None and inner_used[-1] is not None:
+    result = _monte_carlo.finish(sums, aggregate, stderr=wanted())
+    if wanted() and sums.extras is not None and inner_used[-1] is not None:
       result = result._replace(num_samples=jnp.sum(sums.extras).astype(jnp.int32))
     return result
 

@@ -189,3 +189,14 @@ def test_stderr_one_pass_sums_do_not_cancel(batch_size):
   s = np.asarray(samples, np.float64)
   np.testing.assert_allclose(est.value, s.mean(0), rtol=1e-6)
   np.testing.assert_allclose(est.stderr, s.std(0, ddof=1) / np.sqrt(20), rtol=1e-2)
+
+
+def test_composed_grad_fn_traced_once_whether_or_not_it_returns_an_estimate():
+  # expected_gradients and noise_grad learn from the one trace whether the inner function returns an Estimate.
+  key, x = jax.random.key(0), jnp.full((5,), 0.5)
+  for stderr in (False, True):
+    inner = lambda g, s=stderr: ag.smooth_grad(g, n=4, sigma=0.1, return_stderr=s)
+    eg = lambda g, inner=inner: ag.expected_gradients(inner(g), 6, baselines=jnp.zeros((2, 5)))
+    assert _traces(eg, key, x) == 1
+    ng = lambda g, inner=inner: ag.noise_grad(inner(lambda x, p: g(x * p)), 6)
+    assert _traces(ng, key, x, jnp.ones(5)) == 1
