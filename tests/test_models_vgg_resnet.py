@@ -72,11 +72,23 @@ def test_vgg_matches_torch(name, batch_norm, size, rng):
   ref_lib.assert_matches_torch(model, ref, rng.uniform(size=(2, size, size, 3)).astype(np.float32))
 
 
-@pytest.mark.parametrize("name,size", [("resnet18", 57), ("resnet50", 64)])
-def test_resnet_matches_torch(name, size, rng):
-  ref = ref_lib.randomize(ref_lib.torch_resnet(name, num_classes=10))
-  model = getattr(models, name)(weights=_state_dict(ref), num_classes=10, rngs=nnx.Rngs(0))
-  ref_lib.assert_matches_torch(model, ref, rng.uniform(size=(2, size, size, 3)).astype(np.float32))
+def test_resnet18_matches_torch(rng):
+  ref = ref_lib.randomize(ref_lib.torch_resnet("resnet18", num_classes=10))
+  model = models.resnet18(weights=_state_dict(ref), num_classes=10, rngs=nnx.Rngs(0))
+  ref_lib.assert_matches_torch(model, ref, rng.uniform(size=(2, 57, 57, 3)).astype(np.float32))
+
+
+def test_bottleneck_resnet_matches_torch(rng):
+  # ResNet-50's blocks at full width, one stage of two: a strided bottleneck with its projection shortcut
+  # (layer2.0, stride on conv2 as torchvision's v1.5) and an identity one (layer2.1). The preset's
+  # (3, 4, 6, 3) layout is test_full_size_names_and_shapes_match_torchvision's; 16 blocks here would only
+  # compile longer.
+  ref = ref_lib.randomize(ref_lib.TorchResNet(ref_lib.TorchBottleneck, (1, 2, 1, 1), num_classes=10))
+  model = models.build_model(
+    lambda rngs: models.ResNet(models.Bottleneck, (1, 2, 1, 1), num_classes=10, rngs=rngs), _state_dict(ref),
+    nnx.Rngs(0),
+  )
+  ref_lib.assert_matches_torch(model, ref, rng.uniform(size=(2, 64, 64, 3)).astype(np.float32))
 
 
 def _torch_full_size(name):
@@ -85,7 +97,7 @@ def _torch_full_size(name):
 
 
 @pytest.mark.parametrize(
-  "name", ["vgg11", "vgg16_bn", "resnet18", "resnet34", "resnext50_32x4d", "wide_resnet50_2"]
+  "name", ["vgg11", "vgg16_bn", "resnet18", "resnet34", "resnet50", "resnext50_32x4d", "wide_resnet50_2"]
 )
 def test_full_size_names_and_shapes_match_torchvision(name):
   abstract = nnx.eval_shape(lambda: getattr(models, name)(rngs=nnx.Rngs(0)))
@@ -115,9 +127,10 @@ def test_max_pool_matches_torch_with_gradients(size, window, stride, padding, rn
   def f(x):
     return (models.max_pool(x, window, stride, padding) * w).sum()
 
-  y = models.max_pool(jnp.asarray(x), window, stride, padding)
+  # One jitted program for the values and the gradient (eager, every operation compiles on its own).
+  y, grad = jax.jit(lambda x: (models.max_pool(x, window, stride, padding), jax.grad(f)(x)))(jnp.asarray(x))
   np.testing.assert_array_equal(y, y_t.detach().numpy())
-  np.testing.assert_allclose(jax.grad(f)(jnp.asarray(x)), x_t.grad.permute(0, 2, 3, 1).numpy(), rtol=1e-6)
+  np.testing.assert_allclose(grad, x_t.grad.permute(0, 2, 3, 1).numpy(), rtol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -145,11 +158,12 @@ def test_eval_mode_turns_off_dropout_and_uses_running_stats(rng):
   weights = _random_weights(make)
   model = models.build_model(lambda rngs: make(rngs=rngs), weights, nnx.Rngs(0))
   x = jnp.asarray(rng.uniform(size=(2, 32, 32, 3)).astype(np.float32))
+  forward = nnx.jit(lambda model, x: model(x))  # eager, every layer's operations compile one by one
   model.eval()
   assert model.features[1].use_running_average and model.classifier[2].deterministic
-  np.testing.assert_array_equal(model(x), model(x))
+  np.testing.assert_array_equal(forward(model, x), forward(model, x))
   model.train()
-  a, b = model(x), model(x)
+  a, b = forward(model, x), forward(model, x)
   assert not np.allclose(a, b)  # dropout draws fresh masks (from rngs) in train mode
 
 
@@ -179,7 +193,9 @@ def test_vgg_folds_the_adaptive_pool_into_classifier0(map_shape, rng):
   # gradients (input and kernel) as pooling first, up to float rounding.
   from adaptgrad_jax.models._vgg import _pooled_linear
 
-  graphdef, params = nnx.split(nnx.Linear(7 * 7 * 4, 6, rngs=nnx.Rngs(0)))
+  # Random kernel and bias from NumPy (nnx.Linear's initialiser compiles a program of its own).
+  graphdef, params = nnx.split(nnx.eval_shape(lambda: nnx.Linear(7 * 7 * 4, 6, rngs=nnx.Rngs(0))))
+  params = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape).astype(np.float32)), params)
   x = jnp.asarray(rng.normal(size=(3, *map_shape, 4)).astype(np.float32))
   w = jnp.asarray(rng.normal(size=(3, 6)).astype(np.float32))
 
@@ -189,8 +205,8 @@ def test_vgg_folds_the_adaptive_pool_into_classifier0(map_shape, rng):
   def folded(params, x):
     return (_pooled_linear(nnx.merge(graphdef, params), x, 7) * w).sum()
 
-  actual = jax.value_and_grad(folded, (0, 1))(params, x)
-  expected = jax.value_and_grad(pooled_first, (0, 1))(params, x)
+  actual = jax.jit(jax.value_and_grad(folded, (0, 1)))(params, x)
+  expected = jax.jit(jax.value_and_grad(pooled_first, (0, 1)))(params, x)
   assert len(jax.tree.leaves(actual)) == 4  # the value, the kernel's, the bias's and the input's gradients
   for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
     _assert_close(a, e, rtol=1e-5)
@@ -198,7 +214,10 @@ def test_vgg_folds_the_adaptive_pool_into_classifier0(map_shape, rng):
 
 @pytest.mark.parametrize("size", [10, 16])  # 5 x 5 and 8 x 8 maps
 def test_vgg_pools_first_on_maps_over_16_cells(size, rng):
-  model = models.VGG([4, "M"], num_classes=3, hidden=6, rngs=nnx.Rngs(0))
+  def make(*, rngs):
+    return models.VGG([4, "M"], num_classes=3, hidden=6, rngs=rngs)
+
+  model = models.build_model(lambda rngs: make(rngs=rngs), _random_weights(make), nnx.Rngs(0))
   model.eval()
   x = jnp.asarray(rng.uniform(size=(2, size, size, 3)).astype(np.float32))
   feats = model.features[2](model.features[1](model.features[0](x)))
