@@ -223,6 +223,7 @@ def _calibration(fn, *extra, count=400, x=X):
     ("iid", "mean", None, "riemann_trapezoid"),
     ("antithetic", "mean", 3, "gauss_legendre"),
     ("orthogonal", "var", None, "riemann_middle"),
+    ("lhs", "mean_sq", 2, "riemann_left"),
 ])
 def test_integrated_gradients_stderr_is_calibrated(noise, aggregate, batch_size, method):
   # A-IG: the quadrature is deterministic, each point's smoothed gradient an independent estimate.
