@@ -44,7 +44,8 @@ def _gini_jnp_sort(a, eps=1e-7, normalise=False):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_integer_key_sort_equals_jnp_sort(dtype, rng=np.random.default_rng(0)):
+def test_integer_key_sort_equals_jnp_sort(dtype):
+  rng = np.random.default_rng(0)
   # Every sign, zeros of both signs, the smallest normals, infinities, NaN.
   # (Not subnormals: XLA:CPU flushes them to zero, so jnp.sort ties them with
   # 0.0 in input order while their keys order them as exact values.)

@@ -34,7 +34,8 @@ examples:
       100 embedded MNIST test digits with the demo's MLP (trained once, cached)
   adaptgrad-jax evaluate photos/ --methods sg,ag --metrics sparseness,max_sensitivity --n 10 --out eval/
       every image of a folder
-  adaptgrad-jax evaluate --mnist --metrics deletion,faithfulness_correlation --metric-option deletion.num_steps=28 --out eval/
+  adaptgrad-jax evaluate --mnist --metrics deletion,faithfulness_correlation \
+      --metric-option deletion.num_steps=28 --out eval/
 
 outputs: OUT/evaluation.md (the table: mean [95% bootstrap interval] per
 method and metric), OUT/evaluation.csv (the same rows), OUT/evaluation.scores.csv
