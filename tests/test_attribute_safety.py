@@ -164,15 +164,17 @@ def _env():
   return env
 
 
-def test_concurrent_process_on_the_same_out(xs, ref, tmp_path):
-  """A worker pauses mid-run holding `out`; this process is refused and the worker finishes intact."""
-  out = tmp_path / "run"
-  paused, go = tmp_path / "paused", tmp_path / "go"
+def _start_paused_worker(tmp_path, out, *, pause_after, go, stdout):
+  """Starts the worker's "hold" run on `out` (batches of 4) and returns it once it pauses, holding `out`.
+
+  It pauses after `pause_after` batches and goes on when the file `go` exists.
+  """
+  paused = tmp_path / "paused"
   spec = {"mode": "hold", "out": str(out), "num_examples": N, "seed": 3,
-          "batch_size": 4, "pause_after": 3, "paused": str(paused),
+          "batch_size": 4, "pause_after": pause_after, "paused": str(paused),
           "go": str(go)}
   proc = subprocess.Popen([sys.executable, str(WORKER), json.dumps(spec)],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          stdout=stdout, stderr=subprocess.PIPE,
                           text=True, env=_env())
   try:
     deadline = time.monotonic() + 120
@@ -180,6 +182,18 @@ def test_concurrent_process_on_the_same_out(xs, ref, tmp_path):
       assert proc.poll() is None, proc.communicate()[1][-3000:]
       assert time.monotonic() < deadline, "the worker never paused"
       time.sleep(0.05)
+  except BaseException:
+    proc.kill()
+    proc.wait(60)
+    raise
+  return proc
+
+
+def test_concurrent_process_on_the_same_out(xs, ref, tmp_path):
+  """A worker pauses mid-run holding `out`; this process is refused and the worker finishes intact."""
+  out, go = tmp_path / "run", tmp_path / "go"
+  proc = _start_paused_worker(tmp_path, out, pause_after=3, go=go, stdout=subprocess.PIPE)
+  try:
     before = sorted(p.name for p in out.iterdir())
     with pytest.raises(LockedError, match="in use by another process"):
       _run(out, xs, batch_size=4)
@@ -201,22 +215,10 @@ def test_concurrent_process_on_the_same_out(xs, ref, tmp_path):
 
 
 def test_kill_9_releases_the_lock_and_the_run_resumes(xs, ref, tmp_path):
-  out, paused = tmp_path / "run", tmp_path / "paused"
-  spec = {"mode": "hold", "out": str(out), "num_examples": N, "seed": 3,
-          "batch_size": 4, "pause_after": 4, "paused": str(paused),
-          "go": str(tmp_path / "never")}
-  proc = subprocess.Popen([sys.executable, str(WORKER), json.dumps(spec)],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          text=True, env=_env())
-  try:
-    deadline = time.monotonic() + 120
-    while not paused.exists():
-      assert proc.poll() is None, proc.communicate()[1][-3000:]
-      assert time.monotonic() < deadline, "the worker never paused"
-      time.sleep(0.05)
-  finally:
-    proc.kill()  # SIGKILL: no cleanup runs.
-    proc.wait(60)
+  out = tmp_path / "run"
+  proc = _start_paused_worker(tmp_path, out, pause_after=4, go=tmp_path / "never", stdout=subprocess.DEVNULL)
+  proc.kill()  # SIGKILL: no cleanup runs.
+  proc.wait(60)
   res = _run(out, xs, batch_size=4)
   np.testing.assert_allclose(np.asarray(res), ref, atol=ATOL)
   load_attributions(out, verify=True)
