@@ -196,13 +196,7 @@ def parse_metric_options(items: list[str], metrics: list[str]) -> dict[str, dict
     if metric not in metrics:
       raise UsageError(f"--metric-option {item!r} is for {metric!r}, which --metrics does not name"
                        f" ({', '.join(metrics)})")
-    # The arguments the runner passes itself (the key, the model, the input, the map, the target) are not options.
-    fixed = {"key", "predict_fn", "explain_fn", "image", "images", "x", "attribution", "attributions", "target",
-             "args", "kwargs"}
-    params = inspect.signature(getattr(metrics_lib, metric)).parameters
-    allowed = sorted(p for p, v in params.items() if p not in fixed and v.kind == v.KEYWORD_ONLY)
-    if metric == "information_level":
-      allowed = sorted(set(allowed) | set(_INFORMATION_LEVEL_OPTIONS))
+    allowed = _option_names(metrics_lib, metric)
     if name not in allowed:
       raise UsageError(f"--metric-option {item!r}: {metric} has no option {name!r}; its options are"
                        f" {', '.join(allowed) or 'none'}")
@@ -210,6 +204,26 @@ def parse_metric_options(items: list[str], metrics: list[str]) -> dict[str, dict
       raise UsageError(f"--metric-option gives {metric}.{name} twice; give it once")
     options.setdefault(metric, {})[name] = _value(text)
   return options
+
+
+# What the runner passes itself (the target, the bounds), what it fixes (the reduction of the sensitivities,
+# the random mask of the information level) and functions, which a command line cannot give.
+_NOT_OPTIONS = ("target", "reduce", "random_mask", "perturb_fn", "pic_kwargs")
+
+
+def _option_names(metrics_lib, metric: str) -> list[str]:
+  """The keyword options ``--metric-option`` may set: those of the function the runner calls."""
+  if metric in ("max_sensitivity", "avg_sensitivity"):  # sensitivity(..., reduce="max" / "mean")
+    fn = metrics_lib.sensitivity
+  elif metric == "information_level":  # one curve per image, then its area
+    fn = metrics_lib.performance_information_curve
+  else:
+    fn = getattr(metrics_lib, metric)
+  params = inspect.signature(fn).parameters
+  names = {p for p, v in params.items() if v.kind == v.KEYWORD_ONLY and p not in _NOT_OPTIONS}
+  if metric == "information_level":
+    names |= set(_INFORMATION_LEVEL_OPTIONS)
+  return sorted(names)
 
 
 def _model_name(args: argparse.Namespace) -> str:
@@ -406,27 +420,36 @@ def _row(r) -> dict:
   return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in r._asdict().items()}
 
 
+def _number(value: float) -> str:
+  """4 decimals, or 3 significant digits for magnitudes below 0.001 (infidelity's 1e-6 is not 0.0000)."""
+  return f"{value:.4f}" if value == 0 or abs(value) >= 1e-3 else f"{value:.3e}"
+
+
 def _print_summary(console, summary: list[dict], title: str) -> None:
-  """The summary as a table: one row per method, ``mean [low, high]`` per metric."""
+  """The summary as a table, one line per method and metric (readable at any number of metrics)."""
   from rich.table import Table  # pylint: disable=import-outside-toplevel
 
-  explainers = list(dict.fromkeys(r["explainer"] for r in summary))
-  metrics = list(dict.fromkeys(r["metric"] for r in summary))
+  pct = title.rsplit("[", 1)[-1].split(" ")[0] if "[" in title else "95%"
   table = Table(title=title)
   table.add_column("method")
-  for m in metrics:
-    table.add_column(m, justify="right")
-  cells = {(r["explainer"], r["metric"]): r for r in summary}
-  for e in explainers:
-    row = [e]
-    for m in metrics:
-      r = cells.get((e, m))
-      if r is None or r.get("mean") is None:
-        row.append("n/a" if r is None else f"n/a ({r.get('note') or 'no example scored'})")
-        continue
-      text = f"{r['mean']:.4f} [{r['low']:.4f}, {r['high']:.4f}]"
-      if r.get("skipped") or r.get("undefined"):
-        text += f" (n={r['n']})"
-      row.append(text)
-    table.add_row(*row)
+  table.add_column("metric", no_wrap=True, min_width=max([len(r["metric"]) for r in summary] or [6]))
+  table.add_column("mean", justify="right", no_wrap=True)
+  table.add_column(f"{pct} interval", justify="right", no_wrap=True)
+  table.add_column("n", justify="right")
+  notes = []
+  previous = None
+  for r in summary:
+    method = r["explainer"] if r["explainer"] != previous else ""
+    previous = r["explainer"]
+    counted = f"{r['n']}" + (f" ({r['skipped']} skipped)" if r.get("skipped") else "") + (
+        f" ({r['undefined']} undefined)" if r.get("undefined") else "")
+    if r.get("mean") is None:
+      table.add_row(method, r["metric"], "n/a", "", counted)
+    else:
+      table.add_row(method, r["metric"], _number(r["mean"]), f"[{_number(r['low'])}, {_number(r['high'])}]",
+                    counted)
+    if r.get("note"):
+      notes.append(f"{r['explainer']} / {r['metric']}: {r['note']}")
   console.print(table)
+  for note in dict.fromkeys(notes):
+    console.print(f"note: {note}")
