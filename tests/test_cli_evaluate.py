@@ -141,3 +141,18 @@ def test_help_lists_explain_options_and_examples(capsys):
     assert option in out
   assert main(["explain", "--help"]) == 0  # explain's parser is unchanged by the sharing
   assert "--ig-steps" in capsys.readouterr().out
+
+
+def test_metric_options_are_those_of_the_function_the_runner_calls():
+  from adaptgrad_jax.cli import _evaluate
+  chosen = ["max_sensitivity", "information_level", "sparseness"]
+  got = _evaluate.parse_metric_options(
+      ["max_sensitivity.num_samples=3", "max_sensitivity.radius=0.1", "information_level.masks_per_image=2",
+       "information_level.min_pred_value=0.5", "sparseness.normalise=true"], chosen)
+  assert got == {"max_sensitivity": {"num_samples": 3, "radius": 0.1},
+                 "information_level": {"masks_per_image": 2, "min_pred_value": 0.5},
+                 "sparseness": {"normalise": True}}
+  assert type(got["max_sensitivity"]["num_samples"]) is int
+  for bad in ("max_sensitivity.reduce=max", "information_level.random_mask=1", "sparseness.target=1"):
+    with pytest.raises(Exception, match="has no option"):
+      _evaluate.parse_metric_options([bad], chosen)
