@@ -1,4 +1,5 @@
-"""The ``adaptgrad-jax`` command line: ``demo``, ``explain``, ``convergence``, ``confidence``.
+"""The ``adaptgrad-jax`` command line: ``demo``, ``explain``, ``evaluate``,
+``convergence``, ``confidence``.
 
 ``main(argv)`` is the console script (``adaptgrad-jax``) and
 ``python -m adaptgrad_jax``. It returns the exit code: 0 on success, 2 for a
@@ -30,6 +31,7 @@ EPILOG = """\
 examples:
   adaptgrad-jax demo                                  # offline, under 2 minutes on 2 CPU cores
   adaptgrad-jax explain cat.jpg --method adaptgrad --out maps/
+  adaptgrad-jax evaluate --mnist --methods sg,ag --out eval/
   adaptgrad-jax convergence cat.jpg --ns 1,10,20,50,100 --out figures/
   adaptgrad-jax confidence cat.jpg --cs 0.5,0.8,0.9,0.95,0.99,0.999 --out figures/
 
