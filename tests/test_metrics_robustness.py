@@ -336,14 +336,3 @@ def test_random_subsets_exact_size_and_uniform(n, k, getkey):
     # Pairs: P(i and j both chosen) = k (k - 1) / (n (n - 1)).
     both = (m[:, :n // 2].astype(float).T @ m[:, n // 2:].astype(float)).mean() / runs
     assert both == pytest.approx(k * (k - 1) / (n * (n - 1)), rel=0.1)
-
-
-@pytest.mark.parametrize("n", [1, 2, 3, 7, 100, 513])
-def test_bitonic_sort_equals_numpy(n, rng):
-  from adaptgrad_jax.metrics import _sorting
-  x = rng.normal(size=(3, n)).astype(np.float32)
-  x[:, ::5] = 0.25  # ties
-  got = jax.jit(_sorting.bitonic_sort)(jnp.asarray(x))
-  np.testing.assert_array_equal(np.asarray(got), np.sort(x, axis=1))
-  np.testing.assert_array_equal(np.asarray(jax.vmap(_sorting.bitonic_sort)(jnp.asarray(x))),
-                                np.sort(x, axis=1))
