@@ -74,7 +74,8 @@ def test_lhs_stderr_for_a_linear_gradient_matches_the_within_stratum_variance():
   within = float(np.mean(second - mean**2))  # about 0.05: 20x less variance than i.i.d.
   a = jnp.linspace(-2.0, 2.0, 16)
   quadratic = lambda x: 0.5 * jnp.sum(a * x * x)
-  est = ag.smooth_grad(jax.grad(quadratic), n=128, sigma=0.3, noise="lhs", return_stderr=True)(jax.random.key(0), X)
+  est = jax.jit(ag.smooth_grad(jax.grad(quadratic), n=128, sigma=0.3, noise="lhs", return_stderr=True))(
+      jax.random.key(0), X)
   np.testing.assert_allclose(est.value, a * X, atol=4 * float(jnp.max(est.stderr)) + 1e-6)
   expected = jnp.abs(a) * 0.3 * np.sqrt(within / 128)
   np.testing.assert_allclose(np.median(est.stderr / expected), 1.0, atol=0.3)
@@ -83,7 +84,7 @@ def test_lhs_stderr_for_a_linear_gradient_matches_the_within_stratum_variance():
 def test_lhs_replicate_is_stratified_with_gaussian_marginals():
   from scipy.stats import norm  # pylint: disable=import-outside-toplevel
   from adaptgrad_jax import _noise  # pylint: disable=import-outside-toplevel
-  z = np.asarray(jax.vmap(lambda k: _noise.unit_noise(k, jnp.zeros(64), 1.0, "lhs"))(
+  z = np.asarray(jax.jit(jax.vmap(lambda k: _noise.unit_noise(k, jnp.zeros(64), 1.0, "lhs")))(
       jax.random.split(jax.random.key(0), 500)), np.float64)  # (500, 8, 64)
   strata = np.sort(np.floor(norm.cdf(z) * 8), axis=1)
   np.testing.assert_array_equal(strata, np.broadcast_to(np.arange(8.0)[None, :, None], strata.shape))
@@ -289,7 +290,7 @@ def test_expected_gradients_stderr_from_its_own_samples(inner_stochastic):
   plain = ag.expected_gradients(ag.smooth_grad(grad, n=4, sigma=0.3) if inner_stochastic else grad, 32,
                                 baselines=data, batch_size=8)
   key = jax.random.key(0)
-  np.testing.assert_allclose(eg(key, X).value, plain(key, X), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(jax.jit(eg)(key, X).value, jax.jit(plain)(key, X), rtol=1e-5, atol=1e-6)
 
 
 def test_blur_integrated_gradients_stderr_is_calibrated():
