@@ -199,12 +199,17 @@ def validate_rtol(rtol: Any, batch_size: Any, group: int, has_aux: bool) -> Opti
 
 
 def needed_sums(aggregate: str, stderr: bool) -> tuple[str, ...]:
-  """The unit sums ``aggregate`` (and its standard error) needs."""
-  first = {"mean": ("m1",), "mean_sq": ("m2",), "var": ("m1", "m2")}[aggregate]
+  """The unit sums ``aggregate`` (and its standard error) needs.
+
+  ``"var"`` is computed from the units' centred sums (``"w"``, the mean
+  within-unit variance, and ``"q11"``), never as ``E[g^2] - E[g]^2``, which
+  cancels in float32 when the gradient's mean is large against its spread.
+  """
+  first = {"mean": ("m1",), "mean_sq": ("m2",), "var": ("m1", "q11", "w")}[aggregate]
   if not stderr:
     return first
-  second = {"mean": ("q11",), "mean_sq": ("q22",), "var": ("q11", "q22", "q12")}[aggregate]
-  return first + second
+  second = {"mean": ("q11",), "mean_sq": ("q22",), "var": ("m2", "q22", "q12")}[aggregate]
+  return tuple(dict.fromkeys(first + second))
 
 
 def _chunk_moments(values, acc_dtypes, valid, names):
@@ -238,8 +243,12 @@ def _chunk_moments(values, acc_dtypes, valid, names):
     mask = None if valid is None else valid.reshape((-1,) + (1,) * (v.ndim - 2)).astype(dtype)
     masked = (lambda t: t) if mask is None else (lambda t: t * mask)
     kk = jnp.maximum(k, 1).astype(dtype)
+    within = {}
+    if "w" in names:  # each unit's variance about its own mean (0 for units of one sample)
+      w = jnp.zeros_like(v[:, 0]) if v.shape[1] == 1 else jnp.mean(jnp.square(v - jnp.mean(v, 1, keepdims=True)), 1)
+      within["w"] = jnp.sum(masked(w), axis=0) / kk
     if not any(q in names for q in _PRODUCTS):  # the map alone: plain sums (XLA fuses them into the producer)
-      return {m: jnp.sum(masked(unit[m]), axis=0) / kk for m in unit}
+      return {**{m: jnp.sum(masked(unit[m]), axis=0) / kk for m in unit}, **within}
     shift = {m: unit[m][0] for m in unit}
     dev = {m: masked(unit[m] - shift[m]) for m in unit}
     sums = {m: jnp.sum(dev[m], axis=0) for m in unit}
@@ -247,7 +256,7 @@ def _chunk_moments(values, acc_dtypes, valid, names):
     for q, (a, b) in _PRODUCTS.items():
       if q in names:
         out[q] = jnp.sum(dev[a] * dev[b], axis=0) - sums[a] * sums[b] / kk
-    return out
+    return {**out, **within}
 
   leaves, structure = jax.tree.flatten(values)
   per_leaf = [stats(v, d) for v, d in zip(leaves, jax.tree.leaves(acc_dtypes))]
@@ -267,7 +276,7 @@ def _merge(a, b):
   safe = jnp.maximum(k, 1.0)
   wb = b["k"] / safe
   out = {"k": k}
-  delta = {m: jax.tree.map(lambda x, y: y - x, a[m], b[m]) for m in ("m1", "m2") if m in a}
+  delta = {m: jax.tree.map(lambda x, y: y - x, a[m], b[m]) for m in ("m1", "m2", "w") if m in a}
   for m in delta:
     out[m] = jax.tree.map(lambda x, d: x + d * wb.astype(x.dtype), a[m], delta[m])
   for q, (x, y) in (("q11", ("m1", "m1")), ("q22", ("m2", "m2")), ("q12", ("m1", "m2"))):
@@ -401,8 +410,11 @@ def finish(sums: Sums, aggregate: str, *, stderr: bool) -> Any:
     value = m1
   elif aggregate == "mean_sq":
     value = m2
-  else:  # var: E[g^2] - E[g]^2, clamped at 0 against rounding
-    value = jax.tree.map(lambda a, b: jnp.maximum(a - jnp.square(b), 0), m2, m1)
+  else:  # var: within units plus between units, from centred sums (no E[g^2] - E[g]^2 cancellation)
+    value = jax.tree.map(lambda w, q: w + jnp.maximum(q, 0) / kf, s["w"], s["q11"])
+    if clean is not None:  # one more sample c: Chan's update of the sum of squares, divided by n + 1
+      value = jax.tree.map(lambda v, m, c: (v * n + jnp.square(c.astype(m.dtype) - m) * n / total) / total,
+                           value, s["m1"], clean)
   if not stderr:
     return cast(value)
 

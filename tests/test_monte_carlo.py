@@ -200,3 +200,16 @@ def test_composed_grad_fn_traced_once_whether_or_not_it_returns_an_estimate():
     assert _traces(eg, key, x) == 1
     ng = lambda g, inner=inner: ag.noise_grad(inner(lambda x, p: g(x * p)), 6)
     assert _traces(ng, key, x, jnp.ones(5)) == 1
+
+
+@pytest.mark.parametrize("noise, batch_size, clean", [("iid", None, False), ("antithetic", 6, True),
+                                                      ("orthogonal", 8, False)])
+def test_var_aggregate_does_not_cancel_at_a_large_mean(noise, batch_size, clean):
+  # VarGrad of a gradient of 1000 + a small noisy part: E[g^2] - E[g]^2 in float32 loses it entirely.
+  f = lambda x: jnp.sum(1000.0 * x + 0.1 * jnp.sin(5.0 * x))
+  both = lambda x: (lambda g: (g, g))(jax.grad(f)(x))
+  x = jnp.linspace(0.1, 0.9, 16)
+  fn = ag.smooth_grad(both, n=32, sigma=0.3, has_aux=True, aggregate="var", noise=noise, batch_size=batch_size,
+                      include_clean=clean)
+  value, samples = jax.jit(fn)(jax.random.key(2), x)
+  np.testing.assert_allclose(value, np.asarray(samples, np.float64).var(0), rtol=1e-3)
