@@ -24,6 +24,24 @@ ATOL = 1e-6  # Batched vs unbatched matmuls round differently (~1e-7).
 N = 21
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _unoptimized_xla():
+  """Compiles this module's programs, and its worker processes', without XLA:CPU's backend optimisations.
+
+  The toy explanations (a 12-16-3 MLP) compile many small programs that run a
+  few times: compiling costs far more than running (this file's CPU time at
+  load 14: 25 s, 16 s without the optimisation passes). The values are the
+  same; module scope, so the references and the runs compile alike.
+  """
+  name = "jax_disable_most_optimizations"
+  previous = jax.config.values.get(name, False)
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")  # inherited by the worker subprocesses
+    jax.config.update(name, True)
+    yield
+    jax.config.update(name, previous)
+
+
 def reference(explain_fn, key, xs):
   """Independent reference: one explanation per example, key fold_in(key, i)."""
   one = jax.jit(lambda i, x: explain_fn(jax.random.fold_in(key, i), x))
