@@ -117,8 +117,13 @@ def _compiled(fn, *args) -> tuple[Callable[[], np.ndarray], float]:
   return (lambda: np.asarray(compiled(*args))), seconds
 
 
-def pairs(setup: Setup, *, steps: int, n: int, only: Optional[set[str]] = None) -> list[Pair]:
-  """The methods on both sides, compiled and ready to time."""
+def pairs(setup: Setup, *, steps: int, n: int, only: Optional[set[str]] = None,
+          cam_rewrite: bool = False) -> list[Pair]:
+  """The methods on both sides, compiled and ready to time.
+
+  ``cam_rewrite`` wraps our CAM and guided-backprop functions in ``ag.cpu.rewrite`` (the CPU rewrite the
+  library's transforms apply to their gradients, which ``flax_cam`` does not apply by itself).
+  """
   import captum.attr as ca  # pylint: disable=import-outside-toplevel
   import torch  # pylint: disable=import-outside-toplevel
 
@@ -129,6 +134,8 @@ def pairs(setup: Setup, *, steps: int, n: int, only: Optional[set[str]] = None) 
   g = jax.grad(f)
   key = jax.random.key(0)
   layer, torch_layer = LAYERS[setup.name]
+  cam_cpu = (lambda fn: ag.cpu.rewrite(fn, canonical_kernels=False)) if cam_rewrite else (lambda fn: fn)
+  rewritten = " + ag.cpu.rewrite" if cam_rewrite else ""
   hwc = lambda a: np.moveaxis(a.detach().numpy()[0], 0, -1)  # noqa: E731
   out: list[Pair] = []
 
@@ -167,19 +174,19 @@ def pairs(setup: Setup, *, steps: int, n: int, only: Optional[set[str]] = None) 
                     c, True, "same cost (steps x n gradients), other definitions: ours smooths the gradient on the"
                     " clean path, NoiseTunnel averages IG of noisy inputs"))
   if want("grad_cam"):
-    run, c = _compiled(flax_cam.grad_cam(model, layer, relu=False), x, t)
+    run, c = _compiled(cam_cpu(flax_cam.grad_cam(model, layer, relu=False)), x, t)
     gc = ca.LayerGradCam(tm, torch_layer(tm))
-    out.append(Pair("grad_cam", f"flax_cam.grad_cam({layer})", "captum LayerGradCam", run,
+    out.append(Pair("grad_cam", f"flax_cam.grad_cam({layer}){rewritten}", "captum LayerGradCam", run,
                     lambda: gc.attribute(xt, target=t).detach().numpy()[0, 0], c, False))
   if want("guided_backprop"):
-    run, c = _compiled(flax_cam.guided_backprop(model), x, t)
+    run, c = _compiled(cam_cpu(flax_cam.guided_backprop(model)), x, t)
     gb = ca.GuidedBackprop(tm)
-    out.append(Pair("guided_backprop", "flax_cam.guided_backprop", "captum GuidedBackprop", run,
+    out.append(Pair("guided_backprop", f"flax_cam.guided_backprop{rewritten}", "captum GuidedBackprop", run,
                     lambda: hwc(gb.attribute(xt, target=t)), c, False))
   if want("guided_grad_cam"):
-    run, c = _compiled(flax_cam.guided_grad_cam(model, layer), x, t)
+    run, c = _compiled(cam_cpu(flax_cam.guided_grad_cam(model, layer)), x, t)
     ggc = ca.GuidedGradCam(tm, torch_layer(tm))
-    out.append(Pair("guided_grad_cam", "flax_cam.guided_grad_cam", "captum GuidedGradCam", run,
+    out.append(Pair("guided_grad_cam", f"flax_cam.guided_grad_cam{rewritten}", "captum GuidedGradCam", run,
                     lambda: hwc(ggc.attribute(xt, target=t)), c, False))
   if want("blur_ig") or want("guided_ig"):
     def call_model_function(batch, call_model_args=None, expected_keys=None):
@@ -223,9 +230,9 @@ def _agreement(ours: np.ndarray, peer: np.ndarray, stochastic: bool) -> dict[str
 
 
 def measure(setup: Setup, *, steps: int, n: int, rounds: int, only: Optional[set[str]] = None,
-            log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+            log: Callable[[str], None] = print, cam_rewrite: bool = False) -> list[dict[str, Any]]:
   """Interleaved rounds: every method once per side per round; medians, ratios and agreement."""
-  prepared = pairs(setup, steps=steps, n=n, only=only)
+  prepared = pairs(setup, steps=steps, n=n, only=only, cam_rewrite=cam_rewrite)
   times: dict[str, dict[str, list[float]]] = {p.name: {"ours": [], "peer": []} for p in prepared}
   results: dict[str, dict[str, np.ndarray]] = {}
   for p in prepared:  # warm-up (and the answers compared)
@@ -316,6 +323,9 @@ def main(argv: Optional[list[str]] = None) -> None:
                       help="CPU threads per side (default 1: torch.set_num_threads(1) and XLA's CPU client with"
                            " one intra-op thread, set before JAX's backend starts; fair on a shared machine);"
                            " 0 leaves both libraries' defaults")
+  parser.add_argument("--cam-rewrite", action="store_true",
+                      help="wrap our CAM / guided-backprop functions in ag.cpu.rewrite (rows labelled so)")
+  parser.add_argument("--append", action="store_true", help="add the records to those already in the results")
   parser.add_argument("--stem", default="methods_cpu")
   args = parser.parse_args(argv)
   if args.threads:
@@ -332,7 +342,12 @@ def main(argv: Optional[list[str]] = None) -> None:
   for item in args.models.split(","):
     name, size = item.split(":")
     setup = build(name, int(size))
-    records += measure(setup, steps=args.steps, n=args.n, rounds=args.rounds, only=only)
+    records += measure(setup, steps=args.steps, n=args.n, rounds=args.rounds, only=only,
+                       cam_rewrite=args.cam_rewrite)
+  if args.append:
+    earlier = json.loads((RESULTS / f"{args.stem}.json").read_text(encoding="utf-8"))
+    records = earlier["records"] + records
+    env = {**earlier["environment"], "appended_run": env}
   paths = write(records, env, args.stem)
   print(f"wrote {paths['json']} and {paths['md']}")
 

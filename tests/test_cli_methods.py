@@ -28,6 +28,12 @@ def _tiny_vgg(rngs, **kwargs):
   return models.VGG([4, "M", 8, "M"], num_classes=5, hidden=8, rngs=rngs)
 
 
+@pytest.fixture(autouse=True)
+def no_cpu_rewrite(monkeypatch):
+  """The CPU rewrite only costs trace time on these tiny programs (it is tested in test_cpu_*); off here."""
+  monkeypatch.setenv(ag.cpu.REWRITE_ENV, "0")
+
+
 @pytest.fixture
 def tiny_cnn(monkeypatch):
   """``--model efficientnet_lite0 --weights random`` builds the tiny VGG at 16 x 16 (features.4 is its last ReLU)."""
