@@ -49,8 +49,8 @@ def result():
   return _run()
 
 
-def _keys(key=jax.random.key(0)):
-  return jax.random.split(key, 3)
+def _keys():
+  return jax.random.split(jax.random.key(0), 3)
 
 
 def test_scores_equal_direct_calls_of_the_metric_functions(result):

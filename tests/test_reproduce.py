@@ -123,7 +123,7 @@ def test_inherent_noise_rates_match_eq9(getkey):
 
 
 def test_table2_explainers_on_a_linear_model(getkey):
-  """For a linear score every gradient is w: SG = AG = Grad, IG(B) = (x - lo) w."""
+  """For a linear score every gradient is w: SG = AG = Grad, IG(B) = (x - lo) w, GI = x w."""
   w = jax.random.normal(getkey(), (6,))
   params = {"w": w, "_fc": jnp.ones(())}
 
@@ -132,18 +132,84 @@ def test_table2_explainers_on_a_linear_model(getkey):
 
   lo, hi = -1.0, 1.0
   x = jax.random.uniform(getkey(), (6,), minval=lo, maxval=hi)
-  cfg = reproduce.Table2Config(n=3, ig_steps=4, ig_n=2, m=2, batch_size=4)
-  ex = reproduce.table2_explainers(jax.grad(f), cfg, (lo, hi))
-  assert set(ex) | {"GI", "S-GI", "A-GI"} == set(reproduce.TABLE2_METHODS)
+  cfg = reproduce.Table2Config(n=3, ig_steps=4, sig_steps=4, ig_n=2, ng_m=2, sng_m=2, sng_n=2, batch_size=4)
+  ex = reproduce.table2_explainers(jax.grad(f), params, cfg, (lo, hi))
+  assert tuple(ex) == reproduce.TABLE2_METHODS
   key = getkey()
   for name in ("Grad", "SG", "AG"):
-    np.testing.assert_allclose(jax.jit(ex[name])(key, x, params, 0), w, rtol=1e-5)
+    np.testing.assert_allclose(jax.jit(ex[name])(key, x, 0), w, rtol=1e-5)
+  for name in ("GI", "S-GI", "A-GI"):
+    np.testing.assert_allclose(jax.jit(ex[name])(key, x, 0), x * w, rtol=1e-5, atol=1e-7)
   for name, base in (("IG(B)", lo), ("A-IG(B)", lo), ("S-IG(W)", hi)):
-    np.testing.assert_allclose(jax.jit(ex[name])(key, x, params, 0), (x - base) * w,
+    np.testing.assert_allclose(jax.jit(ex[name])(key, x, 0), (x - base) * w,
                                rtol=1e-4, atol=1e-6)
   # NoiseGrad leaves the final "_fc" layer alone and perturbs w multiplicatively.
-  ng = jax.jit(ex["NG"])(key, x, params, 0)
+  ng = jax.jit(ex["NG"])(key, x, 0)
   assert not np.allclose(ng, w) and np.all(np.sign(ng) == np.sign(w))
+
+
+def test_table2_photos_are_listed_with_licence_and_load_as_rgb():
+  pytest.importorskip("skimage")
+  names = [p.name for p in reproduce.TABLE2_PHOTOS]
+  assert len(names) == len(set(names)) >= 12
+  assert all(p.licence and p.source for p in reproduce.TABLE2_PHOTOS)
+  cam = reproduce.load_table2_photo("camera")  # grey: the channel repeated
+  assert cam.dtype == np.uint8 and cam.ndim == 3 and cam.shape[-1] == 3
+  np.testing.assert_array_equal(cam[..., 0], cam[..., 2])
+  with pytest.raises(ValueError, match="not one of the Table 2 photos"):
+    reproduce.load_table2_photo("lena")
+
+
+def test_table2_on_a_tiny_model_is_one_evaluate_call(tmp_path):
+  """The whole pipeline on two photos with a tiny random model (the real run is a command)."""
+  pytest.importorskip("skimage")
+  from flax import nnx
+
+  class Tiny(nnx.Module):
+    def __init__(self, rngs):
+      self._stem = nnx.Conv(3, 2, (32, 32), strides=(32, 32), rngs=rngs)
+      self._fc = nnx.Linear(2, 1000, rngs=rngs)
+
+    def __call__(self, x):
+      return self._fc(jnp.tanh(self._stem(x)).mean((1, 2)))
+
+  methods = ("Grad", "SG", "AG", "S-GI", "A-IG(B)")
+  cfg = reproduce.Table2Config(photos=("chelsea", "camera"), methods=methods, n=2, ig_steps=2,
+                               sig_steps=2, ig_n=1, ng_m=1, sng_m=1, sng_n=1, batch_size=2,
+                               pic_masks=1, min_pred_value=0.5,
+                               entropy="zlib", num_resamples=50)
+  res = reproduce.table2(cfg, model=Tiny(nnx.Rngs(0)), log=None)
+  ev = res.evaluation
+  assert ev.explainers == methods and ev.num_examples == 2
+  for m in methods:
+    r = ev.summary_row(m, "sparseness")
+    assert r.n == 2 and 0.0 <= r.low <= r.mean <= r.high <= 1.0
+    np.testing.assert_allclose(ev.scores[(m, "sparseness")],
+                               [float(metrics.sparseness(a)) for a in np.asarray(ev.maps[m])],
+                               rtol=1e-5)
+    r = ev.summary_row(m, "information_level")
+    if m in ("Grad", "SG", "AG"):
+      assert r.note.startswith("not evaluated")
+    elif m == "A-IG(B)":  # a random model is not confident: XRAI's filter skips both
+      assert (r.n, r.skipped, r.mean) == (0, 2, None) and "min_pred_value=0.5" in r.note
+  # GI maps are the Grad map times the photo (same key for every explainer).
+  np.testing.assert_allclose(np.asarray(ev.maps["S-GI"]),
+                             np.asarray(ev.maps["SG"]) * _table2_images(cfg), rtol=1e-4,
+                             atol=1e-7)
+  tests = res.paired_tests()
+  assert [(t["a"], t["b"], t["metric"]) for t in tests] == [("AG", "SG", "sparseness"),
+                                                            ("AG", "Grad", "sparseness")]
+  d = ev.scores[("AG", "sparseness")] - ev.scores[("SG", "sparseness")]
+  assert tests[0]["mean_difference"] == pytest.approx(d.mean())
+  assert tests[0]["p_value"] == pytest.approx(1.0 if d[0] * d[1] < 0 else 0.5)
+  data = json.loads(json.dumps(reproduce._report.to_jsonable(res.to_dict())))
+  assert [p["name"] for p in data["photos"]] == ["chelsea", "camera"]
+  assert "CC0" in res.to_markdown() and "| AG - SG | sparseness |" in res.to_markdown()
+
+
+def _table2_images(cfg):
+  return np.stack([models.preprocess_efficientnet_lite(reproduce.load_table2_photo(p))
+                   for p in cfg.photos])
 
 
 def test_cli_inherent_noise_writes_outputs(tmp_path):
@@ -354,3 +420,10 @@ def test_cli_table1_released_writes_json(released_models_dir, mnist_npz, tmp_pat
   assert data["invariance"]["NG"] == pytest.approx(data["invariance"]["Grad"], abs=1e-6)
   printed = capsys.readouterr().out
   assert "Image.fromarray" in printed and (tmp_path / "t1.md").exists()
+
+
+def test_cli_table2_refuses_unknown_rows_and_photos(capsys):
+  assert reproduce.main(["table2", "--methods", "Grad,XG"]) == 2
+  assert "XG" in capsys.readouterr().err
+  assert reproduce.main(["table2", "--photos", "lena"]) == 2
+  assert "lena" in capsys.readouterr().err

@@ -14,12 +14,11 @@ import csv
 import dataclasses
 import io
 import json
-import math
 import os
 import pathlib
 import re
 import zlib
-from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +33,8 @@ from adaptgrad_jax.metrics._faithfulness import faithfulness_correlation
 from adaptgrad_jax.metrics._faithfulness import insertion
 from adaptgrad_jax.metrics._information import PicSkipped
 from adaptgrad_jax.metrics._information import XRAI_THRESHOLDS
+from adaptgrad_jax.metrics._information import _from_uint8
+from adaptgrad_jax.metrics._information import _to_uint8
 from adaptgrad_jax.metrics._information import performance_information_curve
 from adaptgrad_jax.metrics._information import random_pixel_mask
 from adaptgrad_jax.metrics._randomisation import random_logit
@@ -129,10 +130,21 @@ def _information_level(options: Mapping[str, Any], bounds: Any) -> Metric:
     raise ValueError(f"information_level option masks_per_image={masks!r} "
                      "must be a positive integer")
 
+  min_pred = opts.get("min_pred_value", 0.8)
+
   def score(key, predict_fn, x, attribution, target):
     del target  # XRAI's SIC follows the class predicted on the original.
     x, a = np.asarray(x), np.asarray(attribution)
     h, w = x.shape[:2]
+    if opts["kind"] == "softmax":
+      # XRAI's first filter, checked before the (costly) bokeh images: the
+      # same test performance_information_curve makes on the quantised image.
+      q = _from_uint8(_to_uint8(np.asarray(x, np.float64), opts["bounds"]), opts["bounds"])
+      p0 = float(np.max(np.asarray(predict_fn(jnp.asarray(q[None])))[0]))
+      if p0 < min_pred:
+        raise ExampleSkipped(
+            f"the model's prediction on the original image is {p0:.4f} < "
+            f"min_pred_value={min_pred}; skip this image or lower min_pred_value.")
     keys = jax.random.split(key, masks)  # as information_level(key, x[None], ...)
     curves, reason = [], None
     for j in range(masks):
@@ -908,7 +920,7 @@ def evaluate(
         fn, k_maps, (xs, ts), out=None if root is None else root / _dir_name(name),
         batch_size=int(batch_size), explain_id=ident,
         settings={"evaluate_explainer": name}, progress=progress)
-    for lo, hi, block in res.iter_shards():
+    for lo, _, block in res.iter_shards():
       finite = np.isfinite(np.asarray(block)).reshape(len(block), -1).all(axis=1)
       if not finite.all():
         raise ValueError(

@@ -52,14 +52,30 @@ def _parser() -> argparse.ArgumentParser:
   t1.add_argument("--n", type=int, default=None, help="SG / AG noise samples")
   t1.add_argument("--m", type=int, default=None, help="NoiseGrad parameter samples")
 
-  t2 = sub.add_parser("table2", help="Sparseness / Information Level with EfficientNet-Lite0")
+  t2 = sub.add_parser("table2", help="Sparseness / Information Level with EfficientNet-Lite0 "
+                                     "on the CC0 / public-domain photos of installed packages")
   common(t2)
-  t2.add_argument("--n", type=int, default=None, help="SG / AG noise samples")
+  t2.add_argument("--photos", default=None,
+                  help="comma-separated photo names (default: all of reproduce.TABLE2_PHOTOS)")
+  t2.add_argument("--methods", default=None,
+                  help="comma-separated rows (default: all 15 of reproduce.TABLE2_METHODS)")
+  t2.add_argument("--n", type=int, default=None, help="SG / AG / S-GI / A-GI noise samples")
   t2.add_argument("--ig-steps", type=int, default=None, help="Integrated Gradients steps")
+  t2.add_argument("--sig-steps", type=int, default=None, help="IG steps of S-/A-IG")
   t2.add_argument("--ig-n", type=int, default=None, help="noise samples per IG step (S-/A-IG)")
-  t2.add_argument("--m", type=int, default=None, help="NoiseGrad parameter samples")
+  t2.add_argument("--m", type=int, default=None, help="NoiseGrad parameter samples (NG)")
+  t2.add_argument("--sng-m", type=int, default=None, help="parameter samples of S-/A-NG")
+  t2.add_argument("--sng-n", type=int, default=None,
+                  help="noise samples per parameter sample of S-/A-NG")
   t2.add_argument("--pic-masks", type=int, default=None, help="PIC random masks per photo")
+  t2.add_argument("--no-information-level", action="store_true",
+                  help="sparseness only (the PIC costs ~40 s of CPU per photo and IG row)")
+  t2.add_argument("--min-pred-value", type=float, default=None,
+                  help="XRAI's SIC filter: skip photos predicted with less confidence")
   t2.add_argument("--batch-size", type=int, default=None, help="gradients evaluated at a time")
+  t2.add_argument("--maps-dir", default=None,
+                  help="keep the maps as resumable shards here (an interrupted run started "
+                       "again with the same settings computes only what is missing)")
 
   t3 = sub.add_parser("inherent-noise", help="out-of-range rates of SG / AG noise (Sec. 3.2)")
   common(t3)
@@ -122,10 +138,21 @@ def main(argv: Sequence[str] | None = None) -> int:
       return 2
   elif args.experiment == "table2":
     base = _table2.QUICK_TABLE2 if args.quick else _table2.Table2Config()
-    config = _override(base, seed=args.seed, n=args.n, ig_steps=args.ig_steps, ig_n=args.ig_n,
-                       m=args.m, pic_masks=args.pic_masks, batch_size=args.batch_size)
+    photos = None if args.photos is None else tuple(
+        p.strip() for p in args.photos.split(",") if p.strip())
+    methods = None if args.methods is None else tuple(
+        m.strip() for m in args.methods.split(",") if m.strip())
     try:
-      result = _table2.table2(config)
+      config = _override(base, seed=args.seed, photos=photos, methods=methods, n=args.n, ig_steps=args.ig_steps,
+                         sig_steps=args.sig_steps, ig_n=args.ig_n, ng_m=args.m, sng_m=args.sng_m, sng_n=args.sng_n,
+                         pic_masks=args.pic_masks, min_pred_value=args.min_pred_value,
+                         batch_size=args.batch_size,
+                         information_level=False if args.no_information_level else None)
+    except ValueError as e:
+      print(e, file=sys.stderr)
+      return 2
+    try:
+      result = _table2.table2(config, out=args.maps_dir)
     except ImportError as e:
       print(e, file=sys.stderr)
       return 2
@@ -147,6 +174,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from adaptgrad_jax.reproduce import _report  # pylint: disable=import-outside-toplevel
     stem = args.name or (name + ("_quick" if args.quick else ""))
     paths = _report.write_outputs(args.out, stem, result.to_dict(), result.to_markdown())
+    if args.experiment == "table2":
+      png = pathlib.Path(args.out) / f"{stem}.png"
+      try:
+        result.plot(png)
+        paths = (*paths, png)
+      except ImportError as e:
+        print(f"no plot: {e}", file=sys.stderr)
     print("wrote " + ", ".join(str(p) for p in paths))
   return 0
 
