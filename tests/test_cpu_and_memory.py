@@ -21,12 +21,18 @@ def _conv_net(x, w1, w2):
   return jnp.sum(jnp.tanh(y))
 
 
+def _normal(rng, shape, dtype=jnp.float32):
+  """Standard normal test inputs from NumPy: an eager jax.random draw compiles a Threefry program per shape."""
+  return jnp.asarray(rng.normal(size=shape).astype(np.float32), dtype)
+
+
+def _uniform(rng, shape):
+  return jnp.asarray(rng.uniform(size=shape).astype(np.float32))
+
+
 @pytest.fixture
-def conv_params(getkey):
-  return (
-      0.3 * jax.random.normal(getkey(), (3, 3, 2, 4)),
-      0.3 * jax.random.normal(getkey(), (3, 3, 4, 3)),
-  )
+def conv_params(rng):
+  return (0.3 * _normal(rng, (3, 3, 2, 4)), 0.3 * _normal(rng, (3, 3, 4, 3)))
 
 
 # ----------------------------------------------------------------------------
@@ -95,8 +101,8 @@ def _kernel_labels(hlo_text):
   return set(re.findall(r"dim_labels=\w+_(\w+)->", hlo_text))
 
 
-def test_rewrite_convolutions_same_values_and_canonical_kernels(conv_params, getkey):
-  x = jax.random.uniform(getkey(), (8, 8, 2))
+def test_rewrite_convolutions_same_values_and_canonical_kernels(conv_params, rng):
+  x = _uniform(rng, (8, 8, 2))
   grad = jax.grad(_conv_net)
   # The input gradient of a convolution comes from JAX with swapped kernel features ("01oi").
   assert "01oi" in _kernel_labels(jax.jit(grad).lower(x, *conv_params).as_text(dialect="hlo"))
@@ -135,10 +141,9 @@ _CONV_CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(_CONV_CASES))
-def test_rewrite_convolutions_values_and_gradients(case, getkey):
+def test_rewrite_convolutions_values_and_gradients(case, rng):
   layouts, x_shape, w_shape, strides, padding, lhs_dilation, rhs_dilation, groups = _CONV_CASES[case]
-  x = jax.random.normal(getkey(), x_shape)
-  w = jax.random.normal(getkey(), w_shape)
+  x, w = _normal(rng, x_shape), _normal(rng, w_shape)
   dn = jax.lax.conv_dimension_numbers(x_shape, w_shape, layouts)
 
   def conv(x, w):
@@ -158,9 +163,9 @@ def test_rewrite_convolutions_values_and_gradients(case, getkey):
   assert ("convolution(" in hlo) == (case in ("regular", "grouped", "dilated_small_input"))
 
 
-def test_rewrite_convolutions_keeps_dtype_and_preferred_element_type(getkey):
-  x = jax.random.normal(getkey(), (2, 2, 2, 4), jnp.bfloat16)
-  w = jax.random.normal(getkey(), (3, 3, 4, 3), jnp.bfloat16)
+def test_rewrite_convolutions_keeps_dtype_and_preferred_element_type(rng):
+  x = _normal(rng, (2, 2, 2, 4), jnp.bfloat16)
+  w = _normal(rng, (3, 3, 4, 3), jnp.bfloat16)
   dn = ("NHWC", "HWIO", "NHWC")
   for kwargs in ({}, {"preferred_element_type": jnp.float32}):
     conv = lambda x, w, kw=kwargs: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn, **kw)
@@ -169,19 +174,19 @@ def test_rewrite_convolutions_keeps_dtype_and_preferred_element_type(getkey):
     np.testing.assert_allclose(np.float32(got), np.float32(want), rtol=5e-2, atol=5e-2)
 
 
-def test_cpu_compiler_options(conv_params, getkey):
+def test_cpu_compiler_options(conv_params, rng):
   assert cpu.compiler_options("gpu") == {}
   options = cpu.compiler_options("cpu")
   assert options == cpu.COMPILER_OPTIONS  # jaxlib 0.10 accepts them
-  x = jax.random.uniform(getkey(), (8, 8, 2))
+  x = _uniform(rng, (8, 8, 2))
   grad = jax.grad(_conv_net)
   compiled = jax.jit(grad).lower(x, *conv_params).compile(compiler_options=options)
   np.testing.assert_allclose(compiled(x, *conv_params), grad(x, *conv_params), rtol=1e-5, atol=1e-6)
   assert cpu._rewrite._options_accepted((("xla_cpu_no_such_option", "1"),)) is False
 
 
-def test_scan_strategy_matches_vmap_and_compiles_canonical_kernels(conv_params, getkey):
-  x = jax.random.uniform(getkey(), (8, 8, 2))
+def test_scan_strategy_matches_vmap_and_compiles_canonical_kernels(conv_params, getkey, rng):
+  x = _uniform(rng, (8, 8, 2))
   key = getkey()
   grad = jax.grad(_conv_net)
   reference = jax.jit(ag.adapt_smooth(grad, 0.95, 24, bounds=(0.0, 1.0)))(key, x, *conv_params)
@@ -192,8 +197,8 @@ def test_scan_strategy_matches_vmap_and_compiles_canonical_kernels(conv_params, 
     assert "01oi" not in _kernel_labels(hlo)
 
 
-def test_second_order_through_rewritten_scan(conv_params, getkey):
-  x = jax.random.uniform(getkey(), (4, 4, 2))
+def test_second_order_through_rewritten_scan(conv_params, getkey, rng):
+  x = _uniform(rng, (4, 4, 2))
   key = getkey()
   grad = jax.grad(_conv_net)
 
@@ -206,8 +211,8 @@ def test_second_order_through_rewritten_scan(conv_params, getkey):
 
 
 @pytest.mark.parametrize("batch_size", ["auto", _memory.auto_batch_size("40KiB", max_batch_size=3)])
-def test_auto_batch_size_gives_the_same_result(batch_size, conv_params, getkey):
-  x = jax.random.uniform(getkey(), (6, 6, 2))
+def test_auto_batch_size_gives_the_same_result(batch_size, conv_params, getkey, rng):
+  x = _uniform(rng, (6, 6, 2))
   key = getkey()
   grad = jax.grad(_conv_net)
   reference = ag.adapt_smooth(grad, 0.95, 10, bounds=(0.0, 1.0))(key, x, *conv_params)
@@ -215,12 +220,12 @@ def test_auto_batch_size_gives_the_same_result(batch_size, conv_params, getkey):
   np.testing.assert_allclose(auto(key, x, *conv_params), reference, rtol=2e-5, atol=1e-7)
 
 
-def test_auto_batch_size_bounds_memory(getkey, monkeypatch):
+def test_auto_batch_size_bounds_memory(getkey, monkeypatch, rng):
   # With a budget that fits about a dozen samples, XLA's memory no longer grows with n.
   budget = 100 * 2**10
   monkeypatch.setenv(_memory.MEMORY_BUDGET_ENV, str(budget))
   f = lambda x: jnp.sum(jnp.tanh(x @ x.T))
-  x = jax.random.uniform(getkey(), (24, 24))
+  x = _uniform(rng, (24, 24))
 
   def temp_bytes(n, batch_size):
     smoothed = jax.jit(ag.smooth_grad(jax.grad(f), 0.1, n, batch_size=batch_size, bounds=(0.0, 1.0)))
