@@ -12,6 +12,7 @@ import os
 import pathlib
 import re
 
+import jax
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -45,7 +46,14 @@ def docs_env(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   monkeypatch.setenv("ADAPTGRAD_JAX_CACHE", str(tmp_path / "cache"))
   monkeypatch.setenv("MPLBACKEND", "Agg")
-  return tmp_path
+  # The blocks compile programs once and run them on tiny inputs, so XLA:CPU's optimisation passes cost far
+  # more than they save (the 15-method block of transforms.md: 40 s of compilation at load 12, 10 s
+  # without). The programs compute the same values; only how hard XLA optimises them changes.
+  name = "jax_disable_most_optimizations"
+  previous = jax.config.values.get(name, False)
+  jax.config.update(name, True)
+  yield tmp_path
+  jax.config.update(name, previous)
 
 
 @pytest.mark.parametrize("path, line, source", list(_blocks()))
