@@ -74,11 +74,11 @@ def main() -> None:
     maps.append(row)
   image = np.clip((np.asarray(x) * 128.0 + 127.0) / 255.0, 0.0, 1.0)
   viz.plot_grid(maps, row_labels=list(families), col_labels=["plain", f"S- (N={N})", f"A- (N={N})"],
-                images=image, title=f"{STEPS} steps; CAM N={CAM_N}", cell_size=1.7, dpi=90, path=OUT,
+                images=image, title=f"{STEPS} steps; CAM N={CAM_N}", cell_size=1.7, dpi=80, path=OUT,
                 overwrite=True)
   from PIL import Image  # pylint: disable=import-outside-toplevel
 
-  Image.open(OUT).convert("RGB").quantize(colors=64).save(OUT, optimize=True)  # < 300 KB in the repository
+  Image.open(OUT).convert("RGB").quantize(colors=256).save(OUT, optimize=True)  # < 300 KB in the repository
   print(f"wrote {OUT} ({OUT.stat().st_size // 1024} KB)")
 
 
