@@ -72,7 +72,7 @@ def test_top_level_help_lists_commands(capsys):
     (["explain", "IMG", "--alpha", "-1", "--out", "o"], 2, ["--alpha -1", ">= 0"]),
     (["explain", "IMG", "--target", "cat", "--out", "o"], 2, ["--target 'cat'", "predicted"]),
     (["explain", "IMG", "--model", "alexnet", "--out", "o"], 2, ["unknown model 'alexnet'", "efficientnet_lite0"]),
-    (["explain", "IMG", "--method", "gradcam", "--out", "o"], 2, ["unknown method 'gradcam'", "adaptgrad"]),
+    (["explain", "IMG", "--method", "lime", "--out", "o"], 2, ["unknown method 'lime'", "adaptgrad"]),
     (["explain", "IMG", "--model", "vgg16", "--out", "o"], 2,
      ["needs weights", "--weights download", "adaptgrad_jax.weights.pretrained('vgg16')"]),
     (["explain", "IMG", "--model", "resnet50", "--weights", "nowhere.pth", "--out", "o"], 2,
