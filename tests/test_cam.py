@@ -29,9 +29,11 @@ def _unoptimized_xla():
   """
   name = "jax_disable_most_optimizations"
   previous = jax.config.values.get(name, False)
-  jax.config.update(name, True)
-  yield
-  jax.config.update(name, previous)
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")  # and in any child process
+    jax.config.update(name, True)
+    yield
+    jax.config.update(name, previous)
 
 
 @pytest.fixture

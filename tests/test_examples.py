@@ -14,7 +14,7 @@ import pytest
 EXAMPLES = sorted((pathlib.Path(__file__).resolve().parents[1] / "examples").glob("*.py"))
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def _unoptimized_xla():
   """Compiles this module's programs without XLA:CPU's backend optimisations (same values, faster).
 
@@ -23,9 +23,11 @@ def _unoptimized_xla():
   """
   name = "jax_disable_most_optimizations"
   previous = jax.config.values.get(name, False)
-  jax.config.update(name, True)
-  yield
-  jax.config.update(name, previous)
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")  # and in any child process
+    jax.config.update(name, True)
+    yield
+    jax.config.update(name, previous)
 
 
 def test_examples_are_found():
