@@ -64,3 +64,24 @@ def released_models_dir():
 @pytest.fixture
 def rng():
   return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="module")
+def unoptimized_xla():
+  """Compiles the module's programs without XLA:CPU's backend optimisations.
+
+  For modules whose programs run once or twice on tiny inputs, where compiling
+  costs more than running (the CLI's MNIST tests: 50.5 s of CPU, 37.9 s
+  without the passes). The values are the same; only how hard XLA optimises
+  changes. The environment variable carries it to child processes (CLI runs,
+  attribution workers), so every side of a comparison compiles alike. Not
+  suite-wide: it slows tests whose programs do real work (full-width
+  convolutions). Use it with ``pytestmark = pytest.mark.usefixtures("unoptimized_xla")``.
+  """
+  name = "jax_disable_most_optimizations"
+  previous = jax.config.values.get(name, False)
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+    jax.config.update(name, True)
+    yield
+    jax.config.update(name, previous)

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 import _attribute_worker as worker
-from adaptgrad_jax import adapt_smooth
 from adaptgrad_jax.attribute import (
     attribute, attribute_multihost, load_attributions, local_mesh,
     merge_process_outputs, process_range, sample_mean)
@@ -24,22 +23,7 @@ ATOL = 1e-6  # Batched vs unbatched matmuls round differently (~1e-7).
 N = 21
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _unoptimized_xla():
-  """Compiles this module's programs, and its worker processes', without XLA:CPU's backend optimisations.
-
-  The toy explanations (a 12-16-3 MLP) compile many small programs that run a
-  few times: compiling costs far more than running (this file's CPU time at
-  load 14: 25 s, 16 s without the optimisation passes). The values are the
-  same; module scope, so the references and the runs compile alike.
-  """
-  name = "jax_disable_most_optimizations"
-  previous = jax.config.values.get(name, False)
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")  # inherited by the worker subprocesses
-    jax.config.update(name, True)
-    yield
-    jax.config.update(name, previous)
+pytestmark = pytest.mark.usefixtures("unoptimized_xla")
 
 
 def reference(explain_fn, key, xs):

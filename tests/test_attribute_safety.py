@@ -28,22 +28,7 @@ KEY = jax.random.key(3)
 BOUNDS = (0.0, 1.0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _unoptimized_xla():
-  """Compiles this module's programs, and its worker processes', without XLA:CPU's backend optimisations.
-
-  The toy explanations compile many small programs that run a few times:
-  compiling costs far more than running (this file's CPU time at load 12-15:
-  34 s, 19 s without the optimisation passes). The values are the same;
-  module scope, so the references and the runs compile alike.
-  """
-  name = "jax_disable_most_optimizations"
-  previous = jax.config.values.get(name, False)
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")  # inherited by the worker subprocesses
-    jax.config.update(name, True)
-    yield
-    jax.config.update(name, previous)
+pytestmark = pytest.mark.usefixtures("unoptimized_xla")
 
 
 @pytest.fixture(scope="module")

@@ -19,21 +19,7 @@ CONFIG = [4, "M", 6, "M", 8, 8, "M"]  # a tiny VGG-11-like stack: features.0 .. 
 SIZE = 16
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _unoptimized_xla():
-  """Compiles this module's programs without XLA:CPU's backend optimisations (same values, faster).
-
-  Tiny models whose programs run once: compiling costs far more than running
-  (this file's CPU time at load 14: 34.7 s, 23.0 s without the optimisation
-  passes). Float64 agreement with Captum to 1e-9 holds either way.
-  """
-  name = "jax_disable_most_optimizations"
-  previous = jax.config.values.get(name, False)
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")  # and in any child process
-    jax.config.update(name, True)
-    yield
-    jax.config.update(name, previous)
+pytestmark = pytest.mark.usefixtures("unoptimized_xla")
 
 
 @pytest.fixture

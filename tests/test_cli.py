@@ -15,26 +15,10 @@ import adaptgrad_jax as ag
 from adaptgrad_jax import flax_adapters, models
 from adaptgrad_jax.cli import main
 
-COMMANDS = ("demo", "explain", "convergence", "confidence")
+COMMANDS = ("demo", "explain", "evaluate", "convergence", "confidence")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _unoptimized_xla():
-  """Compiles this module's programs without XLA:CPU's backend optimisations (same values, faster).
-
-  The CLI runs the MNIST MLP on a few small images: each program runs once or
-  twice, so compiling costs more than running (this file's CPU time at load 7:
-  50.5 s, 37.9 s without the optimisation passes). Module scope, and the
-  environment variable for the child process, so every side of a comparison
-  compiles alike.
-  """
-  name = "jax_disable_most_optimizations"
-  previous = jax.config.values.get(name, False)
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
-    jax.config.update(name, True)
-    yield
-    jax.config.update(name, previous)
+pytestmark = pytest.mark.usefixtures("unoptimized_xla")
 
 
 @pytest.fixture

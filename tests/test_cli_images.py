@@ -10,7 +10,6 @@ pixel values, not from the reader.
 import struct
 import zlib
 
-import jax
 import numpy as np
 import pytest
 
@@ -23,23 +22,7 @@ from PIL import Image  # pylint: disable=wrong-import-position
 MLP = ["--model", "mlp", "--weights", "random"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _unoptimized_xla():
-  """Compiles this module's programs without XLA:CPU's backend optimisations (same values, faster).
-
-  The CLI explains a few 28 x 28 images with the MNIST MLP: each program runs
-  once or twice, so compiling costs more than running (this file's CPU time at load 7:
-  9.8 s, 6.9 s without the optimisation passes).
-  Module scope, and the environment variable for any child process, so every
-  side of a comparison compiles alike.
-  """
-  name = "jax_disable_most_optimizations"
-  previous = jax.config.values.get(name, False)
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
-    jax.config.update(name, True)
-    yield
-    jax.config.update(name, previous)
+pytestmark = pytest.mark.usefixtures("unoptimized_xla")
 
 
 def _error_line(capsys):

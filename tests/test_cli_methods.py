@@ -28,17 +28,7 @@ def _tiny_vgg(rngs, **kwargs):
   return models.VGG([4, "M", 8, "M"], num_classes=5, hidden=8, rngs=rngs)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _unoptimized_xla():
-  """Compiles this module's programs without XLA:CPU's backend optimisations (same values, faster).
-
-  Every program here is a tiny model run once: compiling costs far more than running.
-  """
-  name = "jax_disable_most_optimizations"
-  previous = jax.config.values.get(name, False)
-  jax.config.update(name, True)
-  yield
-  jax.config.update(name, previous)
+pytestmark = pytest.mark.usefixtures("unoptimized_xla")
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,6 @@
 
 import json
 
-import jax
 import numpy as np
 import pytest
 
@@ -12,21 +11,7 @@ from adaptgrad_jax.cli import _mnist
 TINY = dict(_mnist.QUICK_SETTINGS, train_size=300, epochs=1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _unoptimized_xla():
-  """Compiles this module's programs without XLA:CPU's backend optimisations (same values, faster).
-
-  One epoch on 300 digits: compiling the training step costs more than running
-  it (this file's CPU time at load 8: 9.8 s, 7.5 s without the optimisation
-  passes).
-  """
-  name = "jax_disable_most_optimizations"
-  previous = jax.config.values.get(name, False)
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")  # and in any child process
-    jax.config.update(name, True)
-    yield
-    jax.config.update(name, previous)
+pytestmark = pytest.mark.usefixtures("unoptimized_xla")
 
 
 @pytest.fixture

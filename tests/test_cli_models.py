@@ -14,21 +14,7 @@ NEWER = {"vit_b_16": "vit_micro", "convnext_tiny": "convnext_micro", "mobilenet_
          "densenet121": "densenet_micro"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _unoptimized_xla():
-  """Compiles this module's programs without XLA:CPU's backend optimisations (same values, faster).
-
-  These tests check the registry, loading and that explaining runs; their programs run once on a
-  32 x 32 input, where compiling them costs far more than running them (convnext_micro's random
-  initialisation and explanation: 30 s of CPU at load 12, 15 s without the optimisation passes).
-  """
-  name = "jax_disable_most_optimizations"
-  previous = jax.config.values.get(name, False)
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")  # and in any child process
-    jax.config.update(name, True)
-    yield
-    jax.config.update(name, previous)
+pytestmark = pytest.mark.usefixtures("unoptimized_xla")
 
 
 def test_every_method_family_is_reachable():

@@ -12,7 +12,6 @@ import os
 import pathlib
 import re
 
-import jax
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -42,18 +41,15 @@ def _blocks():
 
 
 @pytest.fixture
-def docs_env(tmp_path, monkeypatch):
+def docs_env(tmp_path, monkeypatch, unoptimized_xla):
   monkeypatch.chdir(tmp_path)
   monkeypatch.setenv("ADAPTGRAD_JAX_CACHE", str(tmp_path / "cache"))
   monkeypatch.setenv("MPLBACKEND", "Agg")
   # The blocks compile programs once and run them on tiny inputs, so XLA:CPU's optimisation passes cost far
   # more than they save (the 15-method block of transforms.md: 40 s of compilation at load 12, 10 s
   # without). The programs compute the same values; only how hard XLA optimises them changes.
-  name = "jax_disable_most_optimizations"
-  previous = jax.config.values.get(name, False)
-  jax.config.update(name, True)
-  yield tmp_path
-  jax.config.update(name, previous)
+  del unoptimized_xla
+  return tmp_path
 
 
 @pytest.mark.parametrize("path, line, source", list(_blocks()))

@@ -21,21 +21,7 @@ from adaptgrad_jax.models import _convnext
 from adaptgrad_jax.models import _mobilenetv3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _unoptimized_xla():
-  """Compiles this module's programs without XLA:CPU's backend optimisations (same values, faster).
-
-  The micro presets' programs run once: compiling costs more than running
-  (this file's CPU time at load 8: 40.3 s, 29.8 s without the optimisation
-  passes). The float64 comparisons with torch at 1e-9 hold either way.
-  """
-  name = "jax_disable_most_optimizations"
-  previous = jax.config.values.get(name, False)
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")  # and in any child process
-    jax.config.update(name, True)
-    yield
-    jax.config.update(name, previous)
+pytestmark = pytest.mark.usefixtures("unoptimized_xla")
 
 
 @pytest.fixture(scope="module")
