@@ -162,3 +162,26 @@ def test_resnet_layer4_grad_cam_and_guided_backprop_match_captum(x64):
                              rtol=1e-9, atol=1e-12)
   np.testing.assert_allclose(jax.jit(flax_cam.guided_backprop(model))(jnp.asarray(x), 1),
                              np.moveaxis(gbp_ref, 0, -1), rtol=1e-9, atol=1e-12)
+
+
+def test_deterministic_maps_go_through_the_cpu_rewrite_and_agree_without_it(x64):
+  _, model, x = _pair(6)
+  model = _as64(model)
+  x = jnp.asarray(x)
+  makers = {
+      "grad_cam": lambda **kw: flax_cam.grad_cam(model, "features.7", **kw),
+      "grad_cam_pp": lambda **kw: flax_cam.grad_cam_pp(model, "features.9", **kw),
+      "guided_backprop": lambda **kw: flax_cam.guided_backprop(model, **kw),
+      "guided_grad_cam": lambda **kw: flax_cam.guided_grad_cam(model, "features.7", **kw),
+  }
+  for name, make in makers.items():
+    with mock.patch.object(flax_cam.cpu, "rewrite", wraps=flax_cam.cpu.rewrite) as spy:
+      on = jax.jit(make(cpu_rewrite=True))(x, 2)
+      assert spy.call_count == 1, name  # once, for the whole map (guided Grad-CAM's parts are not rewritten twice)
+      off = jax.jit(make(cpu_rewrite=False))(x, 2)
+      assert spy.call_count == 1, name
+      make(cpu_rewrite=True)(x, 2)  # eager calls run as written
+      assert spy.call_count == 1, name
+    np.testing.assert_allclose(on, off, rtol=1e-9, atol=1e-12, err_msg=name)
+  with pytest.raises(TypeError, match="cpu_rewrite='yes'"):
+    flax_cam.grad_cam(model, "features.7", cpu_rewrite="yes")
