@@ -228,7 +228,9 @@ def _on_cpu(fn, cpu_rewrite):
   cpu.validate_switch(cpu_rewrite)
 
   def run(*args):
-    return (cpu.rewrite(fn) if cpu.applies(cpu_rewrite, args) else fn)(*args)
+    if not cpu.applies(cpu_rewrite, args):
+      return fn(*args)
+    return cpu.rewrite(fn, canonical_kernels=False)(*args)  # one gradient, no loop: XLA lays out the kernels
 
   return run
 
