@@ -290,6 +290,8 @@ class Table2Result:
     for plain, s, a in _families(self.evaluation.explainers):
       metrics = ("sparseness", "information_level") if plain in IG_METHODS else ("sparseness",)
       for metric in metrics:
+        if (a, metric) not in self.evaluation.scores:  # not measured in this run
+          continue
         for other in (s, plain):
           try:
             t = self.evaluation.compare(a, other, metric).test
