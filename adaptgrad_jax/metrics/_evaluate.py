@@ -773,33 +773,31 @@ def evaluate(
   defaults (options through `metric_options`), :class:`Metric` objects, or
   plain callables ``score(attribution) -> scalar``:
 
-  ============================  ==========  ==============================
-  name                          kind        better
-  ============================  ==========  ==============================
-  ``sparseness``                map         higher (Gini index)
-  ``complexity``                map         lower (entropy)
-  ``deletion``                  model       lower (AUC)
-  ``insertion``                 model       higher (AUC)
-  ``faithfulness_correlation``  model       higher
-  ``information_level``         model       higher (per-image SIC AUC;
-                                            needs `bounds`, probabilities)
-  ``max_sensitivity``           explainer   lower
-  ``avg_sensitivity``           explainer   lower
-  ``local_lipschitz_estimate``  explainer   lower
-  ``relative_input_stability``  explainer   lower (needs `predict_fn`)
-  ``relative_output_stability`` explainer   lower (needs `predict_fn`)
-  ``infidelity``                explainer   lower (needs `predict_fn`)
-  ``completeness``              explainer   lower (``|gap|``, needs
-                                            `predict_fn`)
-  ``random_logit``              explainer   lower (SSIM)
-  ============================  ==========  ==============================
+  | name | kind | better |
+  |---|---|---|
+  | ``sparseness`` | map | higher (Gini index) |
+  | ``complexity`` | map | lower (entropy) |
+  | ``deletion`` | model | lower (AUC) |
+  | ``insertion`` | model | higher (AUC) |
+  | ``faithfulness_correlation`` | model | higher |
+  | ``information_level`` | model | higher (per-image SIC AUC; needs `bounds`, probabilities) |
+  | ``max_sensitivity`` | explainer | lower |
+  | ``avg_sensitivity`` | explainer | lower |
+  | ``local_lipschitz_estimate`` | explainer | lower |
+  | ``relative_input_stability`` | explainer | lower (needs `predict_fn`) |
+  | ``relative_output_stability`` | explainer | lower (needs `predict_fn`) |
+  | ``infidelity`` | explainer | lower (needs `predict_fn`) |
+  | ``completeness`` | explainer | lower (``abs(gap)``, needs `predict_fn`) |
+  | ``random_logit`` | explainer | lower (SSIM) |
 
   ``information_level`` scores each image by the AUC of its Softmax
   Information Curve (XRAI's PIC with XRAI's thresholds; the median curve of
   its ``masks_per_image`` seed masks, default 1), equal to
   ``information_level(key_i, x[None], map[None], predict_fn, ...)``; images
   that fail XRAI's filters (prediction below ``min_pred_value``, default
-  0.8, ...) are counted as skipped, with the reason, not scored. Scores that
+  0.8, ...) are counted as skipped, with the reason, not scored (the
+  confidence filter is checked first, on the image alone, so a skipped image
+  costs one prediction, not the bokeh images). Scores that
   are not finite are left out and counted as undefined, never averaged.
 
   Args:
