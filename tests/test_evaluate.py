@@ -231,3 +231,19 @@ def test_errors_name_the_argument():
     metrics.evaluate(EXPLAINERS, ["sparseness"], (XS[:0], TS[:0]), key)
   with pytest.raises(TypeError, match="explain_fn\\(key, x, target\\)"):
     metrics.evaluate({"nokey": lambda x: x}, ["sparseness"], data, key)
+
+
+def test_a_map_metric_compiles_once_for_every_explainer():
+  traces = []
+
+  def peak(a):
+    traces.append(1)  # runs once per trace, not per call
+    return jnp.max(jnp.abs(a))
+
+  explainers = {f"Grad{i}": EXPLAINERS["Grad"] for i in range(3)}
+  res = metrics.evaluate(explainers, {"peak": metrics.Metric(peak, "map")}, (XS, TS), jax.random.key(0),
+                         batch_size=N)
+  assert len(traces) == 1
+  direct = np.asarray(jax.vmap(lambda x, t: jnp.max(jnp.abs(_grad(x, t))))(XS, TS))
+  for name in explainers:
+    np.testing.assert_allclose(res.scores[(name, "peak")], direct, rtol=1e-6)

@@ -683,22 +683,35 @@ def _pad(a: np.ndarray, size: int) -> np.ndarray:
   return np.concatenate([a, np.repeat(a[-1:], size - len(a), axis=0)])
 
 
+def _batched_score(metric: Metric, explain_fn, predict_fn) -> Callable[..., Any]:
+  """``fn(keys, xs, maps, targets) -> scores``, jitted and vmapped over the examples."""
+  if metric.kind == "map":
+    return jax.jit(jax.vmap(lambda k, x, a, t: metric.score(a)))
+  if metric.kind == "model":
+    return jax.jit(jax.vmap(lambda k, x, a, t: metric.score(k, predict_fn, x, a, t)))
+  p = predict_fn if metric.needs_predict_fn else None
+  return jax.jit(jax.vmap(lambda k, x, a, t: metric.score(k, explain_fn, p, x, t)))
+
+
 def _score_all(metric: Metric, key, explain_fn, predict_fn, xs, ts, maps,
-               batch_size: int) -> tuple[np.ndarray, np.ndarray, str]:
-  """Per-example scores, skipped mask and first reason, of one metric for one explainer."""
+               batch_size: int, compiled: dict[int, Any] | None = None,
+               ) -> tuple[np.ndarray, np.ndarray, str]:
+  """Per-example scores, skipped mask and first reason, of one metric for one explainer.
+
+  ``compiled`` caches the jitted scores of the metrics that do not call the
+  explainer (map and model kinds), so that every explainer reuses one program
+  per metric instead of compiling its own.
+  """
   n = len(xs)
   keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(n))
   scores = np.full(n, np.nan)
   skipped = np.zeros(n, bool)
   reason = ""
   if metric.jit:
-    if metric.kind == "map":
-      fn = jax.jit(jax.vmap(lambda k, x, a, t: metric.score(a)))
-    elif metric.kind == "model":
-      fn = jax.jit(jax.vmap(lambda k, x, a, t: metric.score(k, predict_fn, x, a, t)))
+    if metric.kind == "explainer" or compiled is None:
+      fn = _batched_score(metric, explain_fn, predict_fn)
     else:
-      p = predict_fn if metric.needs_predict_fn else None
-      fn = jax.jit(jax.vmap(lambda k, x, a, t: metric.score(k, explain_fn, p, x, t)))
+      fn = compiled.setdefault(id(metric), _batched_score(metric, explain_fn, predict_fn))
     size = min(batch_size, n)
     for lo, hi in _chunks(n, size):
       idx = np.minimum(np.arange(lo, lo + size), hi - 1)  # the last one repeated
@@ -912,6 +925,7 @@ def evaluate(
   if root is not None:
     root.mkdir(parents=True, exist_ok=True)
   maps, scores, skipped, reasons = {}, {}, {}, {}
+  compiled = {}  # metric -> one jitted score shared by every explainer (map and model kinds)
   for name, fn in explainers.items():
     ident = None if explain_ids is None else explain_ids.get(name)
     res = attribute_lib.attribute(
@@ -932,7 +946,7 @@ def evaluate(
         continue
       mkey = jax.random.fold_in(k_metrics, _crc(mname))
       s, sk, reason = _score_all(metric, mkey, fn, predict_fn, xs, ts, res,
-                                 int(batch_size))
+                                 int(batch_size), compiled)
       bad = ~np.isfinite(s) & ~sk
       if bad.any() and not reason:
         reason = (f"the metric gave a non-finite score for {int(bad.sum())} "
