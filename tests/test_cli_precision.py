@@ -52,6 +52,7 @@ def _error_line(capsys):
     (["--rtol", "0", "--batch-size", "4"], ["--rtol 0", "(0, 1)"]),
     (["--rtol", "half", "--batch-size", "4"], ["--rtol 'half'", "not a number"]),
     (["--noise", "antithetic", "--n", "5"], ["--n 5", "antithetic", "--n 6"]),
+    (["--noise", "lhs", "--n", "12"], ["--n 12", "lhs", "--n 16"]),
     (["--noise", "orthogonal", "--method", "grad"], ["--noise orthogonal", "--method grad"]),
     (["--noise", "sobol"], ["--noise", "sobol", "iid"]),
     (["--rtol", "0.1", "--batch-size", "4", "--devices", "1"], ["--rtol", "--devices"]),
@@ -91,18 +92,19 @@ def test_explain_rtol_records_the_samples_and_matches_the_library(method, build,
   assert rel <= 0.3 or samples == 24
 
 
-def test_explain_noise_scheme_is_passed_through(digit_png, tmp_path, capsys):
+@pytest.mark.parametrize("noise", ["antithetic", "lhs"])
+def test_explain_noise_scheme_is_passed_through(noise, digit_png, tmp_path, capsys):
   out = tmp_path / "maps"
-  argv = ["explain", str(digit_png), "--model", "mlp", "--weights", "random", "--method", "smoothgrad", "--n", "6",
-          "--noise", "antithetic", "--target", "1", "--out", str(out)]
+  argv = ["explain", str(digit_png), "--model", "mlp", "--weights", "random", "--method", "smoothgrad", "--n", "8",
+          "--noise", noise, "--target", "1", "--out", str(out)]
   assert main(argv) == 0
   f = _random_mlp_f()
   key = jax.random.fold_in(jax.random.key(0), 0)
   x = _digit(digit_png)
-  anti = ag.smooth_grad(jax.grad(f), 0.2, 6, bounds=(0.0, 1.0), noise="antithetic")(key, x, 1)
-  iid = ag.smooth_grad(jax.grad(f), 0.2, 6, bounds=(0.0, 1.0))(key, x, 1)
+  scheme = ag.smooth_grad(jax.grad(f), 0.2, 8, bounds=(0.0, 1.0), noise=noise)(key, x, 1)
+  iid = ag.smooth_grad(jax.grad(f), 0.2, 8, bounds=(0.0, 1.0))(key, x, 1)
   saved = np.load(out / "seven_smoothgrad.npy")
-  np.testing.assert_allclose(saved, np.asarray(anti), rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(saved, np.asarray(scheme), rtol=1e-5, atol=1e-7)
   assert not np.allclose(saved, np.asarray(iid), rtol=1e-3, atol=1e-6)
 
 
@@ -135,3 +137,9 @@ def test_convergence_plots_reported_and_measured_errors(digit_png, tmp_path, cap
   # Done: the same command does nothing; every output is there.
   assert main(argv) == 0
   assert "nothing to do" in capsys.readouterr().out
+
+
+def test_the_cli_offers_every_noise_scheme_of_the_library():
+  from adaptgrad_jax import _noise
+  from adaptgrad_jax.cli import _methods
+  assert _methods.NOISE_SCHEMES == _noise.NOISE_SCHEMES

@@ -94,9 +94,9 @@ def add_precision_options(parser: argparse.ArgumentParser) -> None:
          " ||stderr|| / ||map|| is at most R (in (0, 1), e.g. 0.05) or --n samples are used; prints the samples"
          " used per image (default: always --n samples)")
   group.add_argument(
-    "--noise", choices=("iid", "antithetic", "orthogonal"), default="iid",
-    help="the input noise: iid (default), antithetic pairs (eps, -eps; --n even) or orthogonal blocks; all"
-         " unbiased for the same Gaussian smoothing")
+    "--noise", choices=_methods.NOISE_SCHEMES, default="iid",
+    help="the input noise: iid (default), antithetic pairs (eps, -eps; --n even), orthogonal blocks or lhs"
+         " (Latin hypercube replicates of 8; --n a multiple of 8); all unbiased for the same Gaussian smoothing")
 
 
 def add_output_options(parser: argparse.ArgumentParser, default: Optional[str]) -> None:

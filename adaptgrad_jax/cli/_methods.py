@@ -123,7 +123,7 @@ class Options:
 RTOL_METHODS = ("smoothgrad", "adaptgrad")
 # The methods that draw input noise (where --noise applies).
 NOISE_METHODS = ("smoothgrad", "adaptgrad") + tuple(m for m in METHODS if m.startswith(("s-", "a-")))
-NOISE_SCHEMES = ("iid", "antithetic", "orthogonal")
+NOISE_SCHEMES = ("iid", "antithetic", "orthogonal", "lhs")
 
 
 def build(
