@@ -239,7 +239,8 @@ def table2_explainers(grad_fn: Callable[..., Any], params: Any, config: Table2Co
 
 
 def _families(methods):
-  return [f for f in TABLE2_FAMILIES if all(m in methods for m in f)]
+  """The families ``(X, S-X, A-X)`` whose S- and A- rows were run (X may be absent: a run of a subset)."""
+  return [f for f in TABLE2_FAMILIES if f[1] in methods and f[2] in methods]
 
 
 @dataclasses.dataclass
@@ -293,6 +294,8 @@ class Table2Result:
         if (a, metric) not in self.evaluation.scores:  # not measured in this run
           continue
         for other in (s, plain):
+          if other not in self.evaluation.explainers:
+            continue
           try:
             t = self.evaluation.compare(a, other, metric).test
           except ValueError as e:  # no photo scored for both (XRAI's filters)
