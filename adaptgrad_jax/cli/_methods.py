@@ -14,9 +14,13 @@ variants. CAM maps are upsampled bilinearly to the input's height and width
 from __future__ import annotations
 
 import dataclasses
+import pathlib
+import re
 from typing import Any, Callable, Optional
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 import adaptgrad_jax as ag
 from adaptgrad_jax.cli._errors import UsageError
@@ -176,8 +180,6 @@ _OPTION_NAMES = (("rtol=", "--rtol "), ("batch_size=", "--batch-size "), ("noise
 
 def _as_options(message: str) -> str:
   """The library's message on one line, with its argument names spelt as the CLI's options."""
-  import re  # pylint: disable=import-outside-toplevel
-
   line = " ".join(message.split())
   for name, option in _OPTION_NAMES:
     line = re.sub(rf"(?<![\w.]){re.escape(name)}", option, line)
@@ -274,8 +276,6 @@ def _upsampled(cam: Callable[..., Any]) -> Callable[..., Any]:
 
 def uniform_baselines(bounds: Any, shape: tuple[int, ...], dtype: Any) -> Callable[[Any], Any]:
   """``sample(key)``: one baseline drawn uniformly within ``bounds`` per element (EG's CLI default)."""
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-
   lo, hi = (jnp.asarray(b, dtype) for b in bounds)
 
   def sample(key):
@@ -288,9 +288,7 @@ def _eg_dataset(options: Options):
   """The baselines of ``--eg-baselines PATH`` (None for ``uniform``)."""
   if options.eg_baselines == "uniform":
     return None
-  import pathlib  # pylint: disable=import-outside-toplevel
 
-  import numpy as np  # pylint: disable=import-outside-toplevel
 
   path = pathlib.Path(options.eg_baselines).expanduser()
   if path.suffix.lower() != ".npy" or not path.is_file():
@@ -304,8 +302,6 @@ def _eg_dataset(options: Options):
 
 def _check_layer(model: Any, layer: str, x_shape: tuple[int, ...]) -> None:
   """The layer's output for an input of ``x_shape`` must be a feature map (traced abstractly, no computation)."""
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-
   from adaptgrad_jax import flax_cam  # pylint: disable=import-outside-toplevel
 
   try:
@@ -320,7 +316,6 @@ def _check_layer(model: Any, layer: str, x_shape: tuple[int, ...]) -> None:
 
 def _check_relus(model: Any, method: str, x_shape: tuple[int, ...]) -> None:
   """Guided backprop changes ReLU's backward pass only (as Captum's): a model without ReLUs is refused."""
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from flax import nnx  # pylint: disable=import-outside-toplevel
 
   from adaptgrad_jax import flax_cam  # pylint: disable=import-outside-toplevel
