@@ -247,3 +247,14 @@ def test_a_map_metric_compiles_once_for_every_explainer():
   direct = np.asarray(jax.vmap(lambda x, t: jnp.max(jnp.abs(_grad(x, t))))(XS, TS))
   for name in explainers:
     np.testing.assert_allclose(res.scores[(name, "peak")], direct, rtol=1e-6)
+
+
+def test_paired_test_enumerates_up_to_twenty_and_refuses_more():
+  d = np.random.default_rng(0).normal(0.1, 1.0, 18)
+  t = metrics.paired_test(jax.random.key(0), d, np.zeros(18), exact_max_n=18)
+  assert t.method == "exact" and t.num_permutations == 2**18
+  # The exact p-value is the share of the 2**18 sign patterns at least as extreme; Monte Carlo agrees.
+  mc = metrics.paired_test(jax.random.key(1), d, np.zeros(18), exact_max_n=0, num_permutations=20000)
+  assert abs(mc.p_value - t.p_value) < 0.02
+  with pytest.raises(ValueError, match=r"exact_max_n=24 .*\[0, 20\]"):
+    metrics.paired_test(jax.random.key(0), d, np.zeros(18), exact_max_n=24)
