@@ -91,8 +91,13 @@ def _latin_hypercube_normals(key: KeyArray, count: int, size: int, dtype) -> jax
   Element i of sample j is ``Phi^-1((pi_i(j) + u_ij) / count)``: a random
   permutation ``pi_i`` per element (the argsort of uniforms) puts the
   ``count`` samples one in each of ``count`` equiprobable strata of N(0, 1),
-  and a uniform ``u_ij`` places each inside its stratum. Each element of each
-  sample is therefore exactly N(0, 1), elements are independent, and the
+  and a uniform ``u_ij`` places each inside its stratum. ``u`` is uniform on
+  the midpoints of ``jax.random.uniform``'s grid (``k * eps + eps / 2``), so
+  it is never 0 or 1: ``p`` never reaches 0, where ``ndtri`` gives ``-inf``
+  (an endpoint ``u = 0``, drawn once in ``2**23`` elements in float32, made
+  one sample of a replicate ``-inf``), and the two tails are symmetric. Each
+  element of each sample is therefore N(0, 1) up to that grid (the inverse
+  CDF of a uniform on ``2**23`` points per stratum), elements are independent, and the
   samples of a replicate are negatively dependent within an element (McKay
   et al., 1979; Owen, 1997). The upper half is computed by symmetry,
   ``-Phi^-1(1 - p)``, so that no float rounding of ``p`` near 1 truncates
@@ -100,7 +105,8 @@ def _latin_hypercube_normals(key: KeyArray, count: int, size: int, dtype) -> jax
   """
   k_perm, k_u = jax.random.split(key)
   strata = jnp.argsort(jax.random.uniform(k_perm, (count, size)), axis=0).astype(dtype)
-  u = jax.random.uniform(k_u, (count, size), dtype, minval=jnp.finfo(dtype).tiny)  # (0, 1)
+  eps = jnp.finfo(dtype).eps  # the grid step of jax.random.uniform in [0, 1)
+  u = jax.random.uniform(k_u, (count, size), dtype) + jnp.asarray(eps / 2, dtype)  # in [eps / 2, 1 - eps / 2]
   lower = strata + u  # count * p, in (0, count)
   upper = (count - 1 - strata) + (1 - u)  # count * (1 - p), without the rounding of count - lower
   return jnp.where(lower < count / 2, jax.scipy.special.ndtri(lower / count),

@@ -323,3 +323,14 @@ def test_stderr_options_refused_where_there_is_no_error():
     ag.integrated_gradients(plain_inner, 4, return_stderr=True)(jax.random.key(0), X)
   with pytest.raises(TypeError, match="not linear in the gradient"):
     ag.idgi(ag.smooth_grad(g, n=4, sigma=0.3, return_stderr=True), sum_sin, 4)(jax.random.key(0), X)
+
+
+def test_lhs_endpoint_uniform_gives_finite_noise(monkeypatch):
+  # jax.random.uniform returns exactly 0 once in 2**23 draws (float32); ndtri(0) is -inf. Force it everywhere.
+  from adaptgrad_jax import _noise
+  monkeypatch.setattr(_noise.jax.random, "uniform", lambda key, shape, dtype=jnp.float32, **kw: jnp.zeros(shape, dtype))
+  z = _noise._latin_hypercube_normals(jax.random.key(0), 8, 5, jnp.float32)
+  assert bool(jnp.all(jnp.isfinite(z)))
+  eps = float(jnp.finfo(jnp.float32).eps)
+  expected = float(jax.scipy.special.ndtri(jnp.float32(eps / 2 / 8)))  # the lowest stratum's lowest point
+  np.testing.assert_allclose(float(z.min()), expected, rtol=1e-5)
