@@ -90,6 +90,7 @@ def test_mnist_scores_equal_the_library_and_the_run_resumes(tmp_path, capsys):
     (["--metrics", "information_level", "--scores", "logits"], ["probabilities"]),
     (["--model", "resnet18"], ["--mnist", "--model mlp"]),
     (["--examples", "0"], ["--examples 0"]),
+    (["--examples", "100000"], ["--examples 100000", "embedded MNIST test digits", "at most"]),
     (["--target", "10"], ["--target 10", "10 classes"]),
     (["--weights", "nowhere.pth"], ["nowhere.pth", "no such file"]),
   ],
@@ -156,3 +157,13 @@ def test_metric_options_are_those_of_the_function_the_runner_calls():
   for bad in ("max_sensitivity.reduce=max", "information_level.random_mask=1", "sparseness.target=1"):
     with pytest.raises(Exception, match="has no option"):
       _evaluate.parse_metric_options([bad], chosen)
+
+
+def test_more_examples_than_photos_is_refused_before_out_is_touched(tmp_path, capsys):
+  out = tmp_path / "eval"
+  out.mkdir()
+  (out / "keep.txt").write_text("a previous run's file")
+  assert main(["evaluate", "--examples", "99", "--overwrite", "--out", str(out)]) == 2
+  err = _error_line(capsys)
+  assert "--examples 99" in err and "bundled photos" in err
+  assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]

@@ -258,3 +258,11 @@ def test_paired_test_enumerates_up_to_twenty_and_refuses_more():
   assert abs(mc.p_value - t.p_value) < 0.02
   with pytest.raises(ValueError, match=r"exact_max_n=24 .*\[0, 20\]"):
     metrics.paired_test(jax.random.key(0), d, np.zeros(18), exact_max_n=24)
+
+
+def test_confidence_accepts_numpy_floats_and_refuses_bools():
+  a = metrics.bootstrap_ci(jax.random.key(0), np.arange(6.0), confidence=np.float32(0.9))
+  b = metrics.bootstrap_ci(jax.random.key(0), np.arange(6.0), confidence=0.9)
+  assert a.low == pytest.approx(b.low) and a.high == pytest.approx(b.high)
+  with pytest.raises(ValueError, match="confidence=True"):
+    metrics.bootstrap_ci(jax.random.key(0), np.arange(6.0), confidence=True)

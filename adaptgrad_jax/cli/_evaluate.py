@@ -239,14 +239,24 @@ def _model_name(args: argparse.Namespace) -> str:
 
 
 def _data_source(args: argparse.Namespace, spec) -> tuple[str, list]:
-  """``(kind, items)``: ``("files", paths)``, ``("photos", names)`` or ``("mnist", indices)``."""
+  """``(kind, items)``: ``("files", paths)``, ``("photos", names)`` or ``("mnist", indices)``.
+
+  ``--examples K`` beyond what there is is refused here, before ``--out`` is locked or touched.
+  """
   if args.inputs:
-    paths = _explain.unique_inputs(_models.expand_inputs(args.inputs))
-    return "files", paths[:args.examples] if args.examples else paths
-  if spec.family == "mnist":
-    return "mnist", list(range(args.examples or MNIST_EXAMPLES))
-  photos = list(_models._imagenet().PHOTOS)  # pylint: disable=protected-access
-  return "photos", photos[:args.examples] if args.examples else photos
+    kind, items, what = "files", _explain.unique_inputs(_models.expand_inputs(args.inputs)), "images"
+  elif spec.family == "mnist":
+    from adaptgrad_jax import datasets  # pylint: disable=import-outside-toplevel
+
+    count = len(datasets.mnist_embedded().x_test)
+    kind, items, what = "mnist", list(range(count)), "embedded MNIST test digits"
+    if not args.examples:
+      return kind, items[:MNIST_EXAMPLES]
+  else:
+    kind, items, what = "photos", list(_models._imagenet().PHOTOS), "bundled photos"  # pylint: disable=protected-access
+  if args.examples and args.examples > len(items):
+    raise UsageError(f"--examples {args.examples}: there are {len(items)} {what}; pass at most {len(items)}")
+  return kind, items[:args.examples] if args.examples else items
 
 
 def run_identity(args, methods, metrics, metric_options, model, kind, items, example_batch) -> dict:
@@ -332,9 +342,6 @@ def _load_examples(kind: str, items: list, loaded) -> np.ndarray:
   from adaptgrad_jax import datasets  # pylint: disable=import-outside-toplevel
 
   digits = datasets.mnist_embedded().x_test
-  if len(items) > len(digits):
-    raise UsageError(f"--examples {len(items)}: the embedded MNIST test set holds {len(digits)} digits; pass at"
-                     f" most {len(digits)}")
   return np.asarray(digits[:len(items)], np.float32)
 
 

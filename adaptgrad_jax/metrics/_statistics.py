@@ -10,6 +10,7 @@ explicit, as everywhere in the library: the same key gives the same interval.
 
 from __future__ import annotations
 
+import numbers
 from typing import NamedTuple
 
 import jax
@@ -79,7 +80,8 @@ def _values(values: ArrayLike, name: str) -> np.ndarray:
 
 
 def _check_options(confidence, num_resamples) -> None:
-  if not isinstance(confidence, (float, int)) or not 0.0 < confidence < 1.0:
+  if (isinstance(confidence, bool) or not isinstance(confidence, (numbers.Real, np.floating))
+      or not 0.0 < float(confidence) < 1.0):
     raise ValueError(f"confidence={confidence!r} must lie in (0, 1), e.g. "
                      "0.95 for a 95% interval")
   if (isinstance(num_resamples, bool) or
