@@ -116,11 +116,12 @@ def blurred_image(image: np.ndarray, pixel_mask: np.ndarray) -> np.ndarray:
   out = img * mask[..., None].astype(np.float32)
   known = np.argwhere(mask)
   unknown = np.argwhere(~mask)
-  for c in range(img.shape[-1]):
-    values = interpolate.griddata(
-        known, img[..., c][tuple(known.T)], unknown, method="linear",
-        fill_value=mean_color[c])
-    out[..., c][tuple(unknown.T)] = values
+  # One triangulation for all channels: PAIR calls griddata per channel, which
+  # triangulates the same points each time; the interpolated values are the same.
+  interpolator = interpolate.LinearNDInterpolator(known, img[tuple(known.T)], fill_value=np.nan)
+  values = interpolator(unknown)  # (num_unknown, C)
+  values = np.where(np.isnan(values), mean_color, values)  # outside the hull: the channel's mean colour
+  out[tuple(unknown.T)] = values
   if image.ndim == 2:
     out = out[..., 0]
   if np.issubdtype(dtype, np.integer):
