@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from _cli_errors import error_line as _error_line
 import adaptgrad_jax as ag
 from adaptgrad_jax import flax_adapters, models
 from adaptgrad_jax.cli import main
@@ -40,14 +41,6 @@ def digit_png(tmp_path_factory):
   path = tmp_path_factory.mktemp("images") / "seven.png"
   Image.fromarray(image).save(path)
   return path
-
-
-def _error_line(capsys):
-  captured = capsys.readouterr()
-  assert "Traceback" not in captured.err and "Traceback" not in captured.out
-  errors = [line for line in captured.err.splitlines() if "error:" in line]
-  assert len(errors) == 1, f"expected one error line, got:\n{captured.err}"
-  return errors[0]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -8,20 +8,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from _cli_errors import error_line as _error_line
 from adaptgrad_jax import flax_adapters, metrics, models
 from adaptgrad_jax.cli import main
 
 MNIST = ["evaluate", "--mnist", "--weights", "random", "--examples", "3", "--methods", "grad,sg",
          "--metrics", "sparseness,deletion", "--metric-option", "deletion.num_steps=4", "--n", "2",
          "--seed", "1"]
-
-
-def _error_line(capsys):
-  captured = capsys.readouterr()
-  assert "Traceback" not in captured.err and "Traceback" not in captured.out
-  errors = [line for line in captured.err.splitlines() if "error:" in line]
-  assert len(errors) == 1, f"expected one error line, got:\n{captured.err}"
-  return errors[0]
 
 
 def test_mnist_scores_equal_the_library_and_the_run_resumes(tmp_path, capsys):

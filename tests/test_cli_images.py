@@ -13,6 +13,7 @@ import zlib
 import numpy as np
 import pytest
 
+from _cli_errors import error_line as _error_line
 from adaptgrad_jax.cli import _shared, main
 from adaptgrad_jax.cli._errors import CliError
 
@@ -23,15 +24,6 @@ MLP = ["--model", "mlp", "--weights", "random"]
 
 
 pytestmark = pytest.mark.usefixtures("unoptimized_xla")
-
-
-def _error_line(capsys):
-  captured = capsys.readouterr()
-  assert "Traceback" not in captured.err and "Traceback" not in captured.out
-  errors = [line for line in captured.err.splitlines() if "error:" in line]
-  assert len(errors) == 1, f"expected one error line, got:\n{captured.err}"
-  assert "unexpected error" not in errors[0]
-  return errors[0]
 
 
 def _ramp16():

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from _cli_errors import error_line as _error_line
 import adaptgrad_jax as ag
 from adaptgrad_jax import flax_adapters, flax_cam, models
 from adaptgrad_jax.cli import _methods, _models, _shared, main
@@ -67,14 +68,6 @@ def _argv(method, images, out, model):
   return ["explain", str(image), "--model", model, "--weights", "random", "--method", method, "--n", str(N),
           "--ig-steps", str(STEPS), "--blur-sigma", "4", "--seed", str(SEED), "--target", str(TARGET),
           "--out", str(out)]
-
-
-def _error_line(capsys):
-  captured = capsys.readouterr()
-  assert "Traceback" not in captured.err + captured.out
-  lines = [line for line in captured.err.splitlines() if "error:" in line]
-  assert len(lines) == 1, captured.err
-  return lines[0]
 
 
 def _run(method, images, tmp_path, model):

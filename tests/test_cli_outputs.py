@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from _cli_errors import error_line as _error_line
 from adaptgrad_jax import _files, flax_adapters, models
 from adaptgrad_jax.cli import main
 
@@ -30,15 +31,6 @@ LOCK = ".adaptgrad-jax.lock"
 
 
 pytestmark = pytest.mark.usefixtures("unoptimized_xla")
-
-
-def _error_line(capsys):
-  captured = capsys.readouterr()
-  assert "Traceback" not in captured.err and "Traceback" not in captured.out
-  errors = [line for line in captured.err.splitlines() if "error:" in line]
-  assert len(errors) == 1, f"expected one error line, got:\n{captured.err}"
-  assert "unexpected error" not in errors[0]
-  return errors[0]
 
 
 def _digit(path, seed):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from _cli_errors import error_line as _error_line
 import adaptgrad_jax as ag
 from adaptgrad_jax import flax_adapters, models
 from adaptgrad_jax.cli import main
@@ -33,14 +34,6 @@ def _random_mlp_f():
   model = models.mlp(rngs=nnx.Rngs(0))  # what --weights random builds
   model.eval()
   return flax_adapters.nnx_target_fn(model)
-
-
-def _error_line(capsys):
-  captured = capsys.readouterr()
-  assert "Traceback" not in captured.err
-  errors = [line for line in captured.err.splitlines() if "error:" in line]
-  assert len(errors) == 1, captured.err
-  return errors[0]
 
 
 @pytest.mark.parametrize(
