@@ -51,7 +51,7 @@ def test_a_second_demo_waits_for_the_lock_then_trains_uncached(cache, monkeypatc
   messages = []
   folder = cache / "demo"
   folder.mkdir(parents=True)
-  name = f"mlp-{_mnist._models.settings_hash(dict(TINY))}"
+  name = f"mlp-{_mnist.settings_hash(dict(TINY))}"
   with _files.exclusive_lock(folder / f"{name}.lock"):  # another demo is training this MLP
     result = _mnist.trained_mlp(TINY, progress=False, log=messages.append)
   assert any("another process is training" in m for m in messages)

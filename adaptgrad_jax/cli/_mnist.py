@@ -22,12 +22,13 @@ architecture (784-200-10, ReLU) is the paper's; only the training differs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
 from typing import Any, NamedTuple
 
-from adaptgrad_jax.cli import _models
+from adaptgrad_jax import _files
 
 DEMO_SETTINGS = {
   "model": "mlp-784-200-10",
@@ -57,6 +58,11 @@ class DemoMLP(NamedTuple):
   model: Any
   description: str
   accuracy: float
+
+
+def settings_hash(settings: dict) -> str:
+  """The cache folder's name for ``settings``: 12 hex digits of the SHA-256 of their sorted JSON."""
+  return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def describe(settings: dict) -> str:
@@ -157,11 +163,11 @@ def trained_mlp(settings: dict | None = None, *, progress: bool = True, use_cach
   lock of the cache folder; a second caller waits (up to ``WAIT_SECONDS``) and
   then loads the first one's model.
   """
-  from adaptgrad_jax import _files, training  # pylint: disable=import-outside-toplevel
+  from adaptgrad_jax import training  # pylint: disable=import-outside-toplevel
 
   settings = dict(DEMO_SETTINGS if settings is None else settings)
   log = log or (lambda message: print(message, file=sys.stderr))
-  directory = _models.cache_root() / "demo" / f"mlp-{_models.settings_hash(settings)}"
+  directory = _files.cache_dir() / "demo" / f"mlp-{settings_hash(settings)}"
   meta_file = directory / "meta.json"
 
   def cached():

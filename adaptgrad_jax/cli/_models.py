@@ -14,14 +14,12 @@ EfficientNet-Lite0 then loads in about 2 s instead of a minute.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import os
 import pathlib
 from typing import Any, Callable, Optional
 
 import numpy as np
 
+from adaptgrad_jax import _files
 from adaptgrad_jax.cli._errors import CliError, UsageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -59,9 +57,8 @@ def _constructor(name: str) -> Callable[..., Any]:
 
 
 def cache_root() -> pathlib.Path:
-  """``$ADAPTGRAD_JAX_CACHE`` or ``~/.cache/adaptgrad_jax`` (shared with datasets and weights)."""
-  root = os.environ.get("ADAPTGRAD_JAX_CACHE")
-  return pathlib.Path(root).expanduser() if root else pathlib.Path.home() / ".cache" / "adaptgrad_jax"
+  """``$ADAPTGRAD_JAX_CACHE`` or ``~/.cache/adaptgrad_jax``: the library's one cache folder (`_files.cache_dir`)."""
+  return _files.cache_dir()
 
 
 # ----------------------------------------------------------------------------
@@ -347,7 +344,3 @@ def expand_inputs(inputs: list[str]) -> list[pathlib.Path]:
     else:
       raise UsageError(f"{item}: no such file or folder; pass image files or folders of images")
   return paths
-
-
-def settings_hash(settings: dict) -> str:
-  return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
