@@ -27,6 +27,7 @@ from adaptgrad_jax._sigma import smoothgrad_sigma as smoothgrad_sigma
 from adaptgrad_jax._smoothing import adapt_smooth as adapt_smooth
 from adaptgrad_jax._smoothing import gaussian_smooth as gaussian_smooth
 from adaptgrad_jax._smoothing import smooth_grad as smooth_grad
+from adaptgrad_jax._smooth_diff import smooth_diff as smooth_diff
 from adaptgrad_jax._wrapping import is_stochastic as is_stochastic
 from adaptgrad_jax._wrapping import stochastic as stochastic
 from adaptgrad_jax import cpu as cpu
@@ -56,6 +57,7 @@ __all__ = (
     "noise_grad",
     "out_of_range_rate",
     "relative_error",
+    "smooth_diff",
     "smooth_grad",
     "smoothgrad_sigma",
     "stochastic",
