@@ -28,9 +28,10 @@ def test_mnist_scores_equal_the_library_and_the_run_resumes(tmp_path, capsys):
   targets = np.argmax(np.asarray(model(xs)), axis=-1)
   predict = lambda b: jax.nn.softmax(model(b), axis=-1)
   grads = jax.jit(jax.vmap(jax.grad(f)))(xs, targets)  # jitted: eager calls cost the test seconds
-  sparse = jax.jit(jax.vmap(metrics.sparseness))(grads)
-  deletion = jax.jit(jax.vmap(lambda x, g, t: metrics.deletion(predict, x, g, target=t, num_steps=4).auc))(
-      xs, grads, targets)
+  # NumPy copies: the references below are NumPy values, whatever pytest.approx does with a JAX array.
+  sparse = np.asarray(jax.jit(jax.vmap(metrics.sparseness))(grads))
+  deletion = np.asarray(jax.jit(jax.vmap(
+      lambda x, g, t: metrics.deletion(predict, x, g, target=t, num_steps=4).auc))(xs, grads, targets))
 
   out = tmp_path / "eval"
   assert main(MNIST + ["--out", str(out)]) == 0
