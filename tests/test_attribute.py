@@ -218,9 +218,12 @@ def test_corrupt_and_truncated_shards_are_redone(fns, xs, refs, tmp_path):
   raw = bytearray(files[1].read_bytes())
   raw[-3] ^= 0xFF  # Flip bits in the data, not the header.
   files[1].write_bytes(bytes(raw))
-  files[2].write_bytes(files[2].read_bytes()[:100])  # Truncated.
   with pytest.raises(ValueError, match="sha256"):
     load_attributions(out, verify=True)
+  load_attributions(out)  # without verify only the headers and sizes are read
+  files[2].write_bytes(files[2].read_bytes()[:100])  # Truncated.
+  with pytest.raises(ValueError, match="no readable .npy header"):
+    load_attributions(out)  # even without verify
   with pytest.warns(UserWarning, match="Redoing shard") as record:
     res = attribute(fn, key, xs, batch_size=8, out=out, progress=False)
   assert len(record) == 2

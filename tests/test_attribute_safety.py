@@ -197,6 +197,9 @@ def test_concurrent_process_on_the_same_out(xs, ref, tmp_path):
   out, go = tmp_path / "run", tmp_path / "go"
   proc = _start_paused_worker(tmp_path, out, pause_after=3, go=go, stdout=subprocess.PIPE)
   try:
+    deadline = time.monotonic() + 60  # the worker's writer threads may still be renaming a shard
+    while any(p.name.endswith(".tmp") for p in out.iterdir()) and time.monotonic() < deadline:
+      time.sleep(0.05)
     before = sorted(p.name for p in out.iterdir())
     with pytest.raises(LockedError, match="in use by another process"):
       _run(out, xs, batch_size=4)

@@ -11,6 +11,7 @@ import itertools
 import json
 import os
 import pathlib
+import warnings
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import jax
@@ -398,7 +399,13 @@ def attribute(
 
   **Which runs may resume each other.** A run with other settings (key,
   shapes, dtypes, `batch_size`, number of examples, `settings`) or another
-  explanation is refused, never mixed. The explanation is identified by:
+  explanation is refused, never mixed. Nor is other data of the same shape:
+  each shard records a fingerprint of its examples (``data_sha256``, a
+  sha256 of the inputs and targets, computed while they are read anyway),
+  and a resume whose examples differ is refused before anything is written
+  (for an iterable, whose later batches are read only as the run reaches
+  them, such a shard is recomputed, with a warning). The explanation is
+  identified by:
 
   * `explain_id`, when you give one: it is then the identity, compared as
     given (with `settings`), and `explain_fn` is not inspected. Put in it
@@ -512,10 +519,13 @@ def _attribute(explain_fn, key, data, *, out, batch_size, num_examples, mesh,
   run = _describe_run(explain_fn, explain_id, settings, out, key_record,
                       examples, map_shape, map_dtype, batch_size, process)
   directory = _resume.output_directory(out)
+  verified: set[tuple[int, int]] = set()
   with _resume.lock_output(directory, out):
     done = {} if directory is None else _resume.open_output(
         directory, run, explain_id_given=explain_id is not None,
-        overwrite=overwrite, resume=resume)
+        overwrite=overwrite, resume=resume,
+        check_data=lambda done: verified.update(
+            _check_data(examples, done, directory)))
     desc = ("attribute" if process[1] == 1 else
             f"attribute [process {process[0]}/{process[1]}]")
     total = None if examples.hi is None else examples.hi - examples.lo
@@ -524,7 +534,7 @@ def _attribute(explain_fn, key, data, *, out, batch_size, num_examples, mesh,
       sink = _Sink(directory, examples, map_shape, map_dtype, advance, writer)
       step = _batch_step(explain_fn, key, mesh, data_axis, sample_axis,
                          batch_size, examples)
-      seen = _explain_all(examples, done, sink, step)
+      seen = _explain_all(examples, done, sink, step, verified)
     hi = _check_count(examples, seen, num_examples)
     return _finish(directory, run, sink, examples.lo, hi)
 
@@ -581,6 +591,8 @@ class _Examples:
     total: examples in the whole dataset, or None while unknown.
     chunks: returns an iterator of ``(start, stop, load)``, one per batch of
       `batch_size` examples; ``load()`` returns the batch's arrays.
+    ahead: the chunks that can be read before the run without consuming
+      anything: all of an array's, the first batch of an iterable.
   """
 
   shapes: list[tuple[int, ...]]
@@ -589,6 +601,7 @@ class _Examples:
   hi: int | None
   total: int | None
   chunks: Callable[[], Iterator[tuple[int, int, Callable[[], tuple]]]]
+  ahead: Callable[[], Iterator[tuple[int, int, Callable[[], tuple]]]]
 
 
 def _read_examples(data, batch_size: int, num_examples: int | None,
@@ -635,7 +648,8 @@ def _array_examples(data, batch_size, num_examples, example_range) -> _Examples:
           np.asarray(a[s:e]) for a in arrays))
 
   return _Examples([tuple(a.shape[1:]) for a in arrays],
-                   [np.dtype(a.dtype) for a in arrays], lo, hi, total, chunks)
+                   [np.dtype(a.dtype) for a in arrays], lo, hi, total, chunks,
+                   chunks)
 
 
 def _iterable_examples(data, batch_size, num_examples, example_range
@@ -665,8 +679,11 @@ def _iterable_examples(data, batch_size, num_examples, example_range
     for start, parts in itertools.chain([first], stream):
       yield start, start + len(parts[0]), (lambda p=parts: p)
 
+  def ahead():
+    yield first[0], first[0] + len(first[1][0]), (lambda: first[1])
+
   return _Examples([tuple(p.shape[1:]) for p in first[1]],
-                   [p.dtype for p in first[1]], lo, hi, total, chunks)
+                   [p.dtype for p in first[1]], lo, hi, total, chunks, ahead)
 
 
 def _map_signature(explain_fn, key, examples: _Examples
@@ -796,17 +813,22 @@ class _Sink:
     self._in_memory: list[np.ndarray] = []
     self.entries: list[dict[str, Any]] = []  # Journaled shards of this output.
 
+  @property
+  def on_disk(self) -> bool:
+    return self._directory is not None
+
   def reuse(self, entry: dict[str, Any]) -> None:
     """Keeps an intact shard of an earlier run."""
     self.entries.append(entry)
     self._advance(entry["stop"] - entry["start"])
 
-  def add(self, start: int, stop: int, maps_device: jax.Array) -> None:
-    """Fetches a computed batch (dropping padding) and stores it."""
+  def add(self, start: int, stop: int, maps_device: jax.Array,
+          data: str | None = None) -> None:
+    """Fetches a computed batch (dropping padding) and stores it (with `data`, its inputs' fingerprint)."""
     maps = np.asarray(jax.device_get(maps_device))[:stop - start]
     if self._directory is not None:
       self._writes.append(self._writer.submit(
-          _shards.write_shard, self._directory, start, stop, maps))
+          _shards.write_shard, self._directory, start, stop, maps, data))
       self._collect(keep=_MAX_PENDING_WRITES)
     elif self._hi is None:
       self._in_memory.append(maps)
@@ -848,25 +870,72 @@ class _Sink:
       self._advance(entry["stop"] - entry["start"])
 
 
-def _explain_all(examples: _Examples, done, sink: _Sink, step) -> int:
+def _check_data(examples: _Examples, done, directory: pathlib.Path
+                ) -> set[tuple[int, int]]:
+  """The intact shards whose inputs are this data's; other data is refused.
+
+  Reads what can be read before the run (all of an array, the first batch of
+  an iterable) and compares each done shard's recorded ``data_sha256`` with
+  the fingerprint of the same examples now, before anything is written.
+
+  Raises:
+    ValueError: a shard was computed from other inputs (or targets) than the
+      same examples of `data`.
+  """
+  verified = set()
+  if not done:
+    return verified
+  for start, stop, load in examples.ahead():
+    entry = done.get((start, stop))
+    if entry is None:
+      continue
+    if _shards.data_sha256(load()) != entry["data_sha256"]:
+      what = "inputs" if len(examples.shapes) == 1 else "inputs (or targets)"
+      raise ValueError(
+          f"out={str(directory)!r} holds maps of other data: examples [{start}, "
+          f"{stop}) differ from the {what} its {entry['file']} was computed "
+          "from (same shapes and settings, other values). Pass the same data to "
+          "resume, another `out`, or overwrite=True to recompute the maps for "
+          "this data.")
+    verified.add((start, stop))
+  return verified
+
+
+def _explain_all(examples: _Examples, done, sink: _Sink, step,
+                 verified=frozenset()) -> int:
   """Explains every batch not in `done` into `sink`; returns the index after the last example read.
 
   Batch t is dispatched before batch t-1 is fetched, so devices and host
   overlap. On any interruption (an error, Ctrl-C) what is computed is kept,
-  so a resumed run has less to do.
+  so a resumed run has less to do. A done shard not in `verified` (an
+  iterable's, read only now) is reused if its inputs' fingerprint matches,
+  else recomputed with a warning.
   """
-  pending = None  # The batch being computed: (start, stop, maps on device).
+  pending = None  # The batch being computed: (start, stop, maps on device, inputs' fingerprint).
   seen = examples.lo
   try:
     for start, stop, load in examples.chunks():
       seen = stop
+      xs = None
       if (start, stop) in done:
-        sink.reuse(done[(start, stop)])
-        continue
-      maps = step(start, stop, load())
+        entry = done[(start, stop)]
+        if (start, stop) in verified:
+          sink.reuse(entry)
+          continue
+        xs = load()
+        digest = _shards.data_sha256(xs)
+        if digest == entry["data_sha256"]:
+          sink.reuse(entry)
+          continue
+        warnings.warn(
+            f"Redoing shard [{start}, {stop}): its maps were computed from "
+            "other data than the examples the data yields now", stacklevel=4)
+      xs = load() if xs is None else xs
+      digest = _shards.data_sha256(xs) if sink.on_disk else None
+      maps = step(start, stop, xs)
       if pending is not None:
         sink.add(*pending)
-      pending = (start, stop, maps)
+      pending = (start, stop, maps, digest)
     if pending is not None:
       sink.add(*pending)
       pending = None

@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import jax
 from jax.sharding import Mesh
 
+from adaptgrad_jax import _files
 from adaptgrad_jax.attribute import _shards
 from adaptgrad_jax.attribute._attribute import ExplainFn, _attribute, _is_array_data
 from adaptgrad_jax.attribute._shards import AttributionResult
@@ -205,6 +206,7 @@ def attribute_multihost(
   root = pathlib.Path(out)
   if root.exists() and not root.is_dir():
     raise FileExistsError(f"out={str(out)!r} is a file; pass a directory path")
+  _files.refuse_symlink(root / _PROCESS_DIR.format(index), what=f"out={str(out)!r}")
   if overwrite and index == 0 and (root / _shards.MANIFEST).exists():
     (root / _shards.MANIFEST).unlink()
   local = _attribute(

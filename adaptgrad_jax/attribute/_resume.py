@@ -16,7 +16,7 @@ import contextlib
 import errno
 import pathlib
 import warnings
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from adaptgrad_jax._files import exclusive_lock
 from adaptgrad_jax.attribute import _shards
@@ -61,13 +61,16 @@ def lock_output(directory: pathlib.Path | None, out
 
 
 def open_output(directory: pathlib.Path, run: dict[str, Any], *,
-                 explain_id_given: bool, overwrite: bool, resume: bool
+                 explain_id_given: bool, overwrite: bool, resume: bool,
+                 check_data: Callable[[dict], Any] | None = None
                  ) -> dict[tuple[int, int], dict[str, Any]]:
   """Prepares `directory` (its lock held) and returns its intact shards.
 
   Refuses an existing output unless `resume` or `overwrite`, and one of
-  another run; otherwise removes crashed runs' temporary files, writes the
-  unfinished manifest and journals the run's settings.
+  another run; ``check_data(done)`` may refuse intact shards computed from
+  other data. Only then (nothing is written before a refusal) removes
+  crashed runs' temporary files, writes the unfinished manifest and journals
+  the run's settings.
   """
   old = None
   if overwrite:
@@ -82,6 +85,8 @@ def open_output(directory: pathlib.Path, run: dict[str, Any], *,
           "to continue or re-check them, or overwrite=True to replace them")
     check_same_run(directory, old, run, explain_id_given)
     done = intact_shards(directory, old, run)
+    if check_data is not None:
+      check_data(done)
   elif not explain_id_given and run["explain_fingerprint"] is None:
     warnings.warn(
         f"attribute(): explain_fn cannot be fingerprinted "
@@ -169,7 +174,11 @@ def check_same_run(directory: pathlib.Path, old: Mapping[str, Any],
 def intact_shards(directory: pathlib.Path, old: Mapping[str, Any],
                    run: Mapping[str, Any]
                    ) -> dict[tuple[int, int], dict[str, Any]]:
-  """Shards of the manifest and journal that pass their size and sha256 checks."""
+  """Shards of the manifest and journal that pass their size, header and sha256 checks.
+
+  A shard without a fingerprint of its inputs (``data_sha256``, written by
+  an older version) cannot be matched to the data and is redone.
+  """
   entries = {}
   listed = old.get("shards")
   for e in (listed if isinstance(listed, list) else []) + _shards.read_journal(
@@ -180,6 +189,9 @@ def intact_shards(directory: pathlib.Path, old: Mapping[str, Any],
   for (s, e), entry in sorted(entries.items()):
     problem = _shards.shard_problem(directory, entry, run["map_shape"],
                                     run["map_dtype"])
+    if problem is None and not isinstance(entry.get("data_sha256"), str):
+      problem = ("it records no fingerprint of its inputs (written by an "
+                 "older version), so it cannot be matched to this data")
     if problem is None:
       done[(s, e)] = entry
     else:

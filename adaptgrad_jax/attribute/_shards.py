@@ -6,7 +6,8 @@ An output directory holds
   (global example indices, zero-padded to 12 digits), one ``.npy`` per batch,
   written to a temporary file, fsync'ed and atomically renamed;
 * ``shards.jsonl``: a journal with one JSON line per finished shard (file,
-  start, stop, bytes, sha256), appended after the rename, so a crash loses at
+  start, stop, bytes, sha256, and ``data_sha256``: a fingerprint of the
+  shard's inputs and targets), appended after the rename, so a crash loses at
   most the shard being written; each run (and each resume) first appends a
   ``{"settings": ...}`` line, from which a lost manifest is rebuilt;
 * ``manifest.json``: the settings of the run (format, explanation id and
@@ -33,6 +34,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from adaptgrad_jax import _files
 from adaptgrad_jax._files import atomic_write
 
 FORMAT = "adaptgrad-jax/attributions"
@@ -83,9 +85,23 @@ def write_json_atomic(path: pathlib.Path, obj: Any) -> None:
   atomic_write(path, lambda f: f.write(text.encode()))
 
 
+def data_sha256(parts: Sequence[np.ndarray]) -> str:
+  """A fingerprint of one batch of examples: sha256 of each array's dtype, shape and bytes.
+
+  Recorded with each shard (``data_sha256``), so a resume with other data of
+  the same shape is noticed, never served the old maps.
+  """
+  h = hashlib.sha256()
+  for p in parts:
+    p = np.ascontiguousarray(p)
+    h.update(f"{p.dtype.str}{list(p.shape)};".encode())
+    h.update(p.reshape(-1).view(np.uint8))
+  return h.hexdigest()
+
+
 def write_shard(directory: pathlib.Path, start: int, stop: int,
-                maps: np.ndarray) -> dict[str, Any]:
-  """Writes one shard atomically and returns its journal entry."""
+                maps: np.ndarray, data: str | None = None) -> dict[str, Any]:
+  """Writes one shard atomically and returns its journal entry (with `data`, its inputs' fingerprint)."""
   name = shard_name(start, stop)
   writers = []
 
@@ -95,33 +111,44 @@ def write_shard(directory: pathlib.Path, start: int, stop: int,
                               allow_pickle=False)
 
   atomic_write(directory / name, write)
-  return {"file": name, "start": int(start), "stop": int(stop),
-          "bytes": writers[-1].nbytes, "sha256": writers[-1].sha256.hexdigest()}
+  entry = {"file": name, "start": int(start), "stop": int(stop),
+           "bytes": writers[-1].nbytes, "sha256": writers[-1].sha256.hexdigest()}
+  if data is not None:
+    entry["data_sha256"] = data
+  return entry
 
 
 def append_journal(directory: pathlib.Path, entry: Mapping[str, Any]) -> None:
-  """Appends one line (a shard entry or a ``{"settings": ...}`` record), fsync'ed."""
-  with open(directory / JOURNAL, "a") as f:
-    f.write(json.dumps(entry, sort_keys=True) + "\n")
+  """Appends one line (a shard entry or a ``{"settings": ...}`` record), fsync'ed.
+
+  Never through a symbolic link: a linked ``shards.jsonl`` is refused
+  (``_files.SymlinkError``) and its target left alone.
+  """
+  line = (json.dumps(entry, sort_keys=True) + "\n").encode()
+  fd = _files.open_no_follow(directory / JOURNAL, os.O_WRONLY | os.O_APPEND,
+                             what=f"the attribution output {directory}")
+  with os.fdopen(fd, "ab") as f:
+    f.write(line)
     f.flush()
     os.fsync(f.fileno())
 
 
-def read_journal(directory: pathlib.Path) -> list[dict[str, Any]]:
-  """Journal entries; a truncated or garbled line (a crash mid-append) is skipped."""
+def _journal_lines(directory: pathlib.Path) -> Iterator[Any]:
+  """The journal's lines as JSON values; a truncated, garbled or non-UTF-8 line (a crash mid-append) is skipped."""
   path = directory / JOURNAL
   if not path.exists():
-    return []
-  entries = []
-  with open(path) as f:
-    for line in f:
+    return
+  with open(path, "rb") as f:
+    for raw in f:
       try:
-        entry = json.loads(line)
-      except json.JSONDecodeError:
+        yield json.loads(raw.decode("utf-8"))
+      except (UnicodeDecodeError, json.JSONDecodeError):
         continue
-      if valid_entry(entry):
-        entries.append(entry)
-  return entries
+
+
+def read_journal(directory: pathlib.Path) -> list[dict[str, Any]]:
+  """Journal entries; a truncated or garbled line (a crash mid-append) is skipped."""
+  return [entry for entry in _journal_lines(directory) if valid_entry(entry)]
 
 
 def valid_entry(entry: Any) -> bool:
@@ -138,6 +165,10 @@ def valid_entry(entry: Any) -> bool:
              for v in (start, stop, size)):
     return False
   sha = entry["sha256"]
+  data = entry.get("data_sha256")
+  if data is not None and not (isinstance(data, str) and len(data) == 64 and
+                               all(c in "0123456789abcdef" for c in data)):
+    return False
   return (0 <= start < stop and size >= 0 and
           entry["file"] == shard_name(start, stop) and isinstance(sha, str) and
           len(sha) == 64 and all(c in "0123456789abcdef" for c in sha))
@@ -145,19 +176,11 @@ def valid_entry(entry: Any) -> bool:
 
 def read_journal_settings(directory: pathlib.Path) -> dict[str, Any] | None:
   """The settings of the last run journaled in `directory` (None if none are)."""
-  path = directory / JOURNAL
-  if not path.exists():
-    return None
   found = None
-  with open(path) as f:
-    for line in f:
-      try:
-        entry = json.loads(line)
-      except json.JSONDecodeError:
-        continue
-      if (isinstance(entry, dict) and isinstance(entry.get("settings"), dict)
-          and entry["settings"].get("format") == FORMAT):
-        found = entry["settings"]
+  for entry in _journal_lines(directory):
+    if (isinstance(entry, dict) and isinstance(entry.get("settings"), dict)
+        and entry["settings"].get("format") == FORMAT):
+      found = entry["settings"]
   return found
 
 
@@ -167,6 +190,52 @@ def file_sha256(path: pathlib.Path) -> str:
     for block in iter(lambda: f.read(1 << 22), b""):
       h.update(block)
   return h.hexdigest()
+
+
+def header_problem(path: pathlib.Path, shape: Sequence[int],
+                   dtype: str | None) -> str | None:
+  """Why the ``.npy`` file at `path` does not hold `dtype` `shape` (None if it does).
+
+  Reads the header only (a few hundred bytes): its magic, dtype, shape and
+  order, and checks the file's size against them, so a shard that the
+  manifest describes one way and whose header says another is never served.
+  """
+  name = path.name
+  try:
+    with open(path, "rb") as f:
+      version = np.lib.format.read_magic(f)
+      if version == (1, 0):
+        got_shape, fortran, got_dtype = np.lib.format.read_array_header_1_0(f)
+      elif version == (2, 0):
+        got_shape, fortran, got_dtype = np.lib.format.read_array_header_2_0(f)
+      else:
+        return f"{name} has .npy format version {version}, not 1.0 or 2.0"
+      offset = f.tell()
+      size = os.fstat(f.fileno()).st_size
+  except (OSError, ValueError, SyntaxError) as e:
+    return f"{name} has no readable .npy header ({e})"
+  want = tuple(int(v) for v in shape)
+  if dtype is not None and _stored_as_void(dtype, got_dtype):
+    got_dtype = np.dtype(dtype)
+  if tuple(got_shape) != want or (dtype is not None and str(got_dtype) != dtype) or fortran:
+    order = " (Fortran order)" if fortran else ""
+    return (f"{name} holds {got_dtype}{list(got_shape)}{order} by its header, expected "
+            f"{dtype}{list(want)}")
+  expected = offset + int(np.prod(want, dtype=np.int64)) * got_dtype.itemsize
+  if got_dtype.hasobject or size != expected:
+    return f"{name} has {size} bytes, its header declares {expected}"
+  return None
+
+
+def _stored_as_void(dtype: str, stored: np.dtype) -> bool:
+  """Whether `stored` is how ``.npy`` headers record `dtype`: ml_dtypes' (bfloat16, float8_*) become void ``V<n>``."""
+  if stored.kind != "V" or stored.names is not None:
+    return False
+  try:
+    wanted = np.dtype(dtype)
+  except TypeError:
+    return False
+  return wanted.kind == "V" and wanted.itemsize == stored.itemsize and wanted.names is None and str(wanted) == dtype
 
 
 def shard_problem(directory: pathlib.Path, entry: Mapping[str, Any],
@@ -179,14 +248,12 @@ def shard_problem(directory: pathlib.Path, entry: Mapping[str, Any],
   size = path.stat().st_size
   if size != entry["bytes"]:
     return f"{entry['file']} has {size} bytes, the journal says {entry['bytes']}"
+  if map_shape is not None:
+    problem = header_problem(path, (entry["stop"] - entry["start"], *map_shape), map_dtype)
+    if problem:
+      return problem
   if file_sha256(path) != entry["sha256"]:
     return f"{entry['file']} fails its sha256 check"
-  if map_shape is not None:
-    arr = np.load(path, mmap_mode="r")
-    want = (entry["stop"] - entry["start"], *map_shape)
-    if arr.shape != want or (map_dtype and str(arr.dtype) != map_dtype):
-      return (f"{entry['file']} holds {arr.dtype}{list(arr.shape)}, expected "
-              f"{map_dtype}{list(want)}")
   return None
 
 
@@ -197,18 +264,34 @@ def clean_temporaries(directory: pathlib.Path) -> None:
       p.unlink(missing_ok=True)
 
 
+def _process_dirs(directory: pathlib.Path) -> list[pathlib.Path]:
+  """The ``process-*`` folders of a multi-host output; a symbolic link among them is refused."""
+  subs = sorted(directory.glob("process-*"))
+  for sub in subs:
+    _files.refuse_symlink(sub, what=f"the attribution output {directory}")
+  return [sub for sub in subs if sub.is_dir()]
+
+
 def remove_outputs(directory: pathlib.Path) -> None:
-  """Deletes the files this module writes (and nothing else) under `directory`."""
+  """Deletes the files this module writes (and nothing else) under `directory`.
+
+  Links are never followed: a linked file (``shard-*.npy``, the journal, the
+  manifest) is removed as a link, its target left alone, and a linked
+  ``process-*`` folder is refused (``_files.SymlinkError``) before anything
+  is deleted.
+  """
+  subs = _process_dirs(directory)
+  for sub in subs:  # every level is checked before anything is deleted
+    _process_dirs(sub)
   for pattern in ("shard-*.npy", JOURNAL, MANIFEST, *_TMP_PATTERNS):
     for p in directory.glob(pattern):
-      p.unlink()
-  for sub in directory.glob("process-*"):
-    if sub.is_dir():
-      remove_outputs(sub)
-      try:
-        sub.rmdir()
-      except OSError:
-        pass
+      p.unlink()  # a link: the link itself
+  for sub in subs:
+    remove_outputs(sub)
+    try:
+      sub.rmdir()
+    except OSError:
+      pass
 
 
 class DamagedManifestError(ValueError):
@@ -296,7 +379,10 @@ class AttributionResult:
     return self.shape[0]
 
   def _open(self, file: pathlib.Path) -> np.ndarray:
-    return np.load(file, mmap_mode="r")
+    arr = np.load(file, mmap_mode="r")
+    if arr.dtype != self.dtype and _stored_as_void(str(self.dtype), arr.dtype):
+      arr = arr.view(self.dtype)  # bfloat16 & co., stored as V2 by np.save
+    return arr
 
   def iter_shards(self) -> Iterator[tuple[int, int, np.ndarray]]:
     """Yields ``(start, stop, maps)`` per shard, maps memory-mapped read-only."""
@@ -373,7 +459,9 @@ def load_attributions(out: str | os.PathLike, *, verify: bool = False
     out: the output directory passed to ``attribute`` (or the top directory of
       an ``attribute_multihost`` run, after its merge step).
     verify: also check every shard's size and sha256 against the manifest
-      (reads all data once).
+      (reads all data once). Without it each shard's ``.npy`` header (dtype,
+      shape, order) and file size are still checked against the manifest:
+      cheap, and a shard that contradicts its manifest is never served.
 
   Returns:
     An :class:`AttributionResult` whose indexing reads memory-mapped shards.
@@ -381,8 +469,9 @@ def load_attributions(out: str | os.PathLike, *, verify: bool = False
   Raises:
     FileNotFoundError: `out` has no ``manifest.json``.
     ValueError: the run is not complete (resume it by calling ``attribute``
-      again with the same arguments), shards do not tile the example range, or
-      ``verify=True`` finds a damaged shard.
+      again with the same arguments), shards do not tile the example range,
+      a shard's header contradicts the manifest, or ``verify=True`` finds a
+      damaged shard.
   """
   directory = pathlib.Path(out)
   manifest = read_manifest(directory)
@@ -411,6 +500,21 @@ def load_attributions(out: str | os.PathLike, *, verify: bool = False
     pos = stop
   if pos != hi:
     raise ValueError(f"{directory / MANIFEST}: shards end at {pos}, not {hi}")
+  map_shape, map_dtype = manifest.get("map_shape"), manifest.get("map_dtype")
+  if not (isinstance(map_shape, list) and all(
+      isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in map_shape)
+          and isinstance(map_dtype, str)):
+    raise ValueError(f"{directory / MANIFEST} is damaged (map_shape={map_shape!r}, "
+                     f"map_dtype={map_dtype!r}); call attribute() again with the "
+                     "same arguments to rebuild it from its journal")
+  for start, stop, file in shards:
+    problem = (f"{file.name} is missing" if not file.is_file() else
+               header_problem(file, (stop - start, *map_shape), map_dtype))
+    if problem:
+      raise ValueError(f"Damaged output in {str(out)!r}: {problem} (the "
+                       f"manifest says {map_dtype}{[stop - start, *map_shape]}). "
+                       "Call attribute() again with the same arguments to redo "
+                       "it.")
   if verify:
     for s in manifest["shards"]:
       problem = shard_problem(directory, s, manifest.get("map_shape"),

@@ -6,13 +6,13 @@ import hashlib
 import importlib.resources
 import os
 import pathlib
-import tempfile
 import urllib.request
 import zipfile
 from typing import NamedTuple
 
 import numpy as np
 
+from adaptgrad_jax import _files
 from adaptgrad_jax._files import CACHE_ENV, cache_dir
 from adaptgrad_jax.datasets import _idx
 
@@ -193,7 +193,7 @@ def download_mnist(directory: str | os.PathLike | None = None) -> pathlib.Path:
       if hashlib.md5(payload).hexdigest() != md5:
         errors.append(f"{mirror}: checksum mismatch")
         continue
-      fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".part")
+      fd, tmp = _files.temp_file(directory, prefix=f".{name}.", suffix=".part")  # the umask's mode
       try:
         with os.fdopen(fd, "wb") as f:
           f.write(payload)

@@ -16,11 +16,12 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
-import tempfile
+import textwrap
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
+from adaptgrad_jax import _files
 from adaptgrad_jax.viz import _scaling
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -254,7 +255,7 @@ def _atomic_write(
   if path.is_dir():
     raise IsADirectoryError(f"{path} is a directory; pass a file path ending in {suffix}")
   path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+  fd, tmp = _files.temp_file(path.parent, prefix=f".{path.name}.", suffix=suffix)  # the umask's mode
   os.close(fd)
   try:
     write(tmp)
@@ -368,6 +369,9 @@ def plot_grid(
   channel_axis: int | None = -1,
   image_label: str = "Input",
   title: str | None = None,
+  cell_labels: Sequence[Sequence[str | None]] | None = None,
+  colorbar: bool = False,
+  transpose: bool = False,
   cell_size: float = 2.0,
   path: str | os.PathLike | None = None,
   dpi: int = 150,
@@ -399,6 +403,14 @@ def plot_grid(
     channel_axis: the maps' channel axis, or None when they have none.
     image_label: the row label of the input images.
     title: an optional figure title.
+    cell_labels: optional captions under the maps, `cell_labels[row][col]`
+      (a string or None per map), e.g. each map's relative error.
+    colorbar: add a colour bar under the grid whose label names the scaling
+      (what 0 and 1, or -1 and 1, mean).
+    transpose: draw rows as columns: `maps[row][col]` is shown at column
+      `row`, row `col`, so methods run across and images down (a wide figure
+      for many methods and few images); the images become the first column,
+      `row_labels` the column titles and `col_labels` the row labels.
     cell_size: the size of one cell in inches.
     path: if given, the figure is also saved there as a PNG (atomically).
     dpi: the resolution of the saved PNG in dots per inch.
@@ -406,7 +418,8 @@ def plot_grid(
 
   Returns:
     The `matplotlib.figure.Figure` (Agg canvas; no window is opened). Its PNG
-    is `figsize * dpi` pixels.
+    is `figsize * dpi` pixels. Titles and labels are wrapped to the width
+    they have, so all text lies inside the saved figure.
 
   Raises:
     ValueError: the labels or images do not match the grid, or a bad option.
@@ -420,6 +433,10 @@ def plot_grid(
     ...                 col_labels=["N=10", "N=20", "N=50"])
     >>> len(fig.axes)
     6
+    >>> fig = plot_grid(maps, row_labels=["SG", "AG"], col_labels=["a", "b", "c"],
+    ...                 cell_labels=[["1%"] * 3, ["2%"] * 3], colorbar=True, transpose=True)
+    >>> len(fig.axes)  # six maps and the colour bar
+    7
 
   References:
     Zhou et al., AdaptGrad, NeurIPS 2025, Figures 1, 2, 4, 5, 6.
@@ -437,6 +454,14 @@ def plot_grid(
         f"{name}={labels!r} must be a sequence of {n} labels (one per "
         f"{name[:3]}) or None; the grid has {n_rows} rows and {n_cols} columns"
       )
+  if cell_labels is not None and (
+    isinstance(cell_labels, str) or len(cell_labels) != n_rows
+    or any(isinstance(r, str) or len(r) != n_cols for r in cell_labels)
+  ):
+    raise ValueError(
+      f"cell_labels must be {n_rows} rows of {n_cols} captions (a string or "
+      "None per map, like maps[row][col]) or None"
+    )
   if not cell_size > 0:
     raise ValueError(f"cell_size={cell_size} must be > 0 (inches); 2.0 is the default")
   if not (isinstance(dpi, (int, np.integer)) and dpi > 0):
@@ -465,6 +490,7 @@ def plot_grid(
     raise ValueError("overlay=True needs images=...; pass the explained inputs")
 
   cells: list[list[np.ndarray | None]] = []
+  captions: list[list[str | None]] = []
   if col_images is not None and not overlay:
     base = []
     for j, img in enumerate(col_images):
@@ -475,7 +501,8 @@ def plot_grid(
       img_spatial = arr.shape if arr.ndim == 2 else arr.shape[:-1]
       base.append(_to_uint8(_image_to_float_rgb(arr, bounds, tuple(img_spatial))))
     cells.append(base)
-  for row in grid:
+    captions.append([None] * n_cols)
+  for i, row in enumerate(grid):
     out_row = []
     for j, m in enumerate(row):
       if overlay:
@@ -486,19 +513,43 @@ def plot_grid(
       else:
         out_row.append(to_rgb(m, scaling, cmap, percentile=percentile, channel_axis=channel_axis))
     cells.append(out_row)
-  labels = list(row_labels) if row_labels is not None else [None] * n_rows
+    captions.append(list(cell_labels[i]) if cell_labels is not None else [None] * n_cols)
+  side = list(row_labels) if row_labels is not None else [None] * n_rows
   if len(cells) > n_rows:
-    labels = [image_label] + labels
+    side = [image_label] + side
+  top = list(col_labels) if col_labels is not None else [None] * n_cols
+  if transpose:
+    cells = [list(c) for c in zip(*cells)]
+    captions = [list(c) for c in zip(*captions)]
+    side, top = top, side
 
-  title_row = 1 if single_image and not overlay else 0
-  h, w = cells[-1][0].shape[:2]
+  first = next(c for row in cells for c in row if c is not None)
+  h, w = first.shape[:2]
   cell_w, cell_h = (cell_size, cell_size * h / w) if w >= h else (cell_size * w / h, cell_size)
-  height = cell_h * len(cells) + (0.4 if title else 0.0) + (0.3 if col_labels is not None else 0.0)
-  width = cell_w * n_cols + (0.3 if row_labels is not None else 0.0)
+  n_fig_rows, n_fig_cols = len(cells), len(cells[0])
+  # Text is wrapped to the room it has, so nothing is cut at the figure's edge.
+  label_size, caption_size, title_size = 10.0, 8.0, 12.0
+  side = [_wrap(t, cell_h, label_size) for t in side]
+  top = [_wrap(t, cell_w, label_size) for t in top]
+  captions = [[_wrap(t, cell_w, caption_size) for t in row] for row in captions]
+  side_lines = max((_lines(t) for t in side), default=0)
+  top_lines = max((_lines(t) for t in top), default=0)
+  caption_lines = [max((_lines(t) for t in row), default=0) for row in captions]
+  width = cell_w * n_fig_cols + side_lines * label_size * 1.3 / 72 + 0.1
+  title = _wrap(title, width - 0.2, title_size)
+  bar_label = None
+  if colorbar:
+    bar_label = _wrap(_scaling_label(scaling, percentile, channel_axis, overlay, alpha),
+                      max(0.5 * width, 2.5), caption_size + 1)
+  height = (cell_h * n_fig_rows + sum(caption_lines) * caption_size * 1.3 / 72
+            + top_lines * label_size * 1.3 / 72 + _lines(title) * title_size * 1.4 / 72
+            + (0.35 + _lines(bar_label) * (caption_size + 1) * 1.3 / 72 if colorbar else 0.0) + 0.1)
   fig = Figure(figsize=(width, height), dpi=dpi, layout="constrained")
   fig.get_layout_engine().set(w_pad=0.02, h_pad=0.02, wspace=0.0, hspace=0.0)
   FigureCanvasAgg(fig)
-  axes = fig.subplots(len(cells), n_cols, squeeze=False)
+  axes = fig.subplots(n_fig_rows, n_fig_cols, squeeze=False)
+  titled_cols: set[int] = set()
+  labelled_rows: set[int] = set()
   for i, row in enumerate(cells):
     for j, cell in enumerate(row):
       ax = axes[i, j]
@@ -510,15 +561,56 @@ def plot_grid(
       ax.imshow(cell, interpolation="nearest")
       for spine in ax.spines.values():
         spine.set_visible(False)
-      if j == 0 and labels[i] is not None:
-        ax.set_ylabel(labels[i])
-      if i == title_row and col_labels is not None:
-        ax.set_title(col_labels[j])
+      if i not in labelled_rows:  # the row's label left of its first drawn cell
+        labelled_rows.add(i)
+        if side[i]:
+          ax.set_ylabel(side[i], fontsize=label_size)
+      if j not in titled_cols:  # the column's title above its first drawn cell
+        titled_cols.add(j)
+        if top[j]:
+          ax.set_title(top[j], fontsize=label_size)
+      if captions[i][j]:
+        ax.set_xlabel(captions[i][j], fontsize=caption_size, labelpad=2)
   if title:
-    fig.suptitle(title)
+    fig.suptitle(title, fontsize=title_size)
+  if colorbar:
+    import matplotlib.cm  # pylint: disable=import-outside-toplevel
+    import matplotlib.colors  # pylint: disable=import-outside-toplevel
+
+    name = cmap if cmap is not None else (_DEFAULT_OVERLAY_CMAP if overlay else _DEFAULT_CMAP)[scaling]
+    mappable = matplotlib.cm.ScalarMappable(
+      norm=matplotlib.colors.Normalize(-1.0 if scaling == "diverging" else 0.0, 1.0), cmap=name)
+    bar = fig.colorbar(mappable, ax=axes, location="bottom", shrink=min(0.6, 4.0 / width) if width > 4 else 0.9,
+                       aspect=30, pad=0.01)
+    bar.set_label(bar_label, fontsize=caption_size + 1)
+    bar.ax.tick_params(labelsize=caption_size)
   if path is not None:
     _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi), overwrite)
   return fig
+
+
+def _lines(text: str | None) -> int:
+  return 0 if not text else text.count("\n") + 1
+
+
+def _wrap(text: str | None, inches: float, fontsize: float) -> str | None:
+  """``text`` with its lines broken to fit ``inches`` at ``fontsize`` points (a generous glyph width)."""
+  if not text:
+    return text
+  chars = max(6, int(inches * 72.0 / (0.62 * fontsize)))
+  return "\n".join(textwrap.fill(line, chars, break_on_hyphens=False) or line for line in str(text).split("\n"))
+
+
+def _scaling_label(scaling: str, percentile: float, channel_axis: int | None, overlay: bool, alpha: float) -> str:
+  """What the colours mean: the scaling of `normalize_abs` / `normalize_diverging`, per map."""
+  p = f"{percentile:g}th percentile"
+  if scaling == "abs":
+    what = "|map|" if channel_axis is None else "|map| summed over channels"
+    text = f"{what}, each map on its own: 0 = its minimum, 1 = its {p} and above"
+  else:
+    what = "map" if channel_axis is None else "map summed over channels"
+    text = f"{what} / its {p} of magnitudes, each map on its own, clipped to [-1, 1]; 0 = no attribution"
+  return text + (f" (blended over the image, opacity {alpha:g})" if overlay else "")
 
 
 _overlay = overlay  # plot_grid's `overlay` keyword shadows the function.

@@ -8,7 +8,6 @@ import os
 import pathlib
 import re
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -271,7 +270,7 @@ def pretrained(
                     stacklevel=2)
       target.unlink()
     partial = directory / f".{filename}.partial"
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{filename}.", suffix=".download", dir=directory)
+    fd, tmp_name = _files.temp_file(directory, prefix=f".{filename}.", suffix=".download")  # the umask's mode
     os.close(fd)
     tmp = pathlib.Path(tmp_name)
     try:
