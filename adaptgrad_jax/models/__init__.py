@@ -1,12 +1,23 @@
-"""Flax NNX ports of torchvision classifiers and the paper's MNIST MLP.
+"""Flax NNX ports of torchvision classifiers, the paper's MNIST MLP, and GPT-2 / BERT-style text models.
 
 All models take NHWC float inputs ``(B, H, W, C)`` and return logits
 ``(B, classes)``. Their attribute paths mirror torchvision's parameter names, so
 torchvision checkpoints load with `load_state_dict` (see `_loading.py` for the
 convention). Call ``model.eval()`` before explaining: batch norm then uses its
 running statistics and dropout is off.
+
+The text models (`gpt2`, `bert`) take token ids ``(B, L)`` and load
+`transformers` state-dict names; ``model.embed(ids)`` and
+``model.forward_from_embeddings(embeds, attention_mask)`` split them at the
+embedding lookup, for attribution in embedding space.
 """
 
+from adaptgrad_jax.models._bert import BERT_BASE as BERT_BASE
+from adaptgrad_jax.models._bert import BERT_TINY as BERT_TINY
+from adaptgrad_jax.models._bert import BertConfig as BertConfig
+from adaptgrad_jax.models._bert import BertForSequenceClassification as BertForSequenceClassification
+from adaptgrad_jax.models._bert import BertLayer as BertLayer
+from adaptgrad_jax.models._bert import bert as bert
 from adaptgrad_jax.models._convnext import CNBlock as CNBlock
 from adaptgrad_jax.models._convnext import ConvNeXt as ConvNeXt
 from adaptgrad_jax.models._convnext import convnext_base as convnext_base
@@ -28,6 +39,12 @@ from adaptgrad_jax.models._efficientnet import MBConvBlock as MBConvBlock
 from adaptgrad_jax.models._efficientnet import efficientnet_lite0 as efficientnet_lite0
 from adaptgrad_jax.models._efficientnet import efficientnet_lite0_checkpoint as efficientnet_lite0_checkpoint
 from adaptgrad_jax.models._efficientnet import pretrained_efficientnet_lite0 as pretrained_efficientnet_lite0
+from adaptgrad_jax.models._gpt2 import GPT2_SMALL as GPT2_SMALL
+from adaptgrad_jax.models._gpt2 import GPT2_TINY as GPT2_TINY
+from adaptgrad_jax.models._gpt2 import GPT2Block as GPT2Block
+from adaptgrad_jax.models._gpt2 import GPT2Config as GPT2Config
+from adaptgrad_jax.models._gpt2 import GPT2LMHeadModel as GPT2LMHeadModel
+from adaptgrad_jax.models._gpt2 import gpt2 as gpt2
 from adaptgrad_jax.models._imagenet import EFFICIENTNET_LITE_BOUNDS as EFFICIENTNET_LITE_BOUNDS
 from adaptgrad_jax.models._imagenet import IMAGENET_BOUNDS as IMAGENET_BOUNDS
 from adaptgrad_jax.models._imagenet import IMAGENET_MEAN as IMAGENET_MEAN
@@ -74,6 +91,7 @@ from adaptgrad_jax.models._resnet import resnet34 as resnet34
 from adaptgrad_jax.models._resnet import resnet50 as resnet50
 from adaptgrad_jax.models._resnet import resnext50_32x4d as resnext50_32x4d
 from adaptgrad_jax.models._resnet import wide_resnet50_2 as wide_resnet50_2
+from adaptgrad_jax.models._sequence import positions_from_mask as positions_from_mask
 from adaptgrad_jax.models._vgg import VGG as VGG
 from adaptgrad_jax.models._vgg import adaptive_avg_pool as adaptive_avg_pool
 from adaptgrad_jax.models._vgg import max_pool as max_pool
@@ -95,8 +113,13 @@ from adaptgrad_jax.models._vit import vit_l_16 as vit_l_16
 from adaptgrad_jax.models._vit import vit_micro as vit_micro
 
 __all__ = [
+  "BERT_BASE",
+  "BERT_TINY",
   "BasicBlock",
   "BasicConv2d",
+  "BertConfig",
+  "BertForSequenceClassification",
+  "BertLayer",
   "Bottleneck",
   "CNBlock",
   "ConvNeXt",
@@ -106,6 +129,11 @@ __all__ = [
   "EFFICIENTNET_LITE_BOUNDS",
   "EfficientNetLite",
   "EncoderBlock",
+  "GPT2Block",
+  "GPT2Config",
+  "GPT2LMHeadModel",
+  "GPT2_SMALL",
+  "GPT2_TINY",
   "IMAGENET_BOUNDS",
   "IMAGENET_MEAN",
   "IMAGENET_STD",
@@ -133,6 +161,7 @@ __all__ = [
   "VGG",
   "VisionTransformer",
   "adaptive_avg_pool",
+  "bert",
   "build_model",
   "convnext_base",
   "convnext_large",
@@ -146,6 +175,7 @@ __all__ = [
   "densenet_micro",
   "efficientnet_lite0",
   "efficientnet_lite0_checkpoint",
+  "gpt2",
   "imagenet_classes",
   "imagenet_synsets",
   "inception_v3",
@@ -158,6 +188,7 @@ __all__ = [
   "mobilenet_v3_large",
   "mobilenet_v3_micro",
   "mobilenet_v3_small",
+  "positions_from_mask",
   "preprocess_efficientnet_lite",
   "preprocess_imagenet",
   "pretrained_efficientnet_lite0",

@@ -53,6 +53,7 @@ _LEAF_NAMES: dict[tuple[type[nnx.Variable], str], str] = {
   (nnx.Param, "scale"): "weight",  # BatchNorm / LayerNorm gamma
   (nnx.BatchStat, "mean"): "running_mean",
   (nnx.BatchStat, "var"): "running_var",
+  (nnx.Param, "embedding"): "weight",  # nnx.Embed's (num_embeddings, features) table, as torch's nn.Embedding
   # Leaves kept in torch's layout under their torch names (ViT, ConvNeXt).
   **{(nnx.Param, name): name for name in ("class_token", "pos_embedding", "in_proj_weight", "in_proj_bias",
                                           "layer_scale")},
@@ -143,6 +144,34 @@ def _as_numpy(value: Any) -> np.ndarray:
   return np.asarray(value)
 
 
+def _cast(array: np.ndarray, dtype: Any) -> tuple[np.ndarray, str]:
+  """``(array cast to dtype, "")``, or ``(array, why)`` when the cast would lose values.
+
+  Refused: complex to real (the imaginary part would be dropped) and finite
+  values that overflow to +-inf in a narrower float (float64 1e300 in a
+  float32 model). Rounding to the nearer representable value is not a loss.
+  """
+  dtype = np.dtype(dtype)
+  if jnp.issubdtype(array.dtype, jnp.complexfloating) and not jnp.issubdtype(dtype, jnp.complexfloating):
+    return array, (f"{array.dtype} values in a {dtype} variable would lose their imaginary part; pass real"
+                   " arrays (np.real(v) if the imaginary part is 0 by design)")
+  if not (jnp.issubdtype(array.dtype, jnp.number) or array.dtype == np.bool_):
+    return array, f"{array.dtype} values are not numbers"
+  cast = array.astype(dtype)
+  if jnp.issubdtype(array.dtype, jnp.inexact) and jnp.issubdtype(dtype, jnp.inexact):
+    if float(jnp.finfo(array.dtype).max) > float(jnp.finfo(dtype).max):
+      overflow = np.isfinite(array) & ~np.isfinite(cast)
+      if np.any(overflow):
+        example = array[overflow].flat[0]
+        example = complex(example) if jnp.iscomplexobj(array) else float(example)
+        return array, (f"{int(np.sum(overflow))} finite {array.dtype} value(s) (e.g. {example:.3g})"
+                       f" overflow to inf in {dtype}")
+  elif jnp.issubdtype(dtype, jnp.integer) or dtype == np.bool_:
+    if not np.array_equal(cast.astype(array.dtype), array):
+      return array, f"{array.dtype} values change when cast to {dtype}"
+  return cast, ""
+
+
 def _prefix_hint(missing: list[str], unexpected: list[str]) -> str:
   for key in unexpected:
     for name in missing:
@@ -165,8 +194,9 @@ def load_state_dict(
   ``weight``, BatchNorm ``scale`` -> ``weight``, ``mean`` -> ``running_mean``,
   ``var`` -> ``running_var``) and converted from torch's layout (OIHW
   convolutions, ``(out, in)`` linears, C-H-W flatten order) to Flax's. Arrays
-  are cast to the dtype of the variable they replace. ``num_batches_tracked``
-  entries are ignored.
+  are cast to the dtype of the variable they replace; a cast that would lose
+  values is refused (complex to real, finite values that overflow to inf in
+  a narrower float). ``num_batches_tracked`` entries are ignored.
 
   Args:
     model: a Flax NNX module whose attribute paths mirror torchvision's names,
@@ -181,8 +211,9 @@ def load_state_dict(
     A `LoadResult` ``(missing_keys, unexpected_keys)``, empty when strict.
 
   Raises:
+    TypeError: for a key that is not a string (naming it).
     ValueError: listing, in one message, all missing, unexpected and
-      mis-shaped keys (nothing is copied in that case).
+      mis-shaped keys and lossy casts (nothing is copied in that case).
 
   Example:
     >>> from flax import nnx
@@ -197,13 +228,19 @@ def load_state_dict(
       f"state_dict must be a mapping from torch names to arrays, got {type(state_dict).__name__}; "
       "read a file with adaptgrad_jax.weights.read_checkpoint(path)"
     )
+  for key in state_dict:
+    if not isinstance(key, str):
+      raise TypeError(
+        f"state_dict has the key {key!r} of type {type(key).__name__}; keys must be torch parameter names"
+        " (strings such as 'features.0.weight'), as adaptgrad_jax.weights.read_checkpoint returns them"
+      )
   named = _named_variables(model)
   layouts = _flatten_layouts(model)
   given = {k: v for k, v in state_dict.items() if k.rsplit(".", 1)[-1] not in _IGNORED_TORCH_LEAVES}
 
   missing = [name for name in named if name not in given]
   unexpected = [name for name in given if name not in named]
-  misshaped = []
+  misshaped, lost = [], []
   updates = {}
   for name, (path, variable) in named.items():
     if name not in given:
@@ -213,9 +250,13 @@ def load_state_dict(
     if array.shape != want:
       misshaped.append(f"{name}: checkpoint {tuple(array.shape)}, model expects {want}")
       continue
-    updates[path] = _to_flax(array, path, layouts.get(path)).astype(variable.dtype)
+    cast, lossy = _cast(array, variable.dtype)
+    if lossy:
+      lost.append(f"{name}: {lossy}")
+      continue
+    updates[path] = _to_flax(cast, path, layouts.get(path))
 
-  if misshaped or (strict and (missing or unexpected)):
+  if misshaped or lost or (strict and (missing or unexpected)):
     lines = [f"cannot load the state dict into {type(model).__name__}:"]
     if missing:
       lines.append(f"  missing keys ({len(missing)}): {', '.join(missing)}")
@@ -224,6 +265,9 @@ def load_state_dict(
     if misshaped:
       lines.append(f"  mis-shaped keys ({len(misshaped)}):")
       lines.extend(f"    {m}" for m in misshaped)
+    if lost:
+      lines.append(f"  keys whose values the model's dtype cannot hold ({len(lost)}):")
+      lines.extend(f"    {m}" for m in lost)
     raise ValueError("\n".join(lines) + _prefix_hint(missing, unexpected))
 
   for path, variable in named.values():
