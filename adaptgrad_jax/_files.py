@@ -17,6 +17,9 @@ One helper per idea, shared by the CLI, ``attribute``, ``weights`` and
   with the process, so a killed run leaves nothing to clean up.
 * :func:`record_writes` collects the paths :func:`atomic_write` writes under
   a folder (from any thread), so a command reports what it really wrote.
+* :func:`npy_header` reads a ``.npy`` file's header only (shape, dtype, where
+  the data starts, the file's size), so a file is checked before its data is
+  read: a small file that declares 10**12 rows is refused, not allocated.
 * :func:`cache_dir` is the one cache directory (``$ADAPTGRAD_JAX_CACHE``, else
   ``~/.cache/adaptgrad_jax``), with ``~`` expanded.
 """
@@ -29,7 +32,7 @@ import os
 import pathlib
 import secrets
 import threading
-from typing import Callable, IO, Iterator, Union
+from typing import Callable, IO, Iterator, NamedTuple, Union
 
 CACHE_ENV = "ADAPTGRAD_JAX_CACHE"
 
@@ -148,7 +151,8 @@ def record_writes(root: PathLike) -> Iterator[set]:
       _RECORDERS.remove(entry)
 
 
-def _recorded(path: pathlib.Path) -> None:
+def note_written(path: PathLike) -> None:
+  """Counts ``path`` as written for :func:`record_writes` (a file appended to; ``atomic_write`` calls it itself)."""
   if not _RECORDERS:
     return
   full = os.path.abspath(path)
@@ -226,8 +230,61 @@ def atomic_write(path: PathLike, write: Callable[[IO[bytes]], object], *,
       raise type(err)(err.errno, err.strerror, str(path)) from err
     raise
   fsync_dir(path.parent)
-  _recorded(path)
+  note_written(path)
   return path
+
+
+class NpyHeader(NamedTuple):
+  """What a ``.npy`` header declares, and how many data bytes the file really holds."""
+
+  shape: tuple[int, ...]
+  fortran_order: bool
+  dtype: "object"  # numpy.dtype
+  data_bytes: int  # the file's size minus the header's
+  declared_bytes: int  # prod(shape) * itemsize
+
+  @property
+  def consistent(self) -> bool:
+    """Whether the file holds exactly the data its header declares (and no Python objects)."""
+    return not self.dtype.hasobject and self.data_bytes == self.declared_bytes
+
+
+def npy_header(path: PathLike) -> NpyHeader:
+  """Reads the header of the ``.npy`` file at ``path`` (a few hundred bytes), not its data.
+
+  Raises:
+    ValueError: not a ``.npy`` file (bad magic, version or header), naming
+      ``path``.
+    OSError: unreadable.
+
+  Example:
+    >>> import numpy as np, pathlib, tempfile
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "a.npy"
+    >>> np.save(path, np.zeros((2, 3), np.float32))
+    >>> h = npy_header(path)
+    >>> h.shape, str(h.dtype), h.consistent
+    ((2, 3), 'float32', True)
+  """
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  fmt = np.lib.format
+  with open(path, "rb") as f:
+    try:
+      version = fmt.read_magic(f)
+      if version == (1, 0):
+        shape, fortran, dtype = fmt.read_array_header_1_0(f)
+      elif version == (2, 0):
+        shape, fortran, dtype = fmt.read_array_header_2_0(f)
+      else:
+        shape, fortran, dtype = fmt._read_array_header(f, version)  # pylint: disable=protected-access  # 3.0
+    except (ValueError, SyntaxError, TypeError, EOFError, AttributeError) as err:
+      raise ValueError(f"{os.fspath(path)} is not a readable .npy file ({err})") from None
+    offset = f.tell()
+    size = os.fstat(f.fileno()).st_size
+  count = 1
+  for n in shape:
+    count *= int(n)
+  return NpyHeader(tuple(int(n) for n in shape), bool(fortran), dtype, size - offset, count * dtype.itemsize)
 
 
 @contextlib.contextmanager

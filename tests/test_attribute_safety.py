@@ -517,3 +517,144 @@ def test_load_refuses_manifest_pointing_outside(xs, tmp_path):
 def test_errors_name_argument_value_and_fix(xs, kwargs, error, match):
   with pytest.raises(error, match=match):
     attribute(worker.noisy_grad, KEY, xs, progress=False, **kwargs)
+
+
+# ----------------------------------------------------------------------------
+# Issue 26: other data, garbled journals, lying headers, links, file modes.
+
+
+def _files_state(directory):
+  """Every file under `directory` (links not followed): name -> (mtime, inode, bytes)."""
+  return {str(p.relative_to(directory)): (p.lstat().st_mtime_ns, p.lstat().st_ino, p.lstat().st_size)
+          for p in pathlib.Path(directory).rglob("*")}
+
+
+def test_other_data_of_the_same_shape_is_refused_before_anything_is_written(xs, ref, tmp_path):
+  """attribute(f, key, xa, out=o) then (f, key, xb, out=o) returned xa's maps; now refused, o untouched."""
+  out = tmp_path / "run"
+  targets = np.arange(N) % 3
+  explain = lambda key, x, t: worker.noisy_grad(key, x) * (1.0 + t)  # noqa: E731
+  _run(out, (xs, targets), fn=explain)
+  before = _files_state(out)
+  for other in ((xs[::-1].copy(), targets), (xs, (targets + 1) % 3)):  # other inputs; other targets
+    with pytest.raises(ValueError, match=r"holds maps of other data: examples \[0, 8\) differ"):
+      _run(out, other, fn=explain)
+    assert _files_state(out) == before
+  np.testing.assert_allclose(np.asarray(load_attributions(out)), ref * (1.0 + targets[:, None]), atol=ATOL)
+  # The fix the message names: overwrite=True computes the maps of the new data.
+  res = _run(out, (xs[::-1].copy(), targets), fn=explain, overwrite=True)
+  np.testing.assert_allclose(np.asarray(res)[0], np.asarray(explain(jax.random.fold_in(KEY, 0), xs[-1], 0)),
+                             atol=ATOL)
+
+
+def test_an_iterable_with_other_data_is_refused_or_its_shards_redone(xs, ref, tmp_path):
+  """An iterable is read once: its first batch is checked before writing, later ones as the run reaches them."""
+  out = tmp_path / "run"
+  _run(out, iter([xs]), num_examples=N)
+  before = _files_state(out)
+  with pytest.raises(ValueError, match="holds maps of other data"):
+    _run(out, iter([xs + 0.5]), num_examples=N)
+  assert _files_state(out) == before
+  changed = xs.copy()
+  changed[17] += 0.25  # in the third shard [16, 21)
+  with pytest.warns(UserWarning, match=r"Redoing shard \[16, 21\): its maps were computed from other data"):
+    res = _run(out, iter([changed]), num_examples=N)
+  one = jax.jit(lambda i, x: worker.noisy_grad(jax.random.fold_in(KEY, i), x))
+  np.testing.assert_allclose(np.asarray(res)[:17], ref[:17], atol=ATOL)
+  np.testing.assert_allclose(np.asarray(res)[17], np.asarray(one(17, changed[17])), atol=ATOL)
+
+
+def test_shards_of_an_older_version_without_data_fingerprint_are_redone(xs, ref, tmp_path):
+  out = tmp_path / "run"
+  _run(out, xs)
+  for name in ("manifest.json",):
+    manifest = json.loads((out / name).read_text())
+    for s in manifest["shards"]:
+      del s["data_sha256"]
+    (out / name).write_text(json.dumps(manifest))
+  lines = [json.loads(line) for line in (out / "shards.jsonl").read_text().splitlines()]
+  (out / "shards.jsonl").write_text("".join(
+      json.dumps({k: v for k, v in e.items() if k != "data_sha256"}) + "\n" for e in lines))
+  with pytest.warns(UserWarning, match="records no fingerprint of its inputs") as record:
+    res = _run(out, xs)
+  assert len(record) == 3
+  np.testing.assert_allclose(np.asarray(res), ref, atol=ATOL)
+
+
+def test_a_non_utf8_journal_line_is_skipped(xs, ref, tmp_path):
+  out = tmp_path / "run"
+  with pytest.raises(KeyboardInterrupt):
+    _run(out, _interrupted(xs, 2, 8))
+  with open(out / "shards.jsonl", "ab") as f:
+    f.write(b"\xff\xfe garbled \x80\n")
+  (out / "manifest.json").unlink()  # rebuilt from the journal, which is read past the garbled line
+  before = _stats(out)
+  with pytest.warns(UserWarning, match="rebuilding"):
+    res = _run(out, xs)
+  assert {k: _stats(out)[k] for k in before} == before
+  np.testing.assert_allclose(np.asarray(res), ref, atol=ATOL)
+
+
+def test_load_checks_every_header_against_the_manifest_without_verify(xs, tmp_path):
+  """A shard rewritten as float64 (the manifest says float32) was served as garbage."""
+  out = tmp_path / "run"
+  _run(out, xs)
+  shard = sorted(out.glob("shard-*.npy"))[1]
+  np.save(shard, np.load(shard).astype(np.float64)[:, : worker.D_IN // 2].copy())  # same bytes, float64
+  with pytest.raises(ValueError, match=r"holds float64\[8, 6\] by its header, expected float32\[8, 12\]"):
+    load_attributions(out)
+  np.save(shard, np.zeros((8, worker.D_IN), np.float32, order="F").T.copy().T)  # right shape, Fortran order
+  with pytest.raises(ValueError, match="Fortran order"):
+    load_attributions(out)
+
+
+def test_bfloat16_maps_are_served_as_bfloat16(xs, tmp_path):
+  out = tmp_path / "run"
+  fn = lambda key, x: worker.noisy_grad(key, x).astype(jnp.bfloat16)  # noqa: E731
+  res = _run(out, xs, fn=fn)
+  assert res.dtype == jnp.bfloat16 and res[3].dtype == jnp.bfloat16 and np.asarray(res).dtype == jnp.bfloat16
+  want = np.asarray(fn(jax.random.fold_in(KEY, 3), xs[3]))
+  np.testing.assert_array_equal(res[3].view(np.uint16), want.view(np.uint16))
+
+
+def test_overwrite_and_appends_never_follow_links_out_of_out(xs, tmp_path):
+  """A linked process-00007 had its target's shards deleted; a linked shards.jsonl was appended to its target."""
+  from adaptgrad_jax._files import SymlinkError
+
+  elsewhere = tmp_path / "elsewhere"
+  _run(elsewhere, xs)
+  target_state = _files_state(elsewhere)
+  out = tmp_path / "run"
+  _run(out, xs)
+  (out / "process-00007").symlink_to(elsewhere)
+  with pytest.raises(SymlinkError, match="process-00007 is a symbolic link"):
+    _run(out, xs, overwrite=True)
+  assert _files_state(elsewhere) == target_state
+  (out / "process-00007").unlink()
+  journal = tmp_path / "journal.jsonl"
+  journal.write_text("the user's\n")
+  (out / "shards.jsonl").unlink()
+  (out / "shards.jsonl").symlink_to(journal)
+  with pytest.raises(SymlinkError, match="shards.jsonl is a symbolic link .* never writes through links"):
+    _run(out, xs)
+  assert journal.read_text() == "the user's\n"
+  res = _run(out, xs, overwrite=True)  # overwrite removes the link itself, never its target
+  assert not (out / "shards.jsonl").is_symlink() and journal.read_text() == "the user's\n"
+  assert res.shape == (N, worker.D_IN)
+  (out / ".lock").unlink()
+  (out / ".lock").symlink_to(tmp_path / "lock-target")
+  with pytest.raises(SymlinkError, match=".lock is a symbolic link"):
+    _run(out, xs)
+  assert not (tmp_path / "lock-target").exists()
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_shards_manifest_and_journal_get_the_mode_of_the_umask(xs, tmp_path, umask, mode):
+  old = os.umask(umask)
+  try:
+    _run(tmp_path / "run", xs)
+  finally:
+    os.umask(old)
+  modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "run").iterdir()}
+  assert "manifest.json" in modes and "shards.jsonl" in modes and len(modes) == 6  # 3 shards and the lock
+  assert set(modes.values()) == {mode}, modes

@@ -161,3 +161,47 @@ def test_more_examples_than_photos_is_refused_before_out_is_touched(tmp_path, ca
   err = _error_line(capsys)
   assert "--examples 99" in err and "bundled photos" in err
   assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+def test_overwrite_replaces_only_evaluate_s_own_files(tmp_path, capsys):
+  """--overwrite deleted all of OUT/maps (shutil.rmtree); now only the shards and folders evaluate wrote go."""
+  out = tmp_path / "eval"
+  small = ["evaluate", "--mnist", "--weights", "random", "--examples", "2", "--metrics", "sparseness",
+           "--seed", "1", "--out", str(out)]
+  assert main(small + ["--methods", "grad,sg", "--n", "2"]) == 0
+  folders = sorted(p.name for p in (out / "maps").iterdir())
+  assert [f.split("-")[0] for f in folders] == ["Grad", "SG"]
+  grad, sg = (out / "maps" / f for f in folders)
+  (out / "maps" / "notes.txt").write_text("the user's")
+  (grad / "mine.npy").write_bytes(b"the user's")
+  (sg / "mine.txt").write_text("the user's")
+  (out / "notes.txt").write_text("the user's")
+  capsys.readouterr()
+  assert main(small + ["--methods", "grad", "--seed", "2"]) == 1  # another run: refused, the fix is --overwrite
+  err = _error_line(capsys)
+  assert "differs in methods, options, seed" in err and "--overwrite" in err and "other files are kept" in err
+  assert main(small + ["--methods", "grad", "--seed", "2", "--overwrite"]) == 0
+  assert (out / "maps" / "notes.txt").read_text() == "the user's" and (out / "notes.txt").exists()
+  assert (grad / "mine.npy").read_bytes() == b"the user's" and (sg / "mine.txt").exists()
+  assert sorted(p.name for p in sg.iterdir()) == ["mine.txt"]  # the earlier run's SG shards, removed
+  manifest = json.loads((grad / "manifest.json").read_text())
+  assert manifest["complete"] is True and manifest["key"] != {}
+  # Without a record, existing outputs are refused with the same promise.
+  (out / "evaluate.json").unlink()
+  assert main(small + ["--methods", "grad"]) == 1
+  err = _error_line(capsys)
+  assert "already exists" in err and "no evaluate.json there records" in err and "other files are kept" in err
+
+
+def test_a_linked_maps_folder_is_neither_written_nor_emptied(tmp_path, capsys):
+  out, elsewhere = tmp_path / "eval", tmp_path / "elsewhere"
+  elsewhere.mkdir()
+  (elsewhere / "shard-000000000000-000000000002.npy").write_bytes(b"not ours")
+  out.mkdir()
+  (out / "maps").symlink_to(elsewhere)
+  assert main(["evaluate", "--mnist", "--weights", "random", "--examples", "2", "--metrics", "sparseness",
+               "--methods", "grad", "--overwrite", "--out", str(out)]) == 1
+  err = _error_line(capsys)
+  assert f"{out / 'maps'} is a symbolic link" in err and "never deletes or writes through links" in err
+  assert sorted(p.name for p in elsewhere.iterdir()) == ["shard-000000000000-000000000002.npy"]
+  assert sorted(p.name for p in out.iterdir()) == ["maps"]

@@ -229,7 +229,7 @@ def test_a_full_disk_while_writing_the_record_names_it(tmp_path, capsys, monkeyp
   with _fail_writes_after(monkeypatch, out, 0, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))):
     assert main(["explain", str(image), *MLP, "--method", "grad", "--out", str(out)]) == 1
   assert f"{out / 'explain.json'}: No space left on device" in _error_line(capsys)
-  assert sorted(p.name for p in out.iterdir()) == [LOCK]
+  assert not out.exists()  # no file was written: the folder the command created is gone (no lock file left)
 
 
 def test_a_truncated_later_image_fails_before_any_output(tmp_path, capsys):
@@ -356,7 +356,7 @@ def test_interrupted_while_writing_the_final_record_the_rerun_completes_it(tmp_p
   stamp = (out / "a_grad.npy").stat().st_mtime_ns
   capsys.readouterr()
   assert main(argv) == 0
-  assert "wrote 0 files" in capsys.readouterr().out
+  assert "wrote 1 file to" in capsys.readouterr().out  # explain.json, completed; the maps were whole
   record = json.loads((out / "explain.json").read_text())
   assert record["complete"] is True and record["images"][0]["npy"] == "a_grad.npy"
   assert (out / "a_grad.npy").stat().st_mtime_ns == stamp
@@ -381,19 +381,100 @@ def test_a_busy_out_is_refused_across_processes(tmp_path):
 
 def test_an_error_creating_the_temporary_file_names_the_output_not_the_temporary(tmp_path, capsys, monkeypatch):
   """E.g. a folder that became read-only: the message names the file the user asked for."""
-  import tempfile
-
   image = _digit(tmp_path / "a.png", 0)
   out = tmp_path / "maps"
-  real = tempfile.mkstemp
+  real = _files.temp_file
 
-  def mkstemp(*args, **kwargs):
-    if str(kwargs.get("dir", "")) == str(out):
-      temporary = os.path.join(str(out), f"{kwargs.get('prefix', '')}abcd1234.tmp")
+  def temp_file(directory, *, prefix, suffix):
+    if str(directory) == str(out):
+      temporary = os.path.join(str(out), f"{prefix}abcd1234{suffix}")
       raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), temporary)
-    return real(*args, **kwargs)
+    return real(directory, prefix=prefix, suffix=suffix)
 
-  monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+  monkeypatch.setattr(_files, "temp_file", temp_file)
   assert main(["explain", str(image), *MLP, "--out", str(out)]) == 1
   err = _error_line(capsys)
   assert f"{out / 'explain.json'}: Permission denied" in err and ".tmp" not in err
+
+
+# ----------------------------------------------------------------------------
+# 6. Outputs a user can share; a refused run leaves nothing (issue 26).
+
+
+def _modes(folder):
+  return {str(p.relative_to(folder)): oct(p.stat().st_mode & 0o777) for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, "0o644"), (0o077, "0o600")])
+def test_every_output_file_gets_the_mode_of_the_umask(umask, mode, tmp_path, capsys):
+  """Maps, overlays, JSON and the attribution shards of a folder run: 0644 under umask 022 (mkstemp gave 0600)."""
+  images = [_digit(tmp_path / "in" / f"{name}.png", i) for i, name in enumerate("ab")]
+  out = tmp_path / "maps"
+  old = os.umask(umask)
+  try:
+    assert main(["explain", str(tmp_path / "in"), *MLP, "--method", "grad", "--out", str(out)]) == 0
+  finally:
+    os.umask(old)
+  modes = _modes(out)
+  assert {"a_grad.npy", "a_grad.png", "b_grad.png", "explain.json", "shards/manifest.json",
+          "shards/shards.jsonl"} <= set(modes) and any(n.startswith("shards/shard-") for n in modes)
+  assert set(modes.values()) == {mode}, modes
+  files = [p for p in out.rglob("*") if p.is_file() and not p.name.startswith(".")]
+  printed = " ".join(capsys.readouterr().out.split())
+  assert f"wrote {len(files)} files to {out}" in printed  # maps, overlays, record, shards, manifest, journal
+  assert len(images) == 2
+
+
+def test_refused_runs_leave_no_output_folder(tmp_path, capsys, monkeypatch):
+  """Refusals after --out is locked (weights, a layer) remove the folders and lock file they created."""
+  monkeypatch.setenv("ADAPTGRAD_JAX_CACHE", str(tmp_path / "cache"))
+  image = _digit(tmp_path / "a.png", 0)
+  out = tmp_path / "new" / "maps"
+  assert main(["explain", str(image), "--model", "resnet18", "--out", str(out)]) != 0
+  assert "--weights" in _error_line(capsys)
+  assert not (tmp_path / "new").exists()
+  assert main(["explain", str(image), *MLP, "--method", "grad-cam", "--layer", "nowhere", "--out", str(out)]) == 2
+  assert "--layer 'nowhere' does not exist" in _error_line(capsys)
+  assert not (tmp_path / "new").exists()
+  existing = tmp_path / "mine"
+  existing.mkdir()
+  (existing / "notes.txt").write_text("the user's")
+  assert main(["explain", str(image), *MLP, "--method", "grad-cam", "--layer", "nowhere", "--out",
+               str(existing)]) == 2
+  _error_line(capsys)
+  assert sorted(p.name for p in existing.iterdir()) == ["notes.txt"]  # no lock file left either
+
+
+def test_a_hostile_npy_header_is_named_not_allocated(tmp_path, capsys):
+  """A 3 KB --eg-baselines file whose header declares 10**12 rows: one line naming it, nothing written."""
+  image = _digit(tmp_path / "a.png", 0)
+  evil = tmp_path / "evil.npy"
+  with open(evil, "wb") as f:
+    np.lib.format.write_array_header_1_0(
+      f, {"descr": "<f4", "fortran_order": False, "shape": (10**12, 28, 28, 1)})
+    f.write(bytes(3000))
+  out = tmp_path / "maps"
+  assert main(["explain", str(image), *MLP, "--method", "eg", "--eg-baselines", str(evil), "--out", str(out)]) == 2
+  err = _error_line(capsys)
+  assert f"--eg-baselines {evil}" in err and "float32[1000000000000, 28, 28, 1]" in err and "3 KB" in err
+  assert not out.exists()
+  objects = tmp_path / "objects.npy"
+  np.save(objects, np.array([None, 1], dtype=object), allow_pickle=True)
+  assert main(["explain", str(image), *MLP, "--method", "eg", "--eg-baselines", str(objects), "--out",
+               str(out)]) == 2
+  assert "not real numbers" in _error_line(capsys)
+  assert not out.exists()
+
+
+def test_the_default_output_folders_are_git_ignored():
+  """``adaptgrad-jax demo`` (and evaluate, convergence, confidence) run in a clone write nothing git tracks."""
+  import pathlib
+
+  from adaptgrad_jax.cli import build_parser
+
+  parser = build_parser()
+  subparsers = next(a for a in parser._actions if a.dest == "command")  # pylint: disable=protected-access
+  defaults = {sub.get_default("out") for sub in subparsers.choices.values()} - {None}
+  assert "adaptgrad_demo" in defaults
+  ignored = (pathlib.Path(__file__).parents[1] / ".gitignore").read_text().split()
+  assert {f"{d}/" for d in defaults} <= set(ignored)

@@ -460,7 +460,7 @@ def attribute(
       compared on resume.
     progress: show a rich progress bar on stderr.
     overwrite: delete an existing output in `out` (only the files this
-      function writes) and start afresh.
+      function writes, never through a symbolic link) and start afresh.
     resume: continue an unfinished (or re-check a finished) output in `out`.
       With ``resume=False`` an existing output is an error unless `overwrite`.
 

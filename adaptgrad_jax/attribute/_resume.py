@@ -18,6 +18,7 @@ import pathlib
 import warnings
 from typing import Any, Callable, Mapping
 
+from adaptgrad_jax import _files
 from adaptgrad_jax._files import exclusive_lock
 from adaptgrad_jax.attribute import _shards
 
@@ -58,6 +59,25 @@ def lock_output(directory: pathlib.Path | None, out
                   f"{directory / _shards.LOCK} ({e.strerror}); make sure no "
                   "other process writes this directory", stacklevel=4)
   return stack
+
+
+def remove_output(directory: pathlib.Path) -> None:
+  """Deletes an output's own files (shards, journal, manifest, lock) under its lock, then the folder if empty.
+
+  Nothing else in `directory` is touched, nothing is followed through a
+  symbolic link (a linked `directory` or ``process-*`` folder is refused with
+  ``_files.SymlinkError``), and another process writing it is refused
+  (``LockedError``).
+  """
+  _files.refuse_symlink(directory, what=f"out={str(directory)!r}")
+  if not directory.is_dir():
+    return
+  lock = directory / _shards.LOCK
+  with exclusive_lock(lock, what=f"out={str(directory)!r}"):
+    _shards.remove_outputs(directory)
+    lock.unlink(missing_ok=True)  # still held: a waiting process locks a fresh one
+  with contextlib.suppress(OSError):
+    directory.rmdir()  # only if nothing else is left
 
 
 def open_output(directory: pathlib.Path, run: dict[str, Any], *,

@@ -131,6 +131,7 @@ def append_journal(directory: pathlib.Path, entry: Mapping[str, Any]) -> None:
     f.write(line)
     f.flush()
     os.fsync(f.fileno())
+  _files.note_written(directory / JOURNAL)
 
 
 def _journal_lines(directory: pathlib.Path) -> Iterator[Any]:
@@ -202,28 +203,20 @@ def header_problem(path: pathlib.Path, shape: Sequence[int],
   """
   name = path.name
   try:
-    with open(path, "rb") as f:
-      version = np.lib.format.read_magic(f)
-      if version == (1, 0):
-        got_shape, fortran, got_dtype = np.lib.format.read_array_header_1_0(f)
-      elif version == (2, 0):
-        got_shape, fortran, got_dtype = np.lib.format.read_array_header_2_0(f)
-      else:
-        return f"{name} has .npy format version {version}, not 1.0 or 2.0"
-      offset = f.tell()
-      size = os.fstat(f.fileno()).st_size
-  except (OSError, ValueError, SyntaxError) as e:
+    header = _files.npy_header(path)
+  except (OSError, ValueError) as e:
     return f"{name} has no readable .npy header ({e})"
+  got_dtype = header.dtype
   want = tuple(int(v) for v in shape)
   if dtype is not None and _stored_as_void(dtype, got_dtype):
     got_dtype = np.dtype(dtype)
-  if tuple(got_shape) != want or (dtype is not None and str(got_dtype) != dtype) or fortran:
-    order = " (Fortran order)" if fortran else ""
-    return (f"{name} holds {got_dtype}{list(got_shape)}{order} by its header, expected "
+  if header.shape != want or (dtype is not None and str(got_dtype) != dtype) or header.fortran_order:
+    order = " (Fortran order)" if header.fortran_order else ""
+    return (f"{name} holds {got_dtype}{list(header.shape)}{order} by its header, expected "
             f"{dtype}{list(want)}")
-  expected = offset + int(np.prod(want, dtype=np.int64)) * got_dtype.itemsize
-  if got_dtype.hasobject or size != expected:
-    return f"{name} has {size} bytes, its header declares {expected}"
+  if not header.consistent:
+    return (f"{name} holds {header.data_bytes} bytes of data, its header declares "
+            f"{header.declared_bytes}")
   return None
 
 

@@ -15,7 +15,6 @@ import argparse
 import inspect
 import json
 import pathlib
-import shutil
 import time
 from typing import Any
 
@@ -46,7 +45,9 @@ checksummed shards).
 
 Resumable: an interrupted run continues where it stopped when run again (the
 finished maps are reused); a finished run is not redone. Other settings on a
-used --out are refused unless --overwrite. Keys: example i is explained with
+used --out are refused unless --overwrite, which replaces only evaluate's own
+files (evaluation.*, evaluate.json and the shards of OUT/maps/<method>-<crc>/
+folders it wrote); other files in OUT and OUT/maps are kept. Keys: example i is explained with
 fold_in(k_maps, i) by every method (the same noise for SG and AG) and scored
 by metric m with the same perturbations for every method (see
 adaptgrad_jax.metrics.evaluate). Deletion, insertion, faithfulness
@@ -311,6 +312,7 @@ def run(args: argparse.Namespace, console, err_console) -> int:
   example_batch = args.example_batch or (32 if spec.family == "mnist" else 2)
   identity = run_identity(args, methods, metrics, metric_options, model, kind, items, example_batch)
   names = list(OUTPUTS) + [RECORD]
+  _check_no_links(out, [_map_folder(m) for m in methods])
   with _shared.locked_output(out):
     _shared.remove_stale_temporaries(out, names)
     record = None if args.overwrite else _shared.read_record(out / RECORD)
@@ -318,19 +320,65 @@ def run(args: argparse.Namespace, console, err_console) -> int:
       recorded = record.get("run")
       diff = _shared.differences(recorded, identity) if isinstance(recorded, dict) else []
       what = f"differs in {', '.join(diff)}" if diff else "was written by another command or version"
-      raise CliError(f"{out / RECORD} records another run ({what}); pass --overwrite to replace its outputs,"
-                     " or choose another --out")
+      raise CliError(f"{out / RECORD} records another run ({what}); pass --overwrite to replace that run's files"
+                     " (other files are kept), or choose another --out")
     if record is None and not args.overwrite:
-      _explain.check_outputs([out / n for n in OUTPUTS] + [out / MAPS], overwrite=False)
+      existing = [out / n for n in OUTPUTS + (MAPS,) if (out / n).exists() or (out / n).is_symlink()]
+      if existing:
+        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
+        raise CliError(
+          f"{existing[0]} already exists{more}, and no {RECORD} there records the run that wrote it; choose another"
+          " --out, or pass --overwrite to replace evaluate's own files there (other files are kept)")
     if record is not None and record.get("complete") is True and all((out / n).exists() for n in OUTPUTS):
       console.print(f"nothing to do: the evaluation in {out} is complete ({out / RECORD}); --overwrite computes"
                     " it again")
       _print_summary(console, record.get("summary") or [], record.get("title", "evaluation"))
       return _errors.EXIT_OK
-    if args.overwrite and (out / MAPS).is_dir():
-      shutil.rmtree(out / MAPS)  # this command's own shards, replaced
+    stale = _stale_map_folders(out, methods) if args.overwrite else []
     return _run_locked(args, console, err_console, methods, metrics, metric_options, options, spec, kind, items,
-                       out, identity, example_batch, resumed=record is not None)
+                       out, identity, example_batch, resumed=record is not None, stale=stale)
+
+
+def _map_folder(method: str) -> str:
+  """The folder of OUT/maps that holds ``method``'s shards (as metrics.evaluate names it)."""
+  from adaptgrad_jax.metrics import _evaluate as evaluate_lib  # pylint: disable=import-outside-toplevel
+
+  return evaluate_lib._dir_name(_methods.label(method))  # pylint: disable=protected-access
+
+
+def _check_no_links(out: pathlib.Path, folders: list[str]) -> None:
+  """OUT/maps and the method folders in it are never written or deleted through a symbolic link."""
+  from adaptgrad_jax import _files  # pylint: disable=import-outside-toplevel
+
+  for path in [out / MAPS] + [out / MAPS / f for f in folders]:
+    if path.is_symlink():
+      raise CliError(f"{_files.SymlinkError(path, 'deletes or writes', f'--out {out}')}")
+
+
+def _stale_map_folders(out: pathlib.Path, methods: list[str]) -> list[pathlib.Path]:
+  """With --overwrite: the OUT/maps folders of the recorded earlier run's methods that this run does not compute.
+
+  Only folders that ``evaluate.json`` says an earlier evaluate wrote (by their names); their own files are
+  deleted later, once this run's checks have passed (see ``attribute``'s ``remove_output``).
+  """
+  try:
+    record = _shared.read_record(out / RECORD)
+  except CliError:  # unreadable: it names no folder of ours
+    return []
+  recorded = (record or {}).get("run")
+  earlier = recorded.get("methods") if isinstance(recorded, dict) else None
+  if not isinstance(earlier, list):
+    return []
+  keep = {_map_folder(m) for m in methods}
+  stale = []
+  for method in earlier:
+    try:
+      folder = _map_folder(_methods.canonical(method)) if isinstance(method, str) else None
+    except CliError:  # a method this version no longer knows
+      continue
+    if folder and folder not in keep and (out / MAPS / folder).is_dir():
+      stale.append(out / MAPS / folder)
+  return stale
 
 
 def _load_examples(kind: str, items: list, loaded) -> np.ndarray:
@@ -367,7 +415,7 @@ def _explainer(method: str, f, loaded, options, param_fn, x_shape):
 
 
 def _run_locked(args, console, err_console, methods, metrics, metric_options, options, spec, kind, items, out,
-                identity, example_batch, *, resumed):
+                identity, example_batch, *, resumed, stale=()):
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
@@ -397,6 +445,10 @@ def _run_locked(args, console, err_console, methods, metrics, metric_options, op
   err_console.print(
     f"{', '.join(labels.values())} x {', '.join(metrics)} on {what} with {spec.name} ({loaded.weights})"
     + ("; continuing an interrupted run" if resumed else ""))
+  from adaptgrad_jax.attribute import _resume  # pylint: disable=import-outside-toplevel
+
+  for folder in stale:  # --overwrite: the earlier run's maps of methods not computed now (their files only)
+    _resume.remove_output(folder)
   _shared.write_json(out / RECORD, {
     "complete": False, "run": identity,
     "note": "running or interrupted: run the same command again to continue (finished maps are reused)"})
@@ -404,7 +456,7 @@ def _run_locked(args, console, err_console, methods, metrics, metric_options, op
   evaluation = metrics_lib.evaluate(
     explainers, metrics, (xs, targets), jax.random.key(args.seed), predict_fn=predict_fn, bounds=loaded.bounds,
     metric_options=metric_options, out=out / MAPS, batch_size=example_batch, explain_ids=explain_ids,
-    log=err_console.print)
+    log=err_console.print, overwrite=bool(args.overwrite))
   title = f"{spec.name} on {what}: mean [{100 * evaluation.confidence:g}% bootstrap interval]"
   written = evaluation.write(out / BASENAME)
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel

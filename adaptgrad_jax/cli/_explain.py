@@ -482,8 +482,8 @@ def _run_locked(args, console, err_console, method, paths, names, out, spec, dev
   }
   _shared.write_json(out / RECORD, summary)
   _print_table(console, records, method)
-  written = len(paths) - len(done)
-  console.print(f"wrote {2 * written} files to {out} in {elapsed:.1f} s"
+  written = len(_shared.written_files(out))
+  console.print(f"wrote {written} file{'' if written == 1 else 's'} to {out} in {elapsed:.1f} s"
                 + (f" ({len(done)} image(s) done by an earlier run)" if done else ""))
   return _errors.EXIT_OK
 

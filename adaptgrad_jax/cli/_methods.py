@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import adaptgrad_jax as ag
+from adaptgrad_jax.cli import _shared
 from adaptgrad_jax.cli._errors import UsageError
 
 # name -> (label as in the paper, what it costs in gradient evaluations)
@@ -294,10 +295,10 @@ def _eg_dataset(options: Options):
   if path.suffix.lower() != ".npy" or not path.is_file():
     raise UsageError(f"--eg-baselines {options.eg_baselines}: pass 'uniform' or an existing .npy file of"
                      " baselines, shape (m, H, W, C) in the model's input space (after preprocessing)")
-  try:
-    return np.asarray(np.load(path, allow_pickle=False), np.float32)
-  except (OSError, ValueError) as err:
-    raise UsageError(f"--eg-baselines {options.eg_baselines}: not a readable .npy array ({err})") from None
+  data = _shared.read_npy(path, f"--eg-baselines {options.eg_baselines}",  # the header first: no unbounded memory
+                          "pass an array of shape (m, H, W, C) of baselines in the model's input space, saved with"
+                          " numpy.save")
+  return np.asarray(data, np.float32)
 
 
 def _check_layer(model: Any, layer: str, x_shape: tuple[int, ...]) -> None:

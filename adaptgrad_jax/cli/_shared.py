@@ -20,7 +20,10 @@ is a one-line :class:`~adaptgrad_jax.cli._errors.CliError` naming the file.
 **Outputs out** (:func:`locked_output`, :func:`write_file` and friends): the
 output folder is locked for the whole command (a concurrent run on it is
 refused), and every file is written with :func:`adaptgrad_jax._files.atomic_write`,
-so a final name holds a whole file or nothing, whatever interrupts the run.
+so a final name holds a whole file or nothing, whatever interrupts the run,
+with the mode the user's umask gives. A command refused before it wrote a
+file leaves no folder (nor lock file) behind, and :func:`written_files` says
+what a command really wrote.
 """
 
 from __future__ import annotations
@@ -261,6 +264,50 @@ def read_image(path: pathlib.Path, *, grayscale: bool = False) -> np.ndarray:
     raise CliError(f"cannot read image {path}: {reason}; is it a complete, valid image?") from None
 
 
+def _size(nbytes: int) -> str:
+  for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+    if nbytes >= scale:
+      return f"{nbytes / scale:.3g} {unit}"
+  return f"{nbytes} bytes"
+
+
+def read_npy(path: pathlib.Path, option: str, fix: str) -> np.ndarray:
+  """A user's ``.npy`` file of real numbers, its header checked before any data is read.
+
+  ``option`` names the argument (``--eg-baselines PATH``) and ``fix`` says what
+  the file should hold; the error names the file, what its header declares
+  and the fix. A small file that declares more data than it holds (a hostile
+  or truncated file) is refused without allocating what it declares.
+
+  Raises:
+    UsageError: not a ``.npy`` file, Python objects, not real numbers, or a
+      size that disagrees with the header.
+
+  Example:
+    >>> import pathlib, tempfile
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "b.npy"
+    >>> np.save(path, np.zeros((2, 3), np.float32))
+    >>> read_npy(path, f"--eg-baselines {path}", "save baselines with numpy.save").shape
+    (2, 3)
+  """
+  try:
+    header = _files.npy_header(path)
+  except (OSError, ValueError) as err:
+    reason = err.strerror if isinstance(err, OSError) and err.strerror else "not a readable .npy file"
+    raise UsageError(f"{option}: {reason}; {fix}") from None
+  what = f"{header.dtype}{list(header.shape)}"
+  if header.dtype.hasobject or header.dtype.kind not in "biuf":
+    raise UsageError(f"{option} holds {what}, not real numbers; {fix}")
+  if not header.consistent:
+    raise UsageError(
+      f"{option}: its header declares {what} ({_size(header.declared_bytes)}) but the file holds"
+      f" {_size(header.data_bytes)} of data (truncated, or not written by numpy.save); {fix}")
+  try:
+    return np.load(path, allow_pickle=False)
+  except (OSError, ValueError) as err:
+    raise UsageError(f"{option}: not a readable .npy array ({err}); {fix}") from None
+
+
 def check_images(paths: list[pathlib.Path], *, grayscale: bool = False, short_side: Optional[int] = None) -> None:
   """Decodes every image once, so a bad one fails before any work or output.
 
@@ -290,6 +337,32 @@ def check_images(paths: list[pathlib.Path], *, grayscale: bool = False, short_si
 LOCK_NAME = ".adaptgrad-jax.lock"
 
 
+# --out folder (absolute) -> the files written there by the command holding it.
+_WRITTEN: dict[str, set] = {}
+
+
+def _missing_folders(out: pathlib.Path) -> list[pathlib.Path]:
+  """``out`` and its missing parents, deepest first: what ``out.mkdir(parents=True)`` creates."""
+  missing = []
+  path = pathlib.Path(os.path.abspath(out))
+  while not path.exists() and not path.is_symlink() and path != path.parent:
+    missing.append(path)
+    path = path.parent
+  return missing
+
+
+def _tidy(out: pathlib.Path, lock: pathlib.Path, lock_is_new: bool, created: list[pathlib.Path]) -> None:
+  """After a refusal that wrote nothing: the lock file (if this command made it), then the folders it made."""
+  if lock_is_new:
+    with contextlib.suppress(OSError):
+      lock.unlink()  # still held: a waiting command locks the file it creates afresh (see exclusive_lock)
+  for folder in created:  # deepest first; a folder that holds anything stays
+    try:
+      folder.rmdir()
+    except OSError:
+      break
+
+
 @contextlib.contextmanager
 def locked_output(out: pathlib.Path) -> Iterator[pathlib.Path]:
   """Creates the ``--out`` folder and holds its lock (``OUT/.adaptgrad-jax.lock``) meanwhile.
@@ -297,21 +370,47 @@ def locked_output(out: pathlib.Path) -> Iterator[pathlib.Path]:
   A second command on the same folder fails with
   :class:`adaptgrad_jax._files.LockedError` (one line, exit code 1). The lock
   goes with the process, so a killed run leaves nothing to clean up; the
-  empty lock file stays.
+  empty lock file stays. A command that fails (a refusal, an error, Ctrl-C)
+  before it wrote any file leaves ``--out`` as it found it: the folders
+  and the lock file it created are removed. Meanwhile :func:`written_files`
+  lists what the command wrote there.
   """
   if out.exists() and not out.is_dir():
     raise UsageError(f"--out {out} is a file; pass a folder")
+  created = _missing_folders(out)
   try:
     out.mkdir(parents=True, exist_ok=True)
   except OSError as err:
+    _tidy(out, out / LOCK_NAME, False, created)
     raise CliError(f"cannot create --out {out}: {err.strerror or err}; choose another folder") from None
+  lock = out / LOCK_NAME
+  lock_is_new = not (lock.exists() or lock.is_symlink())
   stack = contextlib.ExitStack()
   try:
-    stack.enter_context(_files.exclusive_lock(out / LOCK_NAME, what=f"--out {out}"))
+    stack.enter_context(_files.exclusive_lock(lock, what=f"--out {out}"))
+  except _files.LockedError:
+    raise
   except OSError as err:
+    _tidy(out, lock, False, created)
+    if isinstance(err, _files.SymlinkError):
+      raise CliError(str(err)) from None
     raise CliError(f"cannot lock --out {out}: {err.strerror or err}; is the folder writable?") from None
-  with stack:
-    yield out
+  key = os.path.abspath(out)
+  with stack, _files.record_writes(out) as written:
+    _WRITTEN[key] = written
+    try:
+      yield out
+    except BaseException:
+      if not written:
+        _tidy(out, lock, lock_is_new, created)
+      raise
+    finally:
+      _WRITTEN.pop(key, None)
+
+
+def written_files(out: pathlib.Path) -> list[pathlib.Path]:
+  """The files written under ``out`` so far by the command holding it (each once, sorted)."""
+  return sorted(_WRITTEN.get(os.path.abspath(out), ()))
 
 
 # atomic_write's temporary file is ".<name>.<8 random>.tmp": keep the final name short enough for it.

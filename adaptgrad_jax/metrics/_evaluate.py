@@ -760,6 +760,7 @@ def evaluate(
     num_resamples: int = 2000,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    overwrite: bool = False,
 ) -> Evaluation:
   """Scores every explainer with every metric on every example of a dataset.
 
@@ -841,6 +842,9 @@ def evaluate(
     num_resamples: bootstrap resamples.
     progress: show ``attribute``'s progress bars.
     log: called with one line per finished explainer / metric (None: quiet).
+    overwrite: recompute the maps in `out` instead of resuming: each
+      explainer's ``attribute`` deletes only the files it writes in its own
+      folder (never other files in `out`).
 
   Returns:
     An :class:`Evaluation`.
@@ -931,7 +935,8 @@ def evaluate(
     res = attribute_lib.attribute(
         fn, k_maps, (xs, ts), out=None if root is None else root / _dir_name(name),
         batch_size=int(batch_size), explain_id=ident,
-        settings={"evaluate_explainer": name}, progress=progress)
+        settings={"evaluate_explainer": name}, progress=progress,
+        overwrite=overwrite)
     for lo, _, block in res.iter_shards():
       finite = np.isfinite(np.asarray(block)).reshape(len(block), -1).all(axis=1)
       if not finite.all():
