@@ -29,6 +29,7 @@ API_MODULES = (
     "adaptgrad_jax.viz",
     "adaptgrad_jax.flax_adapters",
     "adaptgrad_jax.equinox_adapters",
+    "adaptgrad_jax.text",
 )
 
 
