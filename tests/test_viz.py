@@ -292,3 +292,39 @@ def test_importing_viz_does_not_import_matplotlib():
 def test_docstring_examples_run(module):
   result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
   assert result.attempted > 0 and result.failed == 0
+
+
+def _text_outside(fig):
+  """The visible texts of ``fig`` that reach beyond its saved canvas."""
+  fig.canvas.draw()
+  renderer, box = fig.canvas.get_renderer(), fig.bbox
+  outside = []
+  for artist in fig.findobj(lambda a: hasattr(a, "get_text") and a.get_visible() and a.get_text()):
+    e = artist.get_window_extent(renderer)
+    if e.x0 < box.x0 - 0.5 or e.x1 > box.x1 + 0.5 or e.y0 < box.y0 - 0.5 or e.y1 > box.y1 + 0.5:
+      outside.append((artist.get_text(), [round(float(v)) for v in e.extents]))
+  return outside
+
+
+def test_plot_grid_keeps_every_title_and_label_inside_with_captions_colour_bar_and_transpose(rng):
+  """The demo's photo figure had its title cut at both sides: long texts are wrapped to their room."""
+  maps = rng.normal(size=(3, 2, 8, 8, 3))
+  title = "a figure title far longer than two narrow columns of maps could ever hold on one line " * 2
+  labels = dict(row_labels=["Grad", "SmoothGrad", "AdaptGrad"],
+                col_labels=["chelsea: Egyptian cat (0.79)", "coffee: espresso (0.90)"],
+                cell_labels=[["deterministic"] * 2, ["rel. error 97%", "95%"], ["rel. error 90%", "87%"]])
+  tall = viz.plot_grid(maps, images=rng.random((2, 8, 8, 3)), title=title, colorbar=True, cell_size=1.0, **labels)
+  wide = viz.plot_grid(maps, images=rng.random((2, 8, 8, 3)), title=title, colorbar=True, transpose=True,
+                       cell_size=1.0, **labels)
+  for fig in (tall, wide):
+    assert _text_outside(fig) == []
+    assert "99th percentile" in fig.axes[-1].get_xlabel()  # the colour bar names the scaling
+  (tall_w, tall_h), (wide_w, wide_h) = tall.get_size_inches(), wide.get_size_inches()
+  assert wide_w / wide_h > 1.5 * tall_w / tall_h
+  # Transposed: the images are the first column, methods the column titles, photos the row labels.
+  axes = np.asarray(wide.axes[:-1]).reshape(2, 4)
+  assert [ax.get_title() for ax in axes[0]] == ["Input", "Grad", "SmoothGrad", "AdaptGrad"]
+  assert axes[1, 0].get_ylabel().replace("\n", " ") == "coffee: espresso (0.90)"
+  assert axes[1, 2].get_xlabel() == "95%" and axes[0, 1].get_xlabel() == "deterministic"
+  with pytest.raises(ValueError, match="cell_labels"):
+    viz.plot_grid(maps, row_labels=None, col_labels=None, cell_labels=[["a", "b"]])

@@ -540,16 +540,17 @@ def plot_grid(
   bar_label = None
   if colorbar:
     bar_label = _wrap(_scaling_label(scaling, percentile, channel_axis, overlay, alpha),
-                      max(0.5 * width, 2.5), caption_size + 1)
+                      min(width - 0.3, max(0.6 * width, 2.5)), caption_size + 1)
   height = (cell_h * n_fig_rows + sum(caption_lines) * caption_size * 1.3 / 72
             + top_lines * label_size * 1.3 / 72 + _lines(title) * title_size * 1.4 / 72
-            + (0.35 + _lines(bar_label) * (caption_size + 1) * 1.3 / 72 if colorbar else 0.0) + 0.1)
+            + (0.45 + _lines(bar_label) * (caption_size + 1) * 1.5 / 72 if colorbar else 0.0) + 0.1)
   fig = Figure(figsize=(width, height), dpi=dpi, layout="constrained")
-  fig.get_layout_engine().set(w_pad=0.02, h_pad=0.02, wspace=0.0, hspace=0.0)
+  fig.get_layout_engine().set(w_pad=0.04, h_pad=0.04, wspace=0.0, hspace=0.0)
   FigureCanvasAgg(fig)
   axes = fig.subplots(n_fig_rows, n_fig_cols, squeeze=False)
-  titled_cols: set[int] = set()
-  labelled_rows: set[int] = set()
+  # A single image (columns are N or c) sits alone in its row (column): labels go beside the maps.
+  shifted = 1 if single_image and not overlay else 0
+  title_row, label_col = (0, shifted) if transpose else (shifted, 0)
   for i, row in enumerate(cells):
     for j, cell in enumerate(row):
       ax = axes[i, j]
@@ -561,14 +562,10 @@ def plot_grid(
       ax.imshow(cell, interpolation="nearest")
       for spine in ax.spines.values():
         spine.set_visible(False)
-      if i not in labelled_rows:  # the row's label left of its first drawn cell
-        labelled_rows.add(i)
-        if side[i]:
-          ax.set_ylabel(side[i], fontsize=label_size)
-      if j not in titled_cols:  # the column's title above its first drawn cell
-        titled_cols.add(j)
-        if top[j]:
-          ax.set_title(top[j], fontsize=label_size)
+      if j == label_col and side[i]:
+        ax.set_ylabel(side[i], fontsize=label_size)
+      if i == title_row and top[j]:
+        ax.set_title(top[j], fontsize=label_size)
       if captions[i][j]:
         ax.set_xlabel(captions[i][j], fontsize=caption_size, labelpad=2)
   if title:
