@@ -109,10 +109,11 @@ def test_every_api_entry_exists():
 def test_readme_is_a_front_page():
   text = (ROOT / "README.md").read_text(encoding="utf-8")
   assert len(text.splitlines()) <= 200
-  # The test command CI runs is the README's.
-  ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
-  command = 'pip install torch==2.13.0 -e ".[test]" && python -m pytest -q -n 2 --dist loadfile'
-  assert command in text and command in ci
+  # The test command CI runs is the README's (there in two lines: under `set -e` a failing `a` in `a && b`
+  # would not stop the script).
+  ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+  install, test = 'pip install torch==2.13.0 -e ".[test]"', "python -m pytest -q -n 2 --dist loadfile"
+  assert f"{install} && {test}" in text and install in ci and test in ci
   assert 'pip install -e ".[all]" && adaptgrad-jax demo' in text
   for word in ("issue ", "session", "our machines"):
     assert word not in text.lower(), f"README mentions {word!r}: development history belongs elsewhere"
