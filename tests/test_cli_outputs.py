@@ -478,3 +478,18 @@ def test_the_default_output_folders_are_git_ignored():
   assert "adaptgrad_demo" in defaults
   ignored = (pathlib.Path(__file__).parents[1] / ".gitignore").read_text().split()
   assert {f"{d}/" for d in defaults} <= set(ignored)
+
+
+def test_a_linked_shards_folder_is_refused_before_any_work(tmp_path, capsys):
+  """explain --overwrite on a folder deletes OUT/shards' files: never in a link's target."""
+  _digit(tmp_path / "in" / "a.png", 0)
+  out, elsewhere = tmp_path / "maps", tmp_path / "elsewhere"
+  elsewhere.mkdir()
+  (elsewhere / "manifest.json").write_text("the user's")
+  out.mkdir()
+  (out / "shards").symlink_to(elsewhere)
+  assert main(["explain", str(tmp_path / "in"), *MLP, "--overwrite", "--out", str(out)]) == 1
+  err = _error_line(capsys)
+  assert f"{out / 'shards'} is a symbolic link (to {elsewhere})" in err and "never deletes or writes" in err
+  assert sorted(p.name for p in elsewhere.iterdir()) == ["manifest.json"]
+  assert sorted(p.name for p in out.iterdir()) == ["shards"]

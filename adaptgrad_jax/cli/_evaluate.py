@@ -312,7 +312,7 @@ def run(args: argparse.Namespace, console, err_console) -> int:
   example_batch = args.example_batch or (32 if spec.family == "mnist" else 2)
   identity = run_identity(args, methods, metrics, metric_options, model, kind, items, example_batch)
   names = list(OUTPUTS) + [RECORD]
-  _check_no_links(out, [_map_folder(m) for m in methods])
+  _shared.check_no_links(out, [out / MAPS] + [out / MAPS / _map_folder(m) for m in methods])
   with _shared.locked_output(out):
     _shared.remove_stale_temporaries(out, names)
     record = None if args.overwrite else _shared.read_record(out / RECORD)
@@ -344,15 +344,6 @@ def _map_folder(method: str) -> str:
   from adaptgrad_jax.metrics import _evaluate as evaluate_lib  # pylint: disable=import-outside-toplevel
 
   return evaluate_lib._dir_name(_methods.label(method))  # pylint: disable=protected-access
-
-
-def _check_no_links(out: pathlib.Path, folders: list[str]) -> None:
-  """OUT/maps and the method folders in it are never written or deleted through a symbolic link."""
-  from adaptgrad_jax import _files  # pylint: disable=import-outside-toplevel
-
-  for path in [out / MAPS] + [out / MAPS / f for f in folders]:
-    if path.is_symlink():
-      raise CliError(f"{_files.SymlinkError(path, 'deletes or writes', f'--out {out}')}")
 
 
 def _stale_map_folders(out: pathlib.Path, methods: list[str]) -> list[pathlib.Path]:

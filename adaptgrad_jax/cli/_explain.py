@@ -378,6 +378,7 @@ def run(args: argparse.Namespace, console, err_console) -> int:
   if out.exists() and not out.is_dir():
     raise UsageError(f"--out {args.out} is a file; pass a folder")
   check_out_is_not_an_input(out, args.inputs)
+  _shared.check_no_links(out, [out / "shards"])  # folders: attribute's shards, deleted by --overwrite
   stems = output_stems(paths)
   spec = _models.spec_for(args.model)
   import jax  # pylint: disable=import-outside-toplevel

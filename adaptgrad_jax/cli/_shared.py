@@ -417,6 +417,17 @@ def written_files(out: pathlib.Path) -> list[pathlib.Path]:
 _MAX_NAME_BYTES = 255 - 16
 
 
+def check_no_links(out: pathlib.Path, paths: list[pathlib.Path]) -> None:
+  """The folders inside ``--out`` that a command writes into or deletes from (OUT/maps, OUT/shards) are not links.
+
+  Checked before ``--out`` is locked: a link there would make ``--overwrite``
+  delete, and a run write, files in its target, outside the output.
+  """
+  for path in paths:
+    if path.is_symlink():
+      raise CliError(str(_files.SymlinkError(path, "deletes or writes", f"--out {out}")))
+
+
 def check_output_names(names: list[str]) -> None:
   """Every output file name fits the file system with its temporary name; checked before any work."""
   for name in names:
