@@ -181,6 +181,9 @@ def test_overwrite_replaces_only_evaluate_s_own_files(tmp_path, capsys):
   err = _error_line(capsys)
   assert "differs in methods, options, seed" in err and "--overwrite" in err and "other files are kept" in err
   assert main(small + ["--methods", "grad", "--seed", "2", "--overwrite"]) == 0
+  written = [p for p in out.rglob("*") if p.is_file() and not p.name.startswith(".") and p.name[:4] != "mine"
+             and p.name != "notes.txt"]  # 6 outputs, Grad's one shard, journal and manifest
+  assert f"wrote {len(written)} files to {out}" in " ".join(capsys.readouterr().out.split())
   assert (out / "maps" / "notes.txt").read_text() == "the user's" and (out / "notes.txt").exists()
   assert (grad / "mine.npy").read_bytes() == b"the user's" and (sg / "mine.txt").exists()
   assert sorted(p.name for p in sg.iterdir()) == ["mine.txt"]  # the earlier run's SG shards, removed

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import pathlib
 import time
 from typing import Any
@@ -462,7 +463,10 @@ def _run_locked(args, console, err_console, methods, metrics, metric_options, op
     "targets": targets.tolist(), "files": sorted(p.name for p in written.values()) + [f"{BASENAME}.png"],
     "seconds": round(seconds, 2), "summary": summary})
   _print_summary(console, summary, title)
-  console.print(f"wrote {', '.join(OUTPUTS)} to {out} in {seconds:.1f} s")
+  written = _shared.written_files(out)
+  maps = sum(1 for p in written if p.parent != pathlib.Path(os.path.abspath(out)))
+  console.print(f"wrote {len(written)} files to {out} in {seconds:.1f} s: {', '.join(OUTPUTS)}, {RECORD} and"
+                f" {maps} in {MAPS}/" + (" (maps of an earlier run reused)" if resumed else ""))
   return _errors.EXIT_OK
 
 
