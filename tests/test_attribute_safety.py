@@ -586,10 +586,10 @@ def test_a_non_utf8_journal_line_is_skipped(xs, ref, tmp_path):
   with pytest.raises(KeyboardInterrupt):
     _run(out, _interrupted(xs, 2, 8))
   with open(out / "shards.jsonl", "ab") as f:
-    f.write(b"\xff\xfe garbled \x80\n")
-  (out / "manifest.json").unlink()  # rebuilt from the journal, which is read past the garbled line
+    f.write(b"\xff\xfe garbled \x80\n" + b"[" * 100_000 + b"\n")  # not UTF-8; nested past json's recursion
+  (out / "manifest.json").write_text("[" * 100_000)  # damaged: rebuilt from the journal, read past those lines
   before = _stats(out)
-  with pytest.warns(UserWarning, match="rebuilding"):
+  with pytest.warns(UserWarning, match="damaged; rebuilding"):
     res = _run(out, xs)
   assert {k: _stats(out)[k] for k in before} == before
   np.testing.assert_allclose(np.asarray(res), ref, atol=ATOL)

@@ -134,16 +134,27 @@ def append_journal(directory: pathlib.Path, entry: Mapping[str, Any]) -> None:
   _files.note_written(directory / JOURNAL)
 
 
+_MAX_LINE = 1 << 24  # A journal line (a shard entry, a run's settings) is far shorter; longer ones are garbage.
+
+
 def _journal_lines(directory: pathlib.Path) -> Iterator[Any]:
-  """The journal's lines as JSON values; a truncated, garbled or non-UTF-8 line (a crash mid-append) is skipped."""
+  """The journal's lines as JSON values; a truncated, garbled or non-UTF-8 line (a crash mid-append) is skipped.
+
+  Lines are read in bounded pieces: a damaged journal without newlines costs
+  no more memory than `_MAX_LINE` bytes.
+  """
   path = directory / JOURNAL
   if not path.exists():
     return
   with open(path, "rb") as f:
-    for raw in f:
+    while raw := f.readline(_MAX_LINE):
+      if not raw.endswith(b"\n") and len(raw) == _MAX_LINE:  # too long: skip to its end
+        while (rest := f.readline(_MAX_LINE)) and not rest.endswith(b"\n"):
+          pass
+        continue
       try:
         yield json.loads(raw.decode("utf-8"))
-      except (UnicodeDecodeError, json.JSONDecodeError):
+      except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         continue
 
 
@@ -303,7 +314,7 @@ def read_manifest(directory: pathlib.Path) -> dict[str, Any] | None:
     return None
   try:
     manifest = json.loads(path.read_text())
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+  except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
     raise DamagedManifestError(
         f"{path} is not valid JSON ({e}); it is not an adaptgrad-jax output or "
         "it was damaged. Pass overwrite=True to start afresh.") from e

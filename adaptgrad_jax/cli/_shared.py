@@ -499,7 +499,7 @@ def read_record(path: pathlib.Path) -> Optional[dict]:
     return None
   try:
     value = json.loads(path.read_text())
-  except (OSError, ValueError) as err:
+  except (OSError, ValueError, RecursionError) as err:
     raise CliError(
       f"{path} exists but is not a readable record of an earlier run ({type(err).__name__}); pass --overwrite"
       " to replace it, or choose another --out") from None
