@@ -174,8 +174,10 @@ def _markdown(result: dict) -> str:
       "",
       "## Noisy embedding elements outside the table's box (Section 3.2 analogue)",
       "",
-      f"Real tokens of {s['oob_sequences']} sequences, {s['oob_n']} noisy copies each; bounds ="
-      " per-dimension min / max over the vocabulary (`text.embedding_bounds`).",
+      f"Demo: the real tokens of {s['oob_sequences']} task sequences, {s['oob_n']} noisy copies each. GPT-2-style:"
+      f" {s['gpt2_sequences']} sequences of {s['gpt2_tokens']} uniformly drawn token ids, {s['gpt2_n']} noisy"
+      " copies each. Bounds = per-dimension min / max over the vocabulary (`text.embedding_bounds`); the last"
+      " column is the mean of Eq. 9's closed form (`ag.inherent_noise`).",
       "",
       "| table | noise | elements outside | sequences with one outside | expected (Eq. 9) |",
       "|---|---|---|---|---|",
@@ -219,7 +221,8 @@ def main(argv=None) -> dict:
   quick = args.quick
   settings = {"quick": quick, "sequences": args.sequences or (4 if quick else 200), "n": 4 if quick else 32,
               "steps": 4 if quick else 32, "inner": 2 if quick else 8, "batch_size": 4 if quick else 16,
-              "oob_sequences": 4 if quick else 256, "oob_n": 4 if quick else 50, "gpt2_tokens": 256}
+              "oob_sequences": 4 if quick else 256, "oob_n": 4 if quick else 50,
+              "gpt2_sequences": 4 if quick else 64, "gpt2_tokens": 16 if quick else 128, "gpt2_n": 4 if quick else 20}
   key = jax.random.key(0)
   demo = text.demo_classifier(quick=quick)
   held_out = text.synthetic_task(777, settings["sequences"])
@@ -227,7 +230,7 @@ def main(argv=None) -> dict:
   rng = np.random.default_rng(0)
   vocab, dim = (50257, 768) if not quick else (1000, 64)
   gpt2_table = (0.02 * rng.standard_normal((vocab, dim))).astype(np.float32)
-  gpt2_ids = rng.integers(0, vocab, (settings["oob_sequences"], settings["gpt2_tokens"] if not quick else 16))
+  gpt2_ids = rng.integers(0, vocab, (settings["gpt2_sequences"], settings["gpt2_tokens"]))
   result = {
       "settings": settings,
       "machine": f"{platform.machine()} {platform.system()}, {jax.device_count()} x {jax.devices()[0].platform},"
@@ -239,7 +242,7 @@ def main(argv=None) -> dict:
                                                            settings["oob_n"]),
           f"GPT-2-style random init ({vocab} x {dim}, N(0, 0.02^2))": out_of_box(
               key, jnp.asarray(gpt2_table), jnp.asarray(gpt2_ids), jnp.ones(gpt2_ids.shape, bool),
-              settings["oob_n"]),
+              settings["gpt2_n"]),
       },
       "accuracy": accuracy(key, demo, held_out, n=settings["n"], steps=settings["steps"], inner=settings["inner"],
                            batch_size=settings["batch_size"]),

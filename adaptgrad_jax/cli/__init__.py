@@ -32,6 +32,7 @@ examples:
   adaptgrad-jax demo                                  # offline, under 2 minutes on 2 CPU cores
   adaptgrad-jax explain cat.jpg --method adaptgrad --out maps/
   adaptgrad-jax evaluate --mnist --methods sg,ag --out eval/
+  adaptgrad-jax explain-text "w12 B w30 a" --method adaptgrad --out text_maps/
   adaptgrad-jax convergence cat.jpg --ns 1,10,20,50,100 --out figures/
   adaptgrad-jax confidence cat.jpg --cs 0.5,0.8,0.9,0.95,0.99,0.999 --out figures/
 
@@ -60,7 +61,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
   # pylint: disable=import-outside-toplevel
-  from adaptgrad_jax.cli import _demo, _evaluate, _explain, _sweeps
+  from adaptgrad_jax.cli import _demo, _evaluate, _explain, _sweeps, _text
 
   try:
     from adaptgrad_jax import __version__ as version
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
   _explain.add_parser(subparsers, _Formatter)
   _sweeps.add_parsers(subparsers, _Formatter)
   _evaluate.add_parser(subparsers, _Formatter)
+  _text.add_parser(subparsers, _Formatter)
   for sub in subparsers.choices.values():
     sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                      help="show full tracebacks on errors")

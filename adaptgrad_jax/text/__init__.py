@@ -10,7 +10,8 @@ box spanned by the embedding table (:func:`embedding_bounds`):
 >>> import adaptgrad_jax as ag
 >>> from adaptgrad_jax import text
 >>> from flax import nnx
->>> model = text.TinyEncoder(text.TinyEncoderConfig(vocab_size=12, max_length=8, dim=8, num_layers=1, mlp_dim=16), rngs=nnx.Rngs(0))
+>>> config = text.TinyEncoderConfig(vocab_size=12, max_length=8, dim=8, num_layers=1, mlp_dim=16)
+>>> model = text.TinyEncoder(config, rngs=nnx.Rngs(0))
 >>> split = text.nnx_split(model, vocab_size=12, max_length=8)
 >>> ids, mask = text.pad_batch([[3, 4, 5, 6], [7, 8]], pad_id=0, vocab_size=12)
 >>> x = split.embeddings(ids)                                   # (2, 4, 8)
@@ -46,6 +47,9 @@ from adaptgrad_jax.text._encoder import TinyEncoder as TinyEncoder
 from adaptgrad_jax.text._encoder import TinyEncoderConfig as TinyEncoderConfig
 from adaptgrad_jax.text._scores import explain_batch as explain_batch
 from adaptgrad_jax.text._scores import token_scores as token_scores
+from adaptgrad_jax.text._viz import save_html as save_html
+from adaptgrad_jax.text._viz import token_heatmap_html as token_heatmap_html
+from adaptgrad_jax.text._viz import token_heatmap_png as token_heatmap_png
 
 __all__ = (
     "DemoText",
@@ -64,8 +68,11 @@ __all__ = (
     "explain_batch",
     "nnx_split",
     "pad_batch",
+    "save_html",
     "split_model",
     "synthetic_task",
     "teacher_forcing",
+    "token_heatmap_html",
+    "token_heatmap_png",
     "token_scores",
 )
