@@ -20,6 +20,8 @@ from adaptgrad_jax import models
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+pytestmark = pytest.mark.usefixtures("unoptimized_xla")  # tiny programs: compiling costs more than running
+
 TOL = 1e-10  # max abs difference, float64; the values are O(1)
 
 # Two sequences of length 7: the first right-padded (2 pads), the second left-padded (3 pads).
@@ -114,6 +116,12 @@ def test_gpt2_default_positions_and_unbatched_input(gpt2_pair):
     ref_logits = ref(input_ids=torch.from_numpy(IDS), attention_mask=torch.from_numpy(MASK.astype(np.int64))).logits
   assert np.max(np.abs(np.asarray(logits) - ref_logits.numpy())[MASK]) < TOL
   np.testing.assert_allclose(single, logits[0], rtol=0, atol=1e-13)
+  # logits_to_keep: the last positions only, as in transformers (the last block computes less, same values)
+  with jax.enable_x64(True):
+    last = jax.jit(lambda i, m: model(i, m, logits_to_keep=3))(IDS, MASK)
+  np.testing.assert_allclose(last, logits[:, -3:], rtol=0, atol=1e-13)
+  with pytest.raises(ValueError, match=r"logits_to_keep=8 must be None or 0 \(every position\) or an int in \[1, 7\]"):
+    model(IDS, MASK, logits_to_keep=8)
 
 
 def test_bert_logits_and_embedding_gradients_match_transformers(bert_pair):
@@ -199,3 +207,16 @@ def test_bad_inputs_get_clear_errors():
   with pytest.raises(ValueError, match="token_type_ids must lie in"):
     bert = nnx.eval_shape(lambda: models.bert(models.BERT_TINY, rngs=nnx.Rngs(0)))
     jax.eval_shape(lambda e: bert.forward_from_embeddings(e, token_type_ids=np.array([[0, 2, 0]])), embeds)
+
+
+def test_bench_text_quick_runs_and_agrees_with_captum():
+  """The benchmark's harness at a tiny size: IG on the port equals Captum's LayerIntegratedGradients (float32)."""
+  pytest.importorskip("captum")
+  from benchmarks import bench_text  # pylint: disable=import-outside-toplevel
+
+  result = bench_text.main(["--quick", "--threads", "0"])
+  records = {r["method"]: r for r in result["records"]}
+  assert set(records) == {"ig", "smoothgrad"}
+  assert records["ig"]["agreement_with_captum"]["relative_l2"] < 1e-4
+  assert records["ig"]["agreement_ours_limit"]["relative_l2"] < 1e-4
+  assert all(v > 0 for r in records.values() for v in r["ms"].values())
