@@ -85,6 +85,13 @@ def test_top_level_help_lists_commands(capsys):
     (["explain", "IMG", "--seed", "x", "--out", "o"], 2, ["--seed 'x'", "whole number"]),
     (["explain", "IMG", "--n", str(10 ** 14), "--out", "o"], 2, ["--n 100000000000000 is too large"]),
     (["convergence", "IMG", "--ns", f"1,{10 ** 12}", "--out", "o"], 2, ["--ns 1000000000000 is too large"]),
+    (["explain", "IMG", "--method", "s-eg", "--estimator", "smooth-diff", "--out", "o"], 2,
+     ["--estimator smooth-diff", "not s-eg", "--estimator mc"]),
+    (["explain", "IMG", "--estimator", "smooth-diff", "--rtol", "0.1", "--batch-size", "2", "--out", "o"], 2,
+     ["--rtol", "--estimator smooth-diff", "leave one of them out"]),
+    (["explain", "IMG", "--estimator", "bootstrap", "--out", "o"], 2, ["--estimator", "'bootstrap'", "smooth-diff"]),
+    (["evaluate", "--mnist", "--methods", "sg,s-eg", "--estimator", "moments", "--out", "o"], 2,
+     ["--estimator moments", "not s-eg"]),
     (["demo", "--seed", "1.5", "--out", "o"], 2, ["--seed '1.5'"]),
     (["demo", "--out", ""], 2, ["--out '' is empty"]),
     (["explain", "IMG", "--out", ""], 2, ["--out '' is empty"]),
@@ -141,6 +148,12 @@ def test_explain_writes_maps_equal_to_the_library_and_refuses_to_overwrite(digit
   x = np.asarray(Image.open(digit_png), np.float32)[..., None] / 255.0
   expected = ag.adapt_smooth(jax.grad(f), 0.95, 8, bounds=(0.0, 1.0))(jax.random.fold_in(jax.random.key(5), 0), x, 3)
   np.testing.assert_allclose(np.load(npy), np.asarray(expected), rtol=1e-5, atol=1e-7)
+  # Its relative error, free from return_stderr=True, is recorded and printed next to it.
+  estimate = ag.adapt_smooth(jax.grad(f), 0.95, 8, bounds=(0.0, 1.0), return_stderr=True)(
+    jax.random.fold_in(jax.random.key(5), 0), x, 3)
+  error = float(ag.relative_error(estimate))
+  assert abs(summary["images"][0]["relative_error"] - error) < 1e-4 * error
+  assert f"{error:.1%}" in stdout and "rel. error" in stdout
   from PIL import Image as PILImage
   assert PILImage.open(png).size == (28, 28)
 
@@ -173,6 +186,27 @@ def test_explain_methods_on_a_folder_match_single_files(method, digit_png, tmp_p
     assert sharded.shape == (28, 28, 1) and np.all(np.isfinite(sharded))
     np.testing.assert_allclose(sharded, single, rtol=1e-5, atol=1e-6)
   assert (tmp_path / "f" / "shards" / "manifest.json").exists()
+  # The shards carry each map's stderr: the folder records the same relative errors as the files.
+  errors = [[r["relative_error"] for r in json.loads((tmp_path / run / "explain.json").read_text())["images"]]
+            for run in ("f", "s")]
+  assert all(0 < e < np.inf for e in errors[0]) and np.allclose(errors[0], errors[1], rtol=1e-4)
+  capsys.readouterr()
+
+
+def test_explain_estimator_smooth_diff_is_the_library_s_and_reports_its_error(digit_png, tmp_path, capsys):
+  out = tmp_path / "sd"
+  argv = ["explain", str(digit_png), "--model", "mlp", "--weights", "random", "--method", "a-gi", "--estimator",
+          "smooth-diff", "--n", "8", "--target", "3", "--out", str(out)]
+  assert main(argv) == 0
+  model, f = _mlp_f()
+  from PIL import Image
+  x = np.asarray(Image.open(digit_png), np.float32)[..., None] / 255.0
+  explain = ag.gradient_x_input(ag.smooth_diff(f, 8, c=0.95, bounds=(0.0, 1.0), return_stderr=True))
+  expected = explain(jax.random.fold_in(jax.random.key(0), 0), x, 3)
+  np.testing.assert_allclose(np.load(out / "seven_a-gi.npy"), np.asarray(expected.value), rtol=1e-4, atol=1e-6)
+  record = json.loads((out / "explain.json").read_text())
+  assert record["run"]["options"]["estimator"] == "smooth-diff"
+  assert abs(record["images"][0]["relative_error"] - float(ag.relative_error(expected))) < 1e-3
   capsys.readouterr()
 
 
@@ -199,11 +233,22 @@ def test_sweeps_write_grids(digit_png, tmp_path, capsys):
   assert "--overwrite" in _error_line(capsys)
 
 
+def _docs_script():
+  """docs/make_demo_figures.py, the committed command that writes the docs' demo figures and numbers."""
+  import importlib.util
+
+  path = pathlib.Path(__file__).resolve().parents[1] / "docs" / "make_demo_figures.py"
+  spec = importlib.util.spec_from_file_location("make_demo_figures", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def test_demo_quick_writes_the_figure_and_prints_the_table(cache, tmp_path, capsys):
   out = tmp_path / "demo"
   assert main(["demo", "--quick", "--out", str(out)]) == 0
   stdout = capsys.readouterr().out
-  assert "Sparseness" in stdout
+  assert "Sparseness" in stdout and "rel. error" in stdout and "deterministic" in stdout
   for label in ("Grad", "SG", "AG", "A-GI", "A-IG(B)"):
     assert label in stdout
   from PIL import Image
@@ -212,9 +257,53 @@ def test_demo_quick_writes_the_figure_and_prints_the_table(cache, tmp_path, caps
   summary = json.loads((out / "demo.json").read_text())
   rates = summary["mnist"]["out_of_range_per_element"]
   assert rates["AG"] < 0.05 < rates["SG"]  # most MNIST pixels sit on a bound
+  errors = summary["mnist"]["relative_error_median"]
+  assert errors["Grad"] is None and errors["IG(B)"] is None  # deterministic
+  assert all(0 < errors[m] < 1 for m in ("SG", "AG", "S-GI", "A-GI", "S-IG(B)", "A-IG(B)"))
   assert list(cache.glob("demo/mlp-*/meta.json"))  # the trained MLP is cached
   assert main(["demo", "--quick", "--out", str(out)]) == 1  # refuses to overwrite
   assert "--overwrite" in _error_line(capsys)
+
+  # The docs' command (python docs/make_demo_figures.py) publishes the run into the pages' blocks.
+  script, docs = _docs_script(), tmp_path / "docs"
+  docs.mkdir()
+  root = pathlib.Path(__file__).resolve().parents[1] / "docs"
+  for page in script.BLOCKS:
+    (docs / page).write_text((root / page).read_text())
+  published = script.publish(out, docs)
+  assert (docs / "demo_mnist.png").read_bytes() == (out / "mnist.png").read_bytes()
+  assert json.loads((docs / "demo.json").read_text()) == published
+  table = script.block((docs / "idea.md").read_text(), "demo-table")
+  assert table == script.table_markdown(summary) and "| A-GI |" in table
+  assert f"{summary['mnist']['sparseness']['AG']:.3f}" in table
+  assert script.block((docs / "cli.md").read_text(), "demo-run") == script.run_markdown(summary)
+
+
+def test_the_docs_show_the_recorded_demo_run_with_the_demo_s_current_settings(capsys):
+  """docs/demo.json is the run docs/make_demo_figures.py recorded; change the demo, and this asks for a rerun."""
+  from adaptgrad_jax.cli import _demo, _mnist
+
+  script = _docs_script()
+  root = pathlib.Path(__file__).resolve().parents[1] / "docs"
+  summary = json.loads((root / "demo.json").read_text())
+  for page, (name, render) in script.BLOCKS.items():
+    assert script.block((root / page).read_text(), name) == render(summary), f"rerun docs/make_demo_figures.py"
+  settings = _mnist.describe(_mnist.DEMO_SETTINGS)
+  assert summary["run"] == {"command": "demo", "quick": False, "photos": True, "photo_n": _demo.PHOTO_N,
+                            "estimator": _demo.PHOTO_ESTIMATOR, "seed": 0}
+  assert summary["mnist"]["settings"] == settings and summary["mnist"]["n"] == _demo.MNIST_N
+  assert (summary["photos"]["ig_steps"], summary["photos"]["ig_n"]) == (_demo.PHOTO_IG_STEPS, _demo.PHOTO_IG_N)
+  # The training the pages and --help state is the one the demo runs.
+  assert f"`{settings}`" in (root / "cli.md").read_text()
+  import inspect
+
+  from adaptgrad_jax import training
+  defaults = {k: v.default for k, v in inspect.signature(training.train_classifier).parameters.items()}
+  stated = (f"(SGD, learning rate {defaults['learning_rate']}, batch {defaults['batch_size']},"
+            f" {defaults['epochs']} epochs;")
+  assert stated in " ".join((root / "models.md").read_text().split())
+  assert main(["demo", "--help"]) == 0
+  assert settings in " ".join(capsys.readouterr().out.split())
 
 
 def test_python_dash_m_entry_point(tmp_path):

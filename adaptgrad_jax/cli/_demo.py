@@ -22,17 +22,38 @@ import numpy as np
 from adaptgrad_jax.cli import _errors, _explain, _methods, _mnist, _models, _shared
 from adaptgrad_jax.cli._errors import CliError
 
-EPILOG = """\
+def _epilog() -> str:
+  """The help's examples and the MLP's training, formatted from the settings it trains with."""
+  return f"""\
 examples:
   adaptgrad-jax demo                      # writes adaptgrad_demo/mnist.png and photos.png
   adaptgrad-jax demo --out /tmp/demo --overwrite
   adaptgrad-jax demo --quick              # a smaller, faster run (used by the tests)
 
-The MLP is trained once (5 epochs of SGD on the 10,000 embedded digits, about
-10 s) and cached in $ADAPTGRAD_JAX_CACHE (default ~/.cache/adaptgrad_jax),
-keyed by a hash of its settings. Everything runs offline.
+The MLP is trained once ({_mnist.describe(_mnist.DEMO_SETTINGS)}) and cached
+in $ADAPTGRAD_JAX_CACHE (default ~/.cache/adaptgrad_jax), keyed by a hash of
+its settings. Everything runs offline. Next to every smoothed map the tables
+and figure captions give its Monte Carlo relative error ||stderr|| / ||map||
+(adaptgrad_jax.relative_error): the share of the map that is sampling noise.
 """
 
+
+MNIST_N = 50  # noise samples per MNIST map (S-/A-IG: 10 per path point)
+# The photos: how SG and AG are computed (--estimator, --photo-n) and the IG rows (Monte Carlo, 2 samples per
+# step, so that each map has a standard error).
+PHOTO_ESTIMATOR = "mc"
+PHOTO_N = 10
+PHOTO_IG_STEPS, PHOTO_IG_N = 10, 2
+ESTIMATOR_TEXT = {
+  "mc": lambda n: f"Monte Carlo, N={n} gradients",
+  "smooth-diff": lambda n: f"smoothed differentiation (ag.smooth_diff), N={n} forwards + 1 backward",
+  "moments": lambda n: "moment propagation (ag.moment_smooth), deterministic",
+}
+ERROR_TEXT = {
+  "mc": "its Monte Carlo relative error ||stderr|| / ||map||",
+  "smooth-diff": "its Monte Carlo relative error ||stderr|| / ||map|| (jackknife; smooth_diff's bias comes on top)",
+  "moments": "its Monte Carlo relative error (moment propagation draws no noise: deterministic, biased)",
+}
 ROWS = ("grad", "smoothgrad", "adaptgrad", "gi", "s-gi", "a-gi", "ig", "s-ig", "a-ig")
 ROW_LABELS = ("Grad", "SG", "AG", "GI", "S-GI", "A-GI", "IG(B)", "S-IG(B)", "A-IG(B)")
 
@@ -43,7 +64,7 @@ def add_parser(subparsers, formatter) -> None:
     description="Trains (or loads) the paper's MNIST MLP on the embedded digits and explains test digits"
                 " with Grad, SmoothGrad, AdaptGrad and their GI / IG combinations; with the pretrained extra,"
                 " also the bundled photos with the ImageNet EfficientNet-Lite0. No network needed.",
-    epilog=EPILOG, formatter_class=formatter)
+    epilog=_epilog(), formatter_class=formatter)
   parser.add_argument("--out", default="adaptgrad_demo", type=_errors.output_folder, metavar="DIR",
                       help="output folder (default: ./adaptgrad_demo)")
   parser.add_argument("--overwrite", action="store_true", help="replace existing figures")
@@ -51,7 +72,12 @@ def add_parser(subparsers, formatter) -> None:
                       help="smaller settings (2 epochs on 2,000 digits, N=20, no photos), for tests")
   parser.add_argument("--no-photos", action="store_true", help="skip the EfficientNet-Lite0 photo part")
   parser.add_argument("--photo-n", type=_errors.positive_int("--photo-n", "it is N for the photos (10-20 on a CPU)"),
-                      default=10, metavar="N", help="noise samples (and IG steps) per photo (default: 10)")
+                      default=PHOTO_N, metavar="N",
+                      help=f"noise samples per SG / AG photo map (default: {PHOTO_N})")
+  parser.add_argument("--estimator", choices=tuple(_methods.ESTIMATORS), default=PHOTO_ESTIMATOR,
+                      help="how the photos' SG and AG maps are computed: "
+                           + "; ".join(f"{k}: {v}" for k, v in _methods.ESTIMATORS.items())
+                           + f" (default: {PHOTO_ESTIMATOR}). MNIST uses Monte Carlo (N={MNIST_N})")
   parser.add_argument("--seed", type=_errors.seed, default=0, help="PRNG seed (default: 0)")
   parser.add_argument("--no-cache", action="store_true", help="train the MLP even if a cached one exists")
   parser.set_defaults(run=run)
@@ -76,18 +102,19 @@ def _sparseness(maps) -> np.ndarray:
   return np.asarray(jax.vmap(metrics.sparseness)(maps))
 
 
-def _table(title: str, rows: list[tuple[str, np.ndarray, str]], caption: str):
+def _table(title: str, rows: list[tuple[str, np.ndarray, str, str]], caption: str):
   from rich.table import Table  # pylint: disable=import-outside-toplevel
 
   table = Table(title=title, caption=caption)
   table.add_column("method")
   table.add_column("Sparseness (Gini) ↑", justify="right")
+  table.add_column("rel. error", justify="right")
   table.add_column("noisy inputs outside the data range", justify="right")
-  best = max(float(v.mean()) for _, v, _ in rows)
-  for name, values, out_of_range in rows:
+  best = max(float(v.mean()) for _, v, _, _ in rows)
+  for name, values, error, out_of_range in rows:
     mean = float(values.mean())
     text = f"{mean:.3f} ± {float(values.std()):.3f}" if values.size > 1 else f"{mean:.3f}"
-    table.add_row(name, f"[bold]{text}[/bold]" if mean == best else text, out_of_range)
+    table.add_row(name, f"[bold]{text}[/bold]" if mean == best else text, error, out_of_range)
   return table
 
 
@@ -98,6 +125,38 @@ def _rate(method: str, rates: dict[str, float]) -> str:
   if method in ("adaptgrad", "a-gi"):
     return f"{rates['AG']:.1%}"
   return "-"
+
+
+def _percent(value: float) -> str:
+  """A relative error for a caption: 2 significant digits, as a percentage."""
+  pct = 100.0 * value
+  if not np.isfinite(pct):
+    return "inf"
+  return f"{pct:.2g}%" if pct < 1 else f"{pct:.1f}%" if pct < 10 else f"{pct:.0f}%"
+
+
+def _error_text(errors: np.ndarray | None, *, median: bool) -> str:
+  """The table's error column: 'deterministic', one value, or the median (and range) over maps."""
+  if errors is None:
+    return "deterministic"
+  errors = np.asarray(errors, np.float64)
+  if median and errors.size > 1:
+    return (f"{_percent(float(np.median(errors)))} median"
+            f" ({_percent(float(errors.min()))}-{_percent(float(errors.max()))})")
+  return ", ".join(_percent(float(e)) for e in errors)
+
+
+def _caption(error: float | None) -> str:
+  return "deterministic" if error is None else f"rel. error {_percent(error)}"
+
+
+def relative_errors(estimate) -> np.ndarray:
+  """``||stderr|| / ||map||`` per map of a batch of :class:`ag.Estimate` (the leading axis)."""
+  import jax  # pylint: disable=import-outside-toplevel
+
+  import adaptgrad_jax as ag  # pylint: disable=import-outside-toplevel
+
+  return np.asarray(jax.vmap(ag.relative_error)(estimate))
 
 
 # ----------------------------------------------------------------------------
@@ -120,9 +179,9 @@ def _mnist_part(args, out: pathlib.Path, console, err_console) -> dict[str, Any]
   targets = flax_adapters.resolve_targets(model, xs, "predicted")
   f = flax_adapters.nnx_target_fn(model)
   bounds = (0.0, 1.0)
-  n = 20 if args.quick else 50
-  smooth_options = _methods.Options(n=n)
-  ig_options = _methods.Options(n=5 if args.quick else 10, ig_steps=10 if args.quick else 20)
+  n = 20 if args.quick else MNIST_N
+  smooth_options = _methods.Options(n=n, return_stderr=True)
+  ig_options = _methods.Options(n=5 if args.quick else 10, ig_steps=10 if args.quick else 20, return_stderr=True)
   key = jax.random.key(args.seed)
   keys = jax.random.split(key, count)
   start = time.perf_counter()
@@ -136,15 +195,22 @@ def _mnist_part(args, out: pathlib.Path, console, err_console) -> dict[str, Any]
 
   @jax.jit
   def all_maps(keys, xs, targets):  # one compiled program for every row (compiling 9 costs 2x more)
-    maps = {method: explain(keys, xs, targets) for method, explain in explainers.items()}
+    maps, errors = {}, {}
+    for method, explain in explainers.items():
+      result = explain(keys, xs, targets)
+      if isinstance(result, ag.Estimate):  # a Monte Carlo map: its stderr is free
+        maps[method], errors[method] = result.value, jax.vmap(ag.relative_error)(result)
+      else:
+        maps[method] = result
     rates = {name: jnp.mean(jax.vmap(
                lambda k, x, rule=rule: ag.out_of_range_rate(k, x, rule(x), n, bounds=bounds).per_element)(keys, xs))
              for name, rule in sigma_rules.items()}
-    return maps, rates
+    return maps, errors, rates
 
   with console.status(f"explaining {count} test digits with {len(ROWS)} methods"):
-    maps, rates = all_maps(keys, xs, targets)
+    maps, errors, rates = all_maps(keys, xs, targets)
     rates = {name: float(value) for name, value in rates.items()}
+    errors = {method: np.asarray(value, np.float64) for method, value in errors.items()}
   seconds = time.perf_counter() - start
 
   # The figure: one test digit per class (the first of each), methods as rows.
@@ -153,24 +219,32 @@ def _mnist_part(args, out: pathlib.Path, console, err_console) -> dict[str, Any]
   if args.quick:
     columns = columns[:5]
   grid = [[np.asarray(maps[m][i]) for i in columns] for m in ROWS]
+  captions = [[_percent(float(errors[m][i])) if m in errors else None for i in columns] for m in ROWS]
   figure = out / "mnist.png"
   _shared.write_figure(figure, viz.plot_grid(
     grid, row_labels=list(ROW_LABELS), col_labels=[f"{labels[i]} → {int(targets[i])}" for i in columns],
-    images=[np.asarray(xs[i]) for i in columns], cell_size=1.2, dpi=110,
-    title=f"MNIST MLP, test accuracy {accuracy:.1%} on {len(data.y_test)} digits (label → explained class)"),
+    images=[np.asarray(xs[i]) for i in columns], cell_size=1.2, dpi=110, cell_labels=captions, colorbar=True,
+    title=f"MNIST MLP, test accuracy {accuracy:.1%} on {len(data.y_test)} digits (label → explained class);"
+          f" SG alpha=0.2, AG c=0.95, N={n}. Under each smoothed map: its Monte Carlo relative error"
+          " ||stderr|| / ||map||"),
     dpi=110)
 
   sparseness = {m: _sparseness(maps[m]) for m in ROWS}
   console.print(_table(
     f"Sparseness of {count} MNIST test-digit maps (mean ± std)",
-    [(lab, sparseness[m], _rate(m, rates)) for m, lab in zip(ROWS, ROW_LABELS)],
+    [(lab, sparseness[m], _error_text(errors.get(m), median=True), _rate(m, rates))
+     for m, lab in zip(ROWS, ROW_LABELS)],
     f"SG alpha=0.2, AG c=0.95, N={n}; IG from a black baseline, {ig_options.ig_steps} steps"
-    f" (S-/A-IG: {ig_options.n} noise samples per step)"))
+    f" (S-/A-IG: {ig_options.n} noise samples per step); relative error: ||stderr|| / ||map|| per map"))
   console.print(f"wrote {figure} ({seconds:.1f} s for the maps)")
   return {
-    "model": info, "test_accuracy": accuracy, "test_digits": int(len(data.y_test)), "figure": str(figure),
-    "digits": count, "n": n,
+    "model": info, "settings": _mnist.describe(settings), "test_accuracy": accuracy,
+    "test_digits": int(len(data.y_test)), "figure": figure.name, "digits": count, "n": n,
+    "ig_steps": ig_options.ig_steps, "ig_n": ig_options.n,
     "sparseness": {lab: float(sparseness[m].mean()) for m, lab in zip(ROWS, ROW_LABELS)},
+    "sparseness_std": {lab: float(sparseness[m].std()) for m, lab in zip(ROWS, ROW_LABELS)},
+    "relative_error_median": {lab: (float(np.median(errors[m])) if m in errors else None)
+                              for m, lab in zip(ROWS, ROW_LABELS)},
     "out_of_range_per_element": rates, "seconds_maps": round(seconds, 2),
   }
 
@@ -183,12 +257,59 @@ def _mnist_part(args, out: pathlib.Path, console, err_console) -> dict[str, Any]
 LITE0_ACCURACY = "published ImageNet top-1 75.1%, not measured here"
 
 
+def _sigma_smoother(g, n: int):
+  """``smoothed(key, x, sigma, t) -> ag.Estimate``: SG or AG by the sigma passed (one compile for both)."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  import adaptgrad_jax as ag  # pylint: disable=import-outside-toplevel
+
+  def grad_pair(xs, t):
+    return g(xs[0], t), jnp.zeros_like(xs[1])
+
+  smoothed = ag.gaussian_smooth(grad_pair, lambda xs: (xs[1], jnp.zeros_like(xs[1])), n, return_stderr=True)
+
+  def run(key, x, sigma, t):
+    est = smoothed(key, (x, jnp.broadcast_to(jnp.asarray(sigma, x.dtype), x.shape)), t)
+    return ag.Estimate(est.value[0], est.stderr[0], est.num_samples)
+
+  return run
+
+
+def _mixed_ig(g, n_steps: int, n: int, bounds):
+  """``ig(key, x, w, t) -> ag.Estimate``: IG, S-IG, A-IG by ``w = (w_ag, w_sg)`` (cli._shared's, with stderr)."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  import adaptgrad_jax as ag  # pylint: disable=import-outside-toplevel
+
+  sg_sigma = ag.smoothgrad_sigma(0.2, bounds=bounds)
+
+  def sigma_fn(xw):
+    x, w = xw
+    return (w[0] * ag.adaptive_sigma(x, 0.95, bounds=bounds) + w[1] * jnp.asarray(sg_sigma, x.dtype),
+            jnp.zeros_like(w))
+
+  def grad_pair(xw, t):
+    return g(xw[0], t), jnp.zeros_like(xw[1])
+
+  inner = ag.gaussian_smooth(grad_pair, sigma_fn, n, return_stderr=True)
+
+  def start(xw):
+    return (jnp.broadcast_to(jnp.asarray(bounds[0], xw[0].dtype), xw[0].shape), xw[1])
+
+  ig = ag.integrated_gradients(inner, n_steps, baseline=start, stochastic=True)
+
+  def run(key, x, w, t):
+    est = ig(key, (x, jnp.asarray(w, x.dtype)), t)
+    return ag.Estimate(est.value[0], est.stderr[0], est.num_samples)
+
+  return run
+
+
 def _photo_part(args, out: pathlib.Path, console, err_console) -> dict[str, Any] | None:
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
   import adaptgrad_jax as ag  # pylint: disable=import-outside-toplevel
-  from adaptgrad_jax import viz  # pylint: disable=import-outside-toplevel
 
   start = time.perf_counter()
   try:
@@ -207,29 +328,53 @@ def _photo_part(args, out: pathlib.Path, console, err_console) -> dict[str, Any]
                   f" (class {int(cls)}, p = {float(p[cls]):.2f})")
 
   n = args.photo_n
+  estimator = args.estimator
+  ig_steps, ig_n = PHOTO_IG_STEPS, PHOTO_IG_N
   bounds = loaded.bounds
   g = jax.grad(f)
   options = ag.cpu.compiler_options()
   grad = jax.jit(g, compiler_options=options)
-  # One compiled program for SG and AG (sigma is an input) and one for IG, S-IG and A-IG.
-  smoother = jax.jit(_shared.sigma_input_smoother(g, n), compiler_options=options)
-  mixed_ig = jax.jit(_shared.mixed_integrated_gradients(g, n, 1, bounds=bounds), compiler_options=options)
+  if estimator == "mc":  # one compiled program for SG and AG (sigma is an input)
+    smoother = jax.jit(_sigma_smoother(g, n), compiler_options=options)
+    smoothed = {"smoothgrad": lambda k, x, t: smoother(k, x, ag.smoothgrad_sigma(0.2, bounds=bounds), t),
+                "adaptgrad": lambda k, x, t: smoother(k, x, ag.adaptive_sigma(x, 0.95, bounds=bounds), t)}
+  else:  # the one-backward-pass estimators, built as `explain --estimator` builds them
+    one_pass = _methods.Options(n=n, estimator=estimator, return_stderr=True)
+    smoothed = {m: jax.jit(_methods.build(m, f, bounds, one_pass), compiler_options=options)
+                for m in ("smoothgrad", "adaptgrad")}
+  # One compiled program for IG, S-IG and A-IG (Monte Carlo at every path point).
+  mixed_ig = jax.jit(_mixed_ig(g, ig_steps, ig_n, bounds), compiler_options=options)
   key = jax.random.key(args.seed)
   rows: dict[str, list[np.ndarray]] = {m: [] for m in ROWS}
-  with console.status(f"explaining {len(names)} photos at 224x224 with N={n} (about {1 + 5 * n} gradients each)"):
+  errors: dict[str, list[float]] = {}
+
+  def keep(name, value, stderr=None):
+    rows[name].append(np.asarray(value))
+    if stderr is not None:
+      errors.setdefault(name, []).append(float(np.linalg.norm(np.asarray(stderr, np.float64))
+                                               / max(np.linalg.norm(np.asarray(value, np.float64)), 1e-30)))
+
+  def parts(result):
+    return (result.value, result.stderr) if isinstance(result, ag.Estimate) else (result, None)
+
+  with console.status(f"explaining {len(names)} photos at 224x224: SG and AG by {ESTIMATOR_TEXT[estimator](n)},"
+                      f" IG {ig_steps} steps x {ig_n} samples"):
     for i, x in enumerate(xs):
       t = int(predicted[i])
       k = jax.random.fold_in(key, i)
       grad_map = grad(x, t)
-      sg_map = smoother(k, x, ag.smoothgrad_sigma(0.2, bounds=bounds), t)
-      ag_map = smoother(k, x, ag.adaptive_sigma(x, 0.95, bounds=bounds), t)
-      for name, value in (("grad", grad_map), ("smoothgrad", sg_map), ("adaptgrad", ag_map)):
-        rows[name].append(np.asarray(value))
-      # GI multiplies the (smoothed) gradient by the input: gradient_x_input(...) with the same key.
-      for name, value in (("gi", grad_map), ("s-gi", sg_map), ("a-gi", ag_map)):
-        rows[name].append(np.asarray(value * x))
+      sg_map, sg_err = parts(smoothed["smoothgrad"](k, x, t))
+      ag_map, ag_err = parts(smoothed["adaptgrad"](k, x, t))
+      keep("grad", grad_map)
+      keep("smoothgrad", sg_map, sg_err)
+      keep("adaptgrad", ag_map, ag_err)
+      # GI multiplies the (smoothed) gradient by the input, its stderr by |x|: gradient_x_input(...).
+      keep("gi", grad_map * x)
+      keep("s-gi", sg_map * x, None if sg_err is None else sg_err * jnp.abs(x))
+      keep("a-gi", ag_map * x, None if ag_err is None else ag_err * jnp.abs(x))
       for name, w in (("ig", (0.0, 0.0)), ("s-ig", (0.0, 1.0)), ("a-ig", (1.0, 0.0))):
-        rows[name].append(np.asarray(mixed_ig(jax.random.fold_in(k, 7), x, jnp.asarray(w), t)))
+        est = mixed_ig(jax.random.fold_in(k, 7), x, jnp.asarray(w), t)
+        keep(name, est.value, None if name == "ig" else est.stderr)
     rates = {
       name: float(np.mean([float(ag.out_of_range_rate(jax.random.fold_in(key, i), x, sigma_of(x), n,
                                                       bounds=bounds).per_element) for i, x in enumerate(xs)]))
@@ -237,24 +382,41 @@ def _photo_part(args, out: pathlib.Path, console, err_console) -> dict[str, Any]
                              ("AG", lambda x: ag.adaptive_sigma(x, 0.95, bounds=bounds)))}
   seconds = time.perf_counter() - start
   figure = out / "photos.png"
-  _shared.write_figure(figure, viz.plot_grid(
-    [rows[m] for m in ROWS], row_labels=list(ROW_LABELS),
-    col_labels=[f"{nm}: {loaded.class_name(int(c))} ({float(p[c]):.2f})" for nm, c, p in zip(names, predicted, probs)],
-    images=[loaded.display(np.asarray(x)) for x in xs], cell_size=2.2, dpi=100,
-    title=f"EfficientNet-Lite0 ({LITE0_ACCURACY}), N={n}"), dpi=100)
+  captions = [[_caption(errors[m][j] if m in errors else None) for j in range(len(names))] for m in ROWS]
+  _shared.write_figure(figure, photo_figure(
+    [rows[m] for m in ROWS], captions,
+    [f"{nm}: {loaded.class_name(int(c))} ({float(p[c]):.2f})" for nm, c, p in zip(names, predicted, probs)],
+    [loaded.display(np.asarray(x)) for x in xs],
+    f"EfficientNet-Lite0 ({LITE0_ACCURACY}); SG alpha=0.2, AG c=0.95 by {ESTIMATOR_TEXT[estimator](n)};"
+    f" S-/A-IG: {ig_steps} steps x {ig_n} Monte Carlo samples. Under each map: {ERROR_TEXT[estimator]}"), dpi=100)
   sparseness = {m: _sparseness(jnp.stack(rows[m])) for m in ROWS}
   console.print(_table(
-    "Sparseness of the photo maps (mean over the 2 photos)",
-    [(lab, sparseness[m], _rate(m, rates)) for m, lab in zip(ROWS, ROW_LABELS)],
-    f"N={n} noise samples; IG from a black baseline, {n} steps, 1 noise sample per step"))
+    f"Sparseness of the photo maps (mean over the {len(names)} photos)",
+    [(lab, sparseness[m], _error_text(errors.get(m), median=False), _rate(m, rates))
+     for m, lab in zip(ROWS, ROW_LABELS)],
+    f"SG, AG (and S-/A-GI) by {ESTIMATOR_TEXT[estimator](n)}; IG from a black baseline, {ig_steps} steps,"
+    f" {ig_n} noise samples per step; rel. error for {', '.join(names)}: {ERROR_TEXT[estimator]}"))
   console.print(f"wrote {figure} ({seconds:.1f} s for the photos, including compilation)")
   return {
-    "figure": str(figure), "n": n, "out_of_range_per_element": rates, "predictions": {
+    "figure": figure.name, "n": n, "estimator": estimator, "estimator_text": ESTIMATOR_TEXT[estimator](n),
+    "ig_steps": ig_steps, "ig_n": ig_n, "photos": names, "out_of_range_per_element": rates,
+    "predictions": {
       nm: {"class": int(c), "name": loaded.class_name(int(c)), "probability": float(p[c])}
       for nm, c, p in zip(names, predicted, probs)},
     "sparseness": {lab: float(sparseness[m].mean()) for m, lab in zip(ROWS, ROW_LABELS)},
+    "sparseness_std": {lab: float(sparseness[m].std()) for m, lab in zip(ROWS, ROW_LABELS)},
+    "relative_error": {lab: errors.get(m) for m, lab in zip(ROWS, ROW_LABELS)},
     "seconds": round(seconds, 2),
   }
+
+
+def photo_figure(rows: list[list[np.ndarray]], captions: list[list[str]], photo_labels: list[str],
+                 images: list[np.ndarray], title: str):
+  """The photo figure: methods across, photos down, a caption under each map and a colour bar."""
+  from adaptgrad_jax import viz  # pylint: disable=import-outside-toplevel
+
+  return viz.plot_grid(rows, row_labels=list(ROW_LABELS), col_labels=photo_labels, images=images,
+                       cell_labels=captions, colorbar=True, transpose=True, cell_size=1.6, dpi=100, title=title)
 
 
 def run(args: argparse.Namespace, console, err_console) -> int:
@@ -272,7 +434,10 @@ def run(args: argparse.Namespace, console, err_console) -> int:
     raise _errors.UsageError(f"--out {args.out} is a file; pass a folder")
   photos = not (args.quick or args.no_photos)
   files = [out / "mnist.png", out / "demo.json"] + ([out / "photos.png"] if photos else [])
-  identity = {"command": "demo", "quick": args.quick, "photos": photos, "photo_n": args.photo_n, "seed": args.seed}
+  identity = {"command": "demo", "quick": args.quick, "photos": photos, "photo_n": args.photo_n,
+              "estimator": args.estimator, "seed": args.seed}
+  if photos:
+    _methods.check_options("adaptgrad", _methods.Options(n=args.photo_n, estimator=args.estimator))
   with _shared.locked_output(out):
     _shared.remove_stale_temporaries(out, [f.name for f in files])
     record = None if args.overwrite else _shared.read_record(out / "demo.json")

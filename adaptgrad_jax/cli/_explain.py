@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -93,10 +94,19 @@ def add_precision_options(parser: argparse.ArgumentParser) -> None:
     help="smoothgrad / adaptgrad: sample in chunks of --batch-size (required) until the map's relative error"
          " ||stderr|| / ||map|| is at most R (in (0, 1), e.g. 0.05) or --n samples are used; prints the samples"
          " used per image (default: always --n samples)")
+  add_estimator_option(group)
   group.add_argument(
     "--noise", choices=_methods.NOISE_SCHEMES, default="iid",
     help="the input noise: iid (default), antithetic pairs (eps, -eps; --n even), orthogonal blocks or lhs"
          " (Latin hypercube replicates of 8; --n a multiple of 8); all unbiased for the same Gaussian smoothing")
+
+
+def add_estimator_option(group) -> None:
+  """``--estimator mc|smooth-diff|moments``: how SG's and AG's smoothed gradient is computed."""
+  group.add_argument(
+    "--estimator", choices=tuple(_methods.ESTIMATORS), default="mc",
+    help="how smoothgrad, adaptgrad and their s-/a-gi, s-/a-ig compositions compute the smoothed gradient: "
+         + "; ".join(f"{k}: {v}" for k, v in _methods.ESTIMATORS.items()) + " (default: mc; docs/precision.md)")
 
 
 def add_output_options(parser: argparse.ArgumentParser, default: Optional[str]) -> None:
@@ -184,7 +194,8 @@ def options_from(args: argparse.Namespace) -> _methods.Options:
     baseline=getattr(args, "baseline", "black"), ig_steps=getattr(args, "ig_steps", 50),
     ng_samples=getattr(args, "ng_samples", 10), ng_sigma=getattr(args, "ng_sigma", 0.2),
     rtol=getattr(args, "rtol", None), noise=getattr(args, "noise", "iid"), layer=getattr(args, "layer", None),
-    eg_baselines=getattr(args, "eg_baselines", "uniform"), blur_sigma=getattr(args, "blur_sigma", 50.0))
+    eg_baselines=getattr(args, "eg_baselines", "uniform"), blur_sigma=getattr(args, "blur_sigma", 50.0),
+    estimator=getattr(args, "estimator", "mc"))
 
 
 # ----------------------------------------------------------------------------
@@ -218,6 +229,9 @@ def make_explain_one(method: str, loaded: _models.LoadedModel, options: _methods
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
   f, logits_fn, param_fn = model_functions(loaded)
+  if options.rtol is None:  # the map's standard error where the library has it (free for Monte Carlo maps)
+    options = dataclasses.replace(options, return_stderr=True)
+  stacked = options.rtol is None and _methods.has_stderr(method, options)
   needs_params = _methods.canonical(method).endswith("ng")
   model = loaded.module if _methods.canonical(method) in _methods.MODEL_METHODS else None
   explainer = _methods.build(method, f, loaded.bounds, options, param_fn=param_fn() if needs_params else None,
@@ -230,9 +244,28 @@ def make_explain_one(method: str, loaded: _models.LoadedModel, options: _methods
       t = jnp.argmax(logits_fn(x[None])[0]).astype(jnp.int32)
     else:
       t = jnp.asarray(target, jnp.int32)
-    return explainer(key, x, t)
+    out = explainer(key, x, t)
+    if stacked:  # one array (attribute() stores one per input): the map and its stderr, split by split_error
+      return jnp.stack([out.value, out.stderr.astype(out.value.dtype)])
+    return out
 
   return explain_one, logits_fn
+
+
+def split_error(method: str, options: _methods.Options, output) -> tuple[np.ndarray, Optional[float]]:
+  """``(map, relative error)`` of an ``explain_one`` output; the error is None for a map without one."""
+  output = np.asarray(output)
+  if options.rtol is not None or not _methods.has_stderr(method, dataclasses.replace(options, return_stderr=True)):
+    return output, None
+  value, stderr = output[0], output[1]
+  size = float(np.linalg.norm(value.astype(np.float64)))
+  error = float(np.linalg.norm(stderr.astype(np.float64)))
+  return value, (error / size if size > 0 else (float("inf") if error > 0 else 0.0))
+
+
+def error_kind(method: str, options: _methods.Options) -> str:
+  """What the error column says for a map without a relative error."""
+  return "deterministic" if _methods.is_deterministic(method, options) else "not estimated"
 
 
 def predictions(logits_fn, xs) -> tuple[np.ndarray, np.ndarray]:
@@ -438,6 +471,7 @@ def _run_locked(args, console, err_console, method, paths, names, out, spec, dev
     jitted = jax.jit(explain_one, compiler_options=cpu_compiler_options())
   records = []
   precision: dict[int, dict] = {}
+  errors: dict[int, Optional[float]] = {}
   progress, total, description = progress_bar(err_console, len(paths), "explaining" if maps is None else "writing")
   with progress:
     task = progress.add_task(description, total=total)
@@ -454,9 +488,11 @@ def _run_locked(args, console, err_console, method, paths, names, out, spec, dev
             err_console.print(f"{path.name}: {precision[i]['samples']} of {options.n} samples, relative error"
                               f" {precision[i]['relative_error']:.3f} (--rtol {options.rtol:g})")
             attribution = attribution.value
+          else:
+            attribution, errors[i] = split_error(method, options, attribution)
           attribution = np.asarray(attribution)
         else:
-          attribution = np.asarray(maps[i])
+          attribution, errors[i] = split_error(method, options, maps[i])
         if not np.all(np.isfinite(attribution)):
           raise CliError(f"the {method} map of {path} holds NaN or inf; try --method grad to check the model")
         save_map(out / npy, out / png, attribution, loaded.display(x))
@@ -469,6 +505,10 @@ def _run_locked(args, console, err_console, method, paths, names, out, spec, dev
       })
       if options.rtol is not None:  # images done by an earlier run keep what that run recorded
         records[-1].update(precision.get(i) or _earlier_precision(earlier, path))
+      elif i in errors:
+        records[-1]["relative_error"] = errors[i]
+      else:
+        records[-1]["relative_error"] = _earlier_precision(earlier, path, "relative_error")["relative_error"]
       progress.update(task, advance=1)
   elapsed = time.perf_counter() - start
   summary = {
@@ -478,22 +518,24 @@ def _run_locked(args, console, err_console, method, paths, names, out, spec, dev
     "key_per_image": "jax.random.fold_in(jax.random.key(seed), index)",
     **({"precision": "samples: gradient evaluations used (the clean one included) until the relative error"
                      " ||stderr|| / ||map|| (adaptgrad_jax.relative_error) reached rtol or n were used"}
-       if options.rtol is not None else {}), "seconds": round(elapsed, 2),
+       if options.rtol is not None else
+       {"relative_error": "||stderr|| / ||map|| of each map (adaptgrad_jax.relative_error, from return_stderr=True);"
+                          f" null: {error_kind(method, options)}"}), "seconds": round(elapsed, 2),
     "images": records,
   }
   _shared.write_json(out / RECORD, summary)
-  _print_table(console, records, method)
+  _print_table(console, records, method, error_kind(method, options))
   written = len(_shared.written_files(out))
   console.print(f"wrote {written} file{'' if written == 1 else 's'} to {out} in {elapsed:.1f} s"
                 + (f" ({len(done)} image(s) done by an earlier run)" if done else ""))
   return _errors.EXIT_OK
 
 
-def _earlier_precision(record: dict, path: pathlib.Path) -> dict:
+def _earlier_precision(record: dict, path: pathlib.Path, field: str = "samples") -> dict:
   """The samples and relative error an earlier run recorded for ``path`` (None when not recorded)."""
   for image in record.get("images") or []:
-    if isinstance(image, dict) and image.get("image") == str(path) and "samples" in image:
-      return {"samples": image["samples"], "relative_error": image.get("relative_error")}
+    if isinstance(image, dict) and image.get("image") == str(path) and field in image:
+      return {"samples": image.get("samples"), "relative_error": image.get("relative_error")}
   return {"samples": None, "relative_error": None}
 
 
@@ -511,13 +553,15 @@ def _explain_sharded(explain_one, key, paths, load_x, out, args, devices):
     for i in range(0, len(paths), batch):
       yield np.stack([load_x(p) for p in paths[i:i + batch]])
 
-  explain_id = (f"{args.method}/{args.model}/{args.weights}/target={args.target}/"
+  with_stderr = dataclasses.replace(options_from(args), return_stderr=True)
+  stderr = "/map+stderr" if _methods.has_stderr(args.method, with_stderr) else ""
+  explain_id = (f"{args.method}/{args.model}/{args.weights}/target={args.target}{stderr}/"
                 f"{json.dumps(vars(options_from(args)), sort_keys=True)}")
   return attribute(explain_one, key, batches(), out=out / "shards", batch_size=batch, num_examples=len(paths),
                    mesh=mesh, explain_id=explain_id, overwrite=args.overwrite)
 
 
-def _print_table(console, records, method) -> None:
+def _print_table(console, records, method, no_error: str = "deterministic") -> None:
   from rich.table import Table  # pylint: disable=import-outside-toplevel
 
   table = Table(title=f"{_methods.label(method)} maps")
@@ -527,11 +571,17 @@ def _print_table(console, records, method) -> None:
   with_samples = any("samples" in r for r in records)
   if with_samples:
     table.add_column("samples (rel. error)")
+  else:
+    table.add_column("rel. error")
   table.add_column("overlay")
   for r in records:
     explained = str(r["target"]) if r["target_name"] == str(r["target"]) else f"{r['target']} {r['target_name']}"
     row = [pathlib.Path(r["image"]).name, f"{r['predicted_name']} ({r['probability']:.2f})", explained]
     if with_samples:
       row.append("earlier run" if r.get("samples") is None else f"{r['samples']} ({r['relative_error']:.3f})")
+    elif r.get("relative_error") is not None:
+      row.append(f"{r['relative_error']:.1%}")
+    else:
+      row.append(no_error)
     table.add_row(*row, r["png"])
   console.print(table)

@@ -121,6 +121,8 @@ class Options:
   layer: Optional[str] = None  # CAM's layer; None: default_layer(model)
   eg_baselines: str = "uniform"  # "uniform" (within the bounds) or the path of a .npy (m, *x.shape)
   blur_sigma: float = 50.0  # Blur IG's max_sigma in pixels (PAIR's default)
+  return_stderr: bool = False  # STDERR_METHODS return an ag.Estimate (map, stderr, samples): free
+  estimator: str = "mc"  # how SG / AG are computed: ESTIMATORS
 
 
 # The methods whose map is ONE Monte Carlo mean of the library (smooth_grad /
@@ -129,6 +131,40 @@ RTOL_METHODS = ("smoothgrad", "adaptgrad")
 # The methods that draw input noise (where --noise applies).
 NOISE_METHODS = ("smoothgrad", "adaptgrad") + tuple(m for m in METHODS if m.startswith(("s-", "a-")))
 NOISE_SCHEMES = ("iid", "antithetic", "orthogonal", "lhs")
+# The Monte Carlo maps whose standard error the library propagates (``return_stderr``): SG / AG and
+# their GI / IG / Blur IG compositions (the inner smoother's error), and EG / NG (their own samples,
+# which also hold any inner smoothing noise). Guided IG, IDGI and the CAMs are not linear in the
+# gradient, so they have none; the plain gradient, GI, IG, Blur IG, Grad-CAM... are deterministic.
+STDERR_METHODS = ("smoothgrad", "adaptgrad", "s-gi", "a-gi", "s-ig", "a-ig", "s-blur-ig", "a-blur-ig",
+                  "eg", "s-eg", "a-eg", "ng", "s-ng", "a-ng")
+
+
+def is_deterministic(method: str, options: Optional["Options"] = None) -> bool:
+  """Whether a method's map draws no noise at all (no key is used)."""
+  method = canonical(method)
+  if options is not None and options.estimator == "moments" and method in ESTIMATOR_METHODS:
+    return True
+  return not (method.startswith(("s-", "a-")) or method in ("smoothgrad", "adaptgrad", "eg", "ng"))
+
+
+def has_stderr(method: str, options: "Options") -> bool:
+  """Whether ``build(method, ..., options)`` returns an ``ag.Estimate`` (map, stderr, samples)."""
+  method = canonical(method)
+  if options.estimator == "moments" and method in ESTIMATOR_METHODS:
+    return False
+  return (options.return_stderr and method in STDERR_METHODS) or (options.rtol is not None
+                                                                  and method in RTOL_METHODS)
+
+
+# --estimator: how SmoothGrad's and AdaptGrad's smoothed gradient is computed (docs/precision.md).
+ESTIMATORS = {
+  "mc": "Monte Carlo: the mean of n gradients at noisy inputs (unbiased; error ~ 1/sqrt(n))",
+  "smooth-diff": "smoothed differentiation (ag.smooth_diff): n noisy forward passes, one backward pass with each"
+                 " unit's expected Jacobian (less noise at equal n, some bias)",
+  "moments": "moment propagation (ag.moment_smooth): deterministic, no samples; a bias to measure",
+}
+# The methods whose smoothing --estimator changes: SG, AG and their GI / IG compositions.
+ESTIMATOR_METHODS = ("smoothgrad", "adaptgrad", "s-gi", "a-gi", "s-ig", "a-ig")
 
 
 def build(
@@ -204,6 +240,22 @@ def check_options(method: str, options: Options) -> None:
   if options.layer is not None and method not in LAYER_METHODS:
     raise UsageError(f"--layer {options.layer} names the layer of a CAM method ({', '.join(LAYER_METHODS)}), not"
                      f" of --method {method}; leave --layer out")
+  if options.estimator not in ESTIMATORS:
+    raise UsageError(f"--estimator {options.estimator!r} is not an estimator; choose one of {', '.join(ESTIMATORS)}")
+  if options.estimator != "mc":
+    flag = f"--estimator {options.estimator}"
+    if method in NOISE_METHODS and method not in ESTIMATOR_METHODS:  # deterministic methods: no smoothing to change
+      raise UsageError(f"{flag} computes the smoothed gradient of SG and AG and applies to --method"
+                       f" {', '.join(ESTIMATOR_METHODS)}, not {method}; use --estimator mc (the default) for it")
+    if options.rtol is not None:
+      raise UsageError(f"--rtol samples Monte Carlo gradients to a tolerance; it does not apply to {flag}: leave"
+                       " one of them out")
+    if options.noise != "iid":
+      raise UsageError(f"--noise {options.noise} is a Monte Carlo sampling scheme; it does not apply to {flag}:"
+                       " leave one of them out")
+    if options.estimator == "moments" and not hasattr(ag, "moment_smooth"):
+      raise UsageError("--estimator moments needs adaptgrad_jax.moment_smooth, which this version does not have;"
+                       " use --estimator smooth-diff or mc")
   if method in NOISE_METHODS:  # a dry build: the library's refusals before any model or image is loaded
     rtol = {} if options.rtol is None else {"rtol": options.rtol}
     try:
@@ -368,14 +420,29 @@ def check_model(method: str, options: Options, x_shape: tuple[int, ...], *, mode
 def _build(method, f, bounds, options, *, param_fn, model):
   o = options
   bs = o.batch_size
-  rtol = {} if o.rtol is None else {"rtol": o.rtol}
+  mc = {} if o.rtol is None else {"rtol": o.rtol}
+  # The smoother's error propagates through GI, IG and Blur IG; EG and NG measure their own (outer) spread.
+  own = o.return_stderr and method in STDERR_METHODS and _plain(method) in ("eg", "ng")
+  if o.return_stderr and method in STDERR_METHODS and not own:
+    mc["return_stderr"] = True
 
   def sg(g):
-    return ag.smooth_grad(g, o.alpha, o.n, bounds=bounds, batch_size=bs, noise=o.noise, **rtol)
+    if o.estimator != "mc":
+      return one_pass(alpha=o.alpha)
+    return ag.smooth_grad(g, o.alpha, o.n, bounds=bounds, batch_size=bs, noise=o.noise, **mc)
 
   def adapt(g):
+    if o.estimator != "mc":
+      return one_pass(c=o.c, sigma_rule=o.sigma_rule)
     return ag.adapt_smooth(g, o.c, o.n, bounds=bounds, sigma_rule=o.sigma_rule, batch_size=bs, noise=o.noise,
-                           **rtol)
+                           **mc)
+
+  def one_pass(**sigma):
+    """SG's or AG's smoothed gradient of ``f`` from one backward pass (--estimator; GI and IG compose)."""
+    if o.estimator == "smooth-diff":
+      return ag.smooth_diff(f, o.n, bounds=bounds, batch_size=bs, **sigma,
+                            **({"return_stderr": True} if "return_stderr" in mc else {}))
+    return ag.moment_smooth(f, bounds=bounds, **sigma)  # pylint: disable=no-member  # checked: check_options
 
   def smoothed(g):
     """``g``, ``sg(g)`` or ``adapt(g)`` by the method's prefix."""
@@ -391,23 +458,23 @@ def _build(method, f, bounds, options, *, param_fn, model):
   if method == "grad":
     return lambda key, x, t: g(x, t)
   if method == "smoothgrad":
-    return sg(g)
+    return with_key(sg(g))
   if method == "adaptgrad":
-    return adapt(g)
+    return with_key(adapt(g))
   if method == "gi":
     gi = ag.gradient_x_input(g)
     return lambda key, x, t: gi(x, t)
   if method == "s-gi":
-    return ag.gradient_x_input(sg(g))
+    return with_key(ag.gradient_x_input(sg(g)))
   if method == "a-gi":
-    return ag.gradient_x_input(adapt(g))
+    return with_key(ag.gradient_x_input(adapt(g)))
   if method == "ig":
     plain = ig(g)
     return lambda key, x, t: plain(x, t)
   if method == "s-ig":
-    return ig(sg(g))
+    return with_key(ig(sg(g)))
   if method == "a-ig":
-    return ig(adapt(g))
+    return with_key(ig(adapt(g)))
 
   base = _plain(method)
   if base == "eg":
@@ -417,7 +484,8 @@ def _build(method, f, bounds, options, *, param_fn, model):
 
     def eg(key, x, t):
       baselines = uniform_baselines(bounds, x.shape, x.dtype) if data is None else data
-      return ag.expected_gradients(inner, o.ig_steps, baselines=baselines, batch_size=bs)(key, x, t)
+      return ag.expected_gradients(inner, o.ig_steps, baselines=baselines, batch_size=bs,
+                                   **({"return_stderr": True} if own else {}))(key, x, t)
 
     return eg
   if base == "blur-ig":
@@ -449,7 +517,8 @@ def _build(method, f, bounds, options, *, param_fn, model):
   gp = jax.grad(f_params)  # gradient with respect to x, f_params(x, params, t)
 
   def ng(inner):
-    return ag.noise_grad(inner, o.ng_samples, sigma=o.ng_sigma, argnums=1)
+    return ag.noise_grad(inner, o.ng_samples, sigma=o.ng_sigma, argnums=1,
+                         **({"return_stderr": True} if own else {}))
 
   if method == "ng":
     explain = ng(gp)
