@@ -114,9 +114,21 @@ def _validate_target(target) -> Target:
   )
 
 
-def _pick(logits: jax.Array, target, output: str) -> jax.Array:
+def _pick(logits: jax.Array, target, output: str, x_shape: tuple = ()) -> jax.Array:
   """The scalar output for one example from its batch-of-one logits."""
   if logits.ndim != 2 or logits.shape[0] != 1:
+    if (logits.ndim >= 2 and logits.shape[0] > 1) or (logits.ndim >= 3 and logits.shape[1] > 1):
+      raise ValueError(
+          f"the model returned logits of shape {logits.shape} for an input of"
+          f" shape {tuple(x_shape)}, which the adapter passed as a batch of one"
+          f" ({(1, *x_shape)}): the scalar function, and every explainer built"
+          " on it, takes ONE example without a batch axis (e.g. an HWC image)."
+          " For a batch xs, map over it: jax.vmap(explainer)(jax.random.split(key,"
+          " len(xs)), xs) (with targets: jax.vmap(explainer)(keys, xs, targets)"
+          " for a function built with target=None). If x is one example and"
+          " the model returns other outputs, pass call=... to reduce them to"
+          " (1, num_classes)."
+      )
     raise ValueError(
         f"the model returned logits of shape {logits.shape} for a batch of"
         " one; the adapters expect (1, num_classes). Pass call=... to reduce"
@@ -145,17 +157,17 @@ def _scalar_fn(logits_fn, target, output, with_params: bool):
   if with_params:
     if target is None:
       def f(x, params, target):
-        return _pick(logits_fn(_add_batch(x), params), target, output)
+        return _pick(logits_fn(_add_batch(x), params), target, output, jnp.shape(x))
     else:
       def f(x, params):
-        return _pick(logits_fn(_add_batch(x), params), target, output)
+        return _pick(logits_fn(_add_batch(x), params), target, output, jnp.shape(x))
   else:
     if target is None:
       def f(x, target):
-        return _pick(logits_fn(_add_batch(x), None), target, output)
+        return _pick(logits_fn(_add_batch(x), None), target, output, jnp.shape(x))
     else:
       def f(x):
-        return _pick(logits_fn(_add_batch(x), None), target, output)
+        return _pick(logits_fn(_add_batch(x), None), target, output, jnp.shape(x))
   return f
 
 

@@ -148,6 +148,9 @@ def test_bad_arguments(net):
     fa.nnx_target_fn(net, jnp.array([0, 1]))
   with pytest.raises(TypeError, match="not an nnx.Module"):
     fa.nnx_target_fn(lambda x: x, 0)
+  # A batch given to a function of one example: say so, and how to map over it (not "pass call=").
+  with pytest.raises(ValueError, match=r"shape \(1, 5, 3\) for an input of shape \(5, 4\).*ONE example.*jax\.vmap"):
+    fa.nnx_target_fn(net, 0)(jnp.ones((5, 4)))
   with pytest.raises(ValueError, match=r"shape \(3,\).*shape \(2,\)"):
     fa.resolve_targets(net, jnp.ones((2, 4)), jnp.array([0, 1, 2]))
   with pytest.raises(ValueError, match="collection='weights'"):

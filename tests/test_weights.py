@@ -305,3 +305,23 @@ def test_pretrained_argument_errors(tmp_path):
     weights.pretrained("mine", url="http://127.0.0.1:9/model.pth", cache_dir=tmp_path)
   assert set(weights.TORCHVISION_URLS) >= {"vgg16", "resnet50", "inception_v3", "vgg19_bn", "resnet152"}
   assert weights.TORCHVISION_URLS["resnet50"].endswith("resnet50-0676ba61.pth")
+
+
+def test_load_state_dict_refuses_lossy_casts_and_names_bad_keys():
+  from flax import nnx
+  from adaptgrad_jax import models
+  model = models.mlp(rngs=nnx.Rngs(0))
+  state = models.state_dict_from_model(model)
+  before = np.asarray(model.fc1.kernel[...]).copy()
+  with pytest.raises(TypeError, match=r"state_dict has the key 3 of type int; keys must be torch parameter names"):
+    models.load_state_dict(model, {**state, 3: state["fc1.bias"]})
+  huge = state["fc1.weight"].astype(np.float64)
+  huge[0, 0] = 1e300
+  complex_bias = state["fc2.bias"] * (1 + 1j)
+  with pytest.raises(ValueError, match=r"(?s)cannot hold \(2\).*fc1\.weight: 1 finite float64 value\(s\) \(e\.g\. 1e\+300\)"
+                                      r" overflow to inf in float32.*fc2\.bias: complex.*imaginary part"):
+    models.load_state_dict(model, {**state, "fc1.weight": huge, "fc2.bias": complex_bias})
+  np.testing.assert_array_equal(np.asarray(model.fc1.kernel[...]), before)  # nothing copied
+  # Casts that only round are fine: float64 in, float32 model.
+  models.load_state_dict(model, {k: v.astype(np.float64) * 2 for k, v in state.items()})
+  np.testing.assert_allclose(np.asarray(model.fc1.kernel[...]), before * 2, rtol=1e-7)

@@ -677,3 +677,38 @@ def test_distinct_tensors_over_one_storage_cannot_multiply_it(tmp_path):
   assert state["w0"].flags.writeable and not state["w1999"].flags.writeable  # copies, then views
   for value in state.values():
     np.testing.assert_array_equal(value[:: n // 7], np.arange(n, dtype=np.float32)[:: n // 7])
+
+
+def _append_member(path, name, data):
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)  # zipfile warns "Duplicate name"
+    with zipfile.ZipFile(path, "a") as archive:
+      archive.writestr(name, data)
+
+
+def test_duplicate_zip_members_are_refused(tmp_path):
+  # torch.load reads the first of two members of one name, zipfile the last: two readers, two sets of weights.
+  torch = pytest.importorskip("torch")
+  path = tmp_path / "dup.pth"
+  torch.save({"w": torch.arange(4.0)}, path)
+  storage = next(n for n in zipfile.ZipFile(path).namelist() if n.endswith("/data/0"))
+  assert weights.read_checkpoint(path)["w"].tolist() == [0.0, 1.0, 2.0, 3.0]
+  _append_member(path, storage, np.full(4, 7.0, np.float32).tobytes())
+  assert torch.load(path, weights_only=True)["w"].tolist() == [0.0, 1.0, 2.0, 3.0]  # the first
+  with pytest.raises(weights.CheckpointError, match=rf"two members named '{storage}'.*re-save"):
+    weights.read_checkpoint(path)
+  # Two data.pkl: the same name twice, or two archives in one file.
+  path = _torch_zip(tmp_path / "pkl.pth", _dict([]))
+  _append_member(path, "m/data.pkl", _program(_dict([])))
+  with pytest.raises(weights.CheckpointError, match="two members named 'm/data.pkl'"):
+    weights.read_checkpoint(path)
+  path = _torch_zip(tmp_path / "two.pth", _dict([]))
+  _append_member(path, "n/data.pkl", _program(_dict([])))
+  with pytest.raises(weights.CheckpointError, match=r"2 pickles \(m/data\.pkl, n/data\.pkl\)"):
+    weights.read_checkpoint(path)
+  # And in an .npz.
+  path = tmp_path / "dup.npz"
+  np.savez(path, w=np.zeros(2))
+  _append_member(path, "w.npy", zipfile.ZipFile(path).read("w.npy"))
+  with pytest.raises(weights.CheckpointError, match="two members named 'w.npy'"):
+    weights.read_checkpoint(path)

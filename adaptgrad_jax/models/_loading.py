@@ -157,7 +157,8 @@ def _cast(array: np.ndarray, dtype: Any) -> tuple[np.ndarray, str]:
                    " arrays (np.real(v) if the imaginary part is 0 by design)")
   if not (jnp.issubdtype(array.dtype, jnp.number) or array.dtype == np.bool_):
     return array, f"{array.dtype} values are not numbers"
-  cast = array.astype(dtype)
+  with np.errstate(over="ignore", invalid="ignore"):
+    cast = array.astype(dtype)
   if jnp.issubdtype(array.dtype, jnp.inexact) and jnp.issubdtype(dtype, jnp.inexact):
     if float(jnp.finfo(array.dtype).max) > float(jnp.finfo(dtype).max):
       overflow = np.isfinite(array) & ~np.isfinite(cast)

@@ -955,13 +955,31 @@ def _check_disjoint(infos: list[zipfile.ZipInfo], what: str) -> None:
       raise _error(what, f"zip members {name} and {other} overlap (a malformed or malicious archive)")
 
 
+def _check_unique(infos: list[zipfile.ZipInfo], what: str) -> None:
+  """Refuses an archive with two members of one name: readers disagree on which one counts.
+
+  ``torch.load`` reads the first, Python's ``zipfile`` (and so a dict of its
+  members) the last: the same file would give two sets of weights.
+  """
+  seen = set()
+  for info in infos:
+    if info.filename in seen:
+      raise _error(what, f"the archive holds two members named {info.filename[:80]!r} (a malformed or malicious"
+                   " archive: readers disagree on which one counts); re-save the checkpoint")
+    seen.add(info.filename)
+
+
 def _read_torch_zip(path: pathlib.Path, what: str) -> dict[str, np.ndarray]:
   file_size = path.stat().st_size
   with zipfile.ZipFile(path) as archive:
+    _check_unique(archive.infolist(), what)
     infos = {i.filename: i for i in archive.infolist()}
     pickles = [n for n in infos if n.endswith("/data.pkl") and n.count("/") == 1]
     if not pickles:
       raise _error(what, "a zip file without <name>/data.pkl is not a PyTorch checkpoint")
+    if len(pickles) > 1:
+      raise _error(what, f"the archive holds {len(pickles)} pickles ({', '.join(sorted(pickles)[:4])}), not one"
+                   " <name>/data.pkl: which one is the checkpoint is ambiguous; re-save it")
     prefix = pickles[0][: -len("data.pkl")]
     big_endian = False
     if prefix + "byteorder" in infos:
@@ -1087,6 +1105,7 @@ def _read_npz(path: pathlib.Path, what: str) -> dict[str, np.ndarray]:
   out = {}
   with zipfile.ZipFile(path) as archive:
     infos = archive.infolist()
+    _check_unique(infos, what)
     _check_disjoint(infos, what)
     for info in infos:
       if not info.filename.endswith(".npy"):
