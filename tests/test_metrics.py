@@ -540,3 +540,37 @@ def test_pic_bad_input(getkey):
   with pytest.raises(ValueError, match="entropy='jpeg'"):
     metrics.performance_information_curve(x, region, predict, random_mask=mask,
                                           entropy="jpeg")
+
+
+# Bootstrap and permutation counts: drawn in bounded blocks, absurd counts refused (issue 26's audit).
+
+
+def test_bootstrap_in_blocks_equals_the_blocks_indices(monkeypatch):
+  from adaptgrad_jax.metrics import _statistics
+  v = np.random.default_rng(0).normal(size=50)
+  key = jax.random.key(2)
+  monkeypatch.setattr(_statistics, "BLOCK", 120)  # 2 rows of 50 per block: 500 resamples in 250 blocks
+  ci = metrics.bootstrap_ci(key, v, confidence=0.9, num_resamples=500)
+  blocks = [np.asarray(jax.random.randint(jax.random.fold_in(key, j), (2, 50), 0, 50)) for j in range(250)]
+  idx = metrics.bootstrap_indices(key, 50, 500)
+  np.testing.assert_array_equal(idx, np.concatenate(blocks))
+  lo, hi = np.percentile(v[idx].mean(axis=1), [5, 95])
+  assert (ci.low, ci.high) == (pytest.approx(lo), pytest.approx(hi))
+  sizes = [rows * 50 for _, rows in _statistics._blocks(key, 999, 50)]
+  assert max(sizes) <= 120 and sum(sizes) == 50 * 999  # never more than BLOCK indices at once
+
+
+def test_paired_test_in_blocks_and_counts_refused(monkeypatch):
+  from adaptgrad_jax.metrics import _statistics
+  rng = np.random.default_rng(1)
+  a = rng.normal(size=14)
+  b = a - 0.3 + rng.normal(scale=0.6, size=14)
+  exact = metrics.paired_test(jax.random.key(0), a, b, num_resamples=10)
+  monkeypatch.setattr(_statistics, "BLOCK", 4000)  # 285 sign patterns of 14 per block: 71 blocks
+  mc = metrics.paired_test(jax.random.key(0), a, b, num_permutations=20000, num_resamples=10, exact_max_n=4)
+  assert mc.method == "monte carlo" and abs(mc.p_value - exact.p_value) < 0.015
+  for call, name in [(lambda: metrics.bootstrap_ci(jax.random.key(0), a, num_resamples=10**8), "num_resamples"),
+                     (lambda: metrics.paired_test(jax.random.key(0), a, b, num_permutations=10**12), "num_permutations"),
+                     (lambda: metrics.bootstrap_indices(jax.random.key(0), 20, 10**8), "num_resamples")]:
+    with pytest.raises(ValueError, match=rf"{name}=\d+ is more than this library draws \(10,000,000\)"):
+      call()

@@ -20,6 +20,15 @@ from jax.typing import ArrayLike
 # Exact enumeration of the 2**n sign patterns up to this n (65536 patterns).
 EXACT_MAX_N = 16
 
+MAX_RESAMPLES = 10**7
+"""The most bootstrap resamples drawn (their means take 80 MB; the Monte Carlo error of a 95% interval's
+ends is far below the data's own long before)."""
+MAX_PERMUTATIONS = 10**7
+"""The most random sign patterns of the permutation test (p-values to about 1e-7)."""
+BLOCK = 2**21
+"""Resamples and sign patterns are drawn in blocks of at most this many indices (or one row, if longer),
+so memory does not grow with their number."""
+
 
 class ConfidenceInterval(NamedTuple):
   """A mean and its percentile bootstrap confidence interval.
@@ -79,25 +88,52 @@ def _values(values: ArrayLike, name: str) -> np.ndarray:
   return v
 
 
+def _check_count(value, name: str, maximum: int, example: int) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    raise ValueError(f"{name}={value!r} must be a positive integer, e.g. {example}")
+  if value > maximum:
+    raise ValueError(
+        f"{name}={value!r} is more than this library draws ({maximum:,}); the"
+        f" Monte Carlo error is negligible long before (e.g. {example})")
+  return int(value)
+
+
 def _check_options(confidence, num_resamples) -> None:
   if (isinstance(confidence, bool) or not isinstance(confidence, (numbers.Real, np.floating))
       or not 0.0 < float(confidence) < 1.0):
     raise ValueError(f"confidence={confidence!r} must lie in (0, 1), e.g. "
                      "0.95 for a 95% interval")
-  if (isinstance(num_resamples, bool) or
-      not isinstance(num_resamples, (int, np.integer)) or num_resamples < 1):
-    raise ValueError(f"num_resamples={num_resamples!r} must be a positive "
-                     "integer, e.g. 2000")
+  _check_count(num_resamples, "num_resamples", MAX_RESAMPLES, 2000)
+
+
+def _blocks(key: jax.Array, rows: int, n: int):
+  """``(block key, block rows)`` covering ``rows`` rows of ``n`` in blocks of at most ``BLOCK`` indices.
+
+  One block is drawn with ``key`` itself; with more, block ``j`` with
+  ``jax.random.fold_in(key, j)``.
+  """
+  per = max(1, BLOCK // max(n, 1))
+  if rows <= per:
+    yield key, rows
+    return
+  for j, start in enumerate(range(0, rows, per)):
+    yield jax.random.fold_in(key, j), min(per, rows - start)
 
 
 def bootstrap_indices(key: jax.Array, n: int, num_resamples: int) -> np.ndarray:
   """The resampling indices of :func:`bootstrap_ci`: ``(num_resamples, n)`` ints in [0, n).
 
-  Drawn with ``jax.random.randint(key, (num_resamples, n), 0, n)``, so that
-  the same key resamples the same examples whatever the values are (a
-  paired comparison of two explainers resamples the same examples for both).
+  Drawn with ``jax.random.randint(key, (num_resamples, n), 0, n)`` when
+  ``num_resamples * n <= BLOCK`` (2**21); above, in blocks of
+  ``BLOCK // n`` rows, block ``j`` with ``jax.random.fold_in(key, j)``. The
+  same key resamples the same examples whatever the values are (a paired
+  comparison of two explainers resamples the same examples for both).
+  :func:`bootstrap_ci` draws the same blocks one at a time, never holding
+  them all.
   """
-  return np.asarray(jax.random.randint(key, (num_resamples, n), 0, n))
+  num_resamples = _check_count(num_resamples, "num_resamples", MAX_RESAMPLES, 2000)
+  return np.concatenate([np.asarray(jax.random.randint(k, (rows, n), 0, n))
+                         for k, rows in _blocks(key, num_resamples, n)])
 
 
 def bootstrap_ci(
@@ -119,7 +155,8 @@ def bootstrap_ci(
     key: PRNG key for the resamples.
     values: 1-D per-example scores, all finite.
     confidence: the confidence level, in (0, 1).
-    num_resamples: bootstrap resamples.
+    num_resamples: bootstrap resamples, at most ``MAX_RESAMPLES`` (10**7);
+      drawn in blocks, so memory does not grow with them beyond their means.
 
   Returns:
     A :class:`ConfidenceInterval`.
@@ -139,8 +176,8 @@ def bootstrap_ci(
   """
   _check_options(confidence, num_resamples)
   v = _values(values, "values")
-  idx = bootstrap_indices(key, v.size, int(num_resamples))
-  means = v[idx].mean(axis=1)
+  means = np.concatenate([v[np.asarray(jax.random.randint(k, (rows, v.size), 0, v.size))].mean(axis=1)
+                          for k, rows in _blocks(key, int(num_resamples), v.size)])
   lo, hi = np.quantile(means, [(1 - confidence) / 2, (1 + confidence) / 2])
   return ConfidenceInterval(float(v.mean()), float(lo), float(hi),
                             float(confidence), int(num_resamples), int(v.size))
@@ -181,7 +218,8 @@ def paired_test(
     b: 1-D scores of the second, on the same examples in the same order.
     confidence: the confidence level of the interval.
     num_resamples: bootstrap resamples.
-    num_permutations: random sign patterns when ``n > exact_max_n``.
+    num_permutations: random sign patterns when ``n > exact_max_n``, at most
+      ``MAX_PERMUTATIONS`` (10**7), drawn in blocks as the resamples.
     exact_max_n: the largest n enumerated exactly.
 
   Returns:
@@ -204,11 +242,7 @@ def paired_test(
     Sec. 3.1 (the one-sample / paired permutation test).
   """
   _check_options(confidence, num_resamples)
-  if (isinstance(num_permutations, bool) or
-      not isinstance(num_permutations, (int, np.integer)) or
-      num_permutations < 1):
-    raise ValueError(f"num_permutations={num_permutations!r} must be a "
-                     "positive integer, e.g. 10000")
+  num_permutations = _check_count(num_permutations, "num_permutations", MAX_PERMUTATIONS, 10000)
   if (isinstance(exact_max_n, bool) or not isinstance(exact_max_n, (int, np.integer))
       or not 0 <= exact_max_n <= 20):
     raise ValueError(f"exact_max_n={exact_max_n!r} must be an integer in "
@@ -231,10 +265,11 @@ def paired_test(
     p = float(np.mean(stats >= observed - tol))
     method, count = "exact", 2**n
   else:
-    signs = np.where(np.asarray(jax.random.bernoulli(
-        k_perm, 0.5, (int(num_permutations), n))), 1.0, -1.0)
-    stats = np.abs(signs @ d / n)
-    p = float((1 + np.sum(stats >= observed - tol)) / (1 + num_permutations))
+    hits = 0
+    for k, rows in _blocks(k_perm, num_permutations, n):
+      signs = np.where(np.asarray(jax.random.bernoulli(k, 0.5, (rows, n))), 1.0, -1.0)
+      hits += int(np.sum(np.abs(signs @ d / n) >= observed - tol))
+    p = float((1 + hits) / (1 + num_permutations))
     method, count = "monte carlo", int(num_permutations)
   return PairedTest(float(d.mean()), ci.low, ci.high, min(p, 1.0), n, method,
                     count, float(confidence))
