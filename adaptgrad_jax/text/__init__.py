@@ -33,6 +33,16 @@ from adaptgrad_jax.text._demo import DemoText as DemoText
 from adaptgrad_jax.text._demo import TextTask as TextTask
 from adaptgrad_jax.text._demo import demo_classifier as demo_classifier
 from adaptgrad_jax.text._demo import synthetic_task as synthetic_task
+from adaptgrad_jax.text._evaluation import evaluation_data as evaluation_data
+from adaptgrad_jax.text._evaluation import pack_tokens as pack_tokens
+from adaptgrad_jax.text._evaluation import packed_explainer as packed_explainer
+from adaptgrad_jax.text._evaluation import packed_predict as packed_predict
+from adaptgrad_jax.text._evaluation import token_deletion as token_deletion
+from adaptgrad_jax.text._evaluation import token_deletion_metric as token_deletion_metric
+from adaptgrad_jax.text._evaluation import token_insertion as token_insertion
+from adaptgrad_jax.text._evaluation import token_insertion_metric as token_insertion_metric
+from adaptgrad_jax.text._evaluation import token_sparseness_metric as token_sparseness_metric
+from adaptgrad_jax.text._evaluation import unpack_tokens as unpack_tokens
 from adaptgrad_jax.text._embedding import EmbeddingSplit as EmbeddingSplit
 from adaptgrad_jax.text._embedding import TeacherForcing as TeacherForcing
 from adaptgrad_jax.text._embedding import check_token_ids as check_token_ids
@@ -65,14 +75,24 @@ __all__ = (
     "demo_classifier",
     "embedding_bounds",
     "eqx_split",
+    "evaluation_data",
     "explain_batch",
     "nnx_split",
+    "pack_tokens",
+    "packed_explainer",
+    "packed_predict",
     "pad_batch",
     "save_html",
     "split_model",
     "synthetic_task",
     "teacher_forcing",
+    "token_deletion",
+    "token_deletion_metric",
     "token_heatmap_html",
     "token_heatmap_png",
+    "token_insertion",
+    "token_insertion_metric",
     "token_scores",
+    "token_sparseness_metric",
+    "unpack_tokens",
 )
