@@ -306,3 +306,36 @@ def test_bad_input_errors_name_the_argument_and_the_fix():
     SPLIT.embeddings(jnp.ones(9, jnp.int32))
   with pytest.raises(ValueError, match="start=0"):
     text.continuation_fn(DECODER)(X[0], IDS[0], None, 0)
+
+
+def test_the_library_text_models_split_and_explain():
+  from flax import nnx
+  from adaptgrad_jax import models
+  bert = models.bert(models.BERT_TINY, rngs=nnx.Rngs(0))
+  gpt = models.gpt2(models.GPT2_TINY, rngs=nnx.Rngs(1))
+  b_split = text.nnx_split(bert, vocab_size=64, max_length=32)
+  g_split = text.nnx_split(gpt, vocab_size=64, max_length=32)
+  ids, mask = text.pad_batch([[5, 6, 7, 8], [9, 10]], pad_id=0, vocab_size=64)
+  tf = text.teacher_forcing([5, 6, 7], [8, 9], split=g_split, length=6)
+  b_bounds = text.embedding_bounds(bert.embedding_table)
+  g_bounds = text.embedding_bounds(gpt.embedding_table)
+
+  @jax.jit
+  def run(key):
+    x = b_split.embed(ids[1])
+    cls = ag.adapt_smooth(jax.grad(text.classifier_fn(b_split)), 0.95, 4, bounds=b_bounds)(key, x, ids[1], mask[1], 2)
+    y = g_split.embed(tf.ids)
+    per = text.continuation_fn(g_split, per_token=True)
+    jac = jax.jacrev(per)(y, tf.ids, tf.mask, tf.start)
+    smooth = ag.smooth_grad(jax.grad(text.continuation_fn(g_split)), 0.2, 4, bounds=g_bounds)(
+        key, y, tf.ids, tf.mask, tf.start)
+    theirs = gpt(tf.ids[None], attention_mask=tf.mask[None])[0]
+    return cls, text.token_scores(jac, y, tf.mask), smooth, g_split(tf.ids, tf.mask), theirs
+
+  cls, matrix, smooth, mine, theirs = run(jax.random.key(0))
+  assert np.all(np.asarray(cls)[2:] == 0.0) and np.any(np.asarray(cls)[:2] != 0.0)
+  m = np.asarray(matrix)
+  for t in (3, 4):
+    assert np.all(m[t, t:] == 0) and np.any(m[t, :t] != 0)  # GPT-2 is causal; padding column 5 is 0
+  assert np.all(np.asarray(smooth)[5] == 0.0)
+  np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-6)
