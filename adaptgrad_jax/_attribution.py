@@ -16,8 +16,8 @@ import numpy as np
 from adaptgrad_jax import _memory
 from adaptgrad_jax import _monte_carlo
 from adaptgrad_jax import cpu
-from adaptgrad_jax._bounds import broadcast_bounds, require_bounds, validate_bounds
-from adaptgrad_jax._pytree import broadcast_like, check_same_shapes, compute_dtype, replace_arg
+from adaptgrad_jax._bounds import broadcast_bounds, check_broadcasts, require_bounds, validate_bounds
+from adaptgrad_jax._pytree import broadcast_like, check_has_arrays, check_same_shapes, compute_dtype, replace_arg
 from adaptgrad_jax._typing import Bounds, GradFn, KeyArray, PyTree
 from adaptgrad_jax._wrapping import is_stochastic, resolve_stochastic, split_key_args
 from adaptgrad_jax._wrapping import validate_argnums, validate_count, validate_stderr_option, wrap
@@ -136,6 +136,7 @@ def gradient_x_input(
 
   def gi(*call_args, **kwargs):
     _, args = split_key_args(call_args, stochastic, argnums, name)
+    check_has_arrays(args[argnums], name, argnums)
     grad, err, used = _monte_carlo.split_estimate(grad_fn(*call_args, **kwargs))
     x = args[argnums]
     value = _multiply(grad, x, argnums, name)
@@ -253,17 +254,21 @@ def resolve_baseline(baseline, x: PyTree, bounds) -> PyTree:
   value = broadcast_like(value, x, what)
 
   def fit(b, leaf):
-    b, leaf = jnp.asarray(b), jnp.asarray(leaf)
-    try:
-      shape = jnp.broadcast_shapes(b.shape, leaf.shape)
-    except ValueError:
-      shape = None
-    if shape != leaf.shape:
-      raise ValueError(
-          f"{what} has shape {b.shape}, which does not broadcast to the"
-          f" input's shape {leaf.shape}; pass a scalar, an array of shape"
-          f" {leaf.shape}, or one that broadcasts to it (e.g. per channel)."
-      )
+    leaf = jnp.asarray(leaf)
+    if not isinstance(b, jax.core.Tracer):  # before any cast: a float64 1e39 must not become inf unseen
+      raw = np.asarray(b)
+      if np.issubdtype(raw.dtype, np.inexact):
+        with np.errstate(over="ignore", invalid="ignore"):
+          lost = np.isfinite(raw) & ~np.isfinite(raw.astype(np.dtype(leaf.dtype)))
+        if np.any(lost):
+          raise ValueError(
+              f"{what} holds values that overflow the input's {leaf.dtype} (e.g."
+              f" {raw[lost].ravel()[0]:.3g}), so the path from it would be"
+              " infinite and the map NaN; pass a baseline in the range of the"
+              " data (e.g. 0.0, or 'black' with bounds)."
+          )
+    b = jnp.asarray(b)
+    check_broadcasts(b.shape, leaf.shape, what)
     return jnp.broadcast_to(b, leaf.shape).astype(leaf.dtype)
 
   return jax.tree.map(fit, value, x)
@@ -402,6 +407,7 @@ def integrated_gradients(
   def ig(*call_args, **kwargs):
     key, args = split_key_args(call_args, stochastic, argnums, name)
     x = args[argnums]
+    check_has_arrays(x, name, argnums)
     base = resolve_baseline(baseline, x, bounds)
     compute = jax.tree.map(lambda leaf: compute_dtype(jnp.asarray(leaf).dtype), x)
     base_c = jax.tree.map(lambda b, d: b.astype(d), base, compute)

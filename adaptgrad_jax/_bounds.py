@@ -73,10 +73,58 @@ def validate_bounds(bounds: Bounds, name: str = "bounds") -> tuple[Any, Any]:
   return lower, upper
 
 
+def layout_hint(value_shape: tuple, x_shape: tuple) -> str:
+  """How to pass per-channel values for ``x_shape``: the layout convention, with a shape that fits.
+
+  For a 1-D ``value_shape`` of length C that matches an axis of ``x_shape``
+  other than the last, the suggested shape puts C on that axis and 1 after
+  it, e.g. ``(3, 1, 1)`` for a channels-first ``(3, 32, 32)`` input.
+  """
+  hint = (
+      " The library's layout is channels last (NHWC; HWC for one example),"
+      " where per-channel values have shape (C,)."
+  )
+  if len(value_shape) == 1 and value_shape[0] > 1:
+    axes = [i for i, size in enumerate(x_shape[:-1]) if size == value_shape[0]]
+    if axes:
+      fit = (value_shape[0],) + (1,) * (len(x_shape) - axes[0] - 1)
+      return (
+          f"{hint} For an input with channels on axis {axes[0]} (e.g. NCHW / CHW),"
+          f" pass them with shape {fit} (jnp.reshape(v, {fit})), or an array"
+          " shaped like the input; or transpose the input to channels last."
+      )
+  return f"{hint} Pass a scalar, such a per-channel array, or an array broadcastable to the input."
+
+
+def check_broadcasts(value_shape: tuple, x_shape: tuple, what: str) -> None:
+  """Raises unless ``value_shape`` broadcasts to ``x_shape`` without changing it, naming the layout."""
+  value_shape, x_shape = tuple(value_shape), tuple(x_shape)
+  try:
+    shape = np.broadcast_shapes(value_shape, x_shape)
+  except ValueError:
+    shape = None
+  if shape != x_shape:
+    raise ValueError(
+        f"{what} has shape {value_shape}, which does not broadcast to the"
+        f" input's shape {x_shape}.{layout_hint(value_shape, x_shape)}"
+    )
+
+
 def broadcast_bounds(x: PyTree, bounds: Bounds) -> tuple[PyTree, PyTree]:
-  """Returns ``(lower, upper)`` as pytrees with ``x``'s structure (one array is used for every leaf)."""
+  """Returns ``(lower, upper)`` as pytrees with ``x``'s structure (one array is used for every leaf).
+
+  Raises:
+    ValueError: if a bound does not broadcast to its leaf of ``x`` (e.g.
+      per-channel bounds of shape (C,) for a channels-first input), saying
+      the layout and the shape that fits.
+  """
   lower, upper = bounds
-  return broadcast_like(lower, x, "the lower bound"), broadcast_like(upper, x, "the upper bound")
+  lower = broadcast_like(lower, x, "the lower bound")
+  upper = broadcast_like(upper, x, "the upper bound")
+  for leaf, lo, hi in zip(jax.tree.leaves(x), jax.tree.leaves(lower), jax.tree.leaves(upper)):
+    check_broadcasts(np.shape(lo), np.shape(leaf), "bounds: the lower bound")
+    check_broadcasts(np.shape(hi), np.shape(leaf), "bounds: the upper bound")
+  return lower, upper
 
 
 def check_bounds(x: PyTree, bounds: Bounds) -> None:

@@ -26,7 +26,7 @@ from adaptgrad_jax import _monte_carlo
 from adaptgrad_jax import cpu
 from adaptgrad_jax._attribution import resolve_baseline, validate_baseline
 from adaptgrad_jax._noise import check_key
-from adaptgrad_jax._pytree import compute_dtype, replace_arg
+from adaptgrad_jax._pytree import check_scale_in_dtype, compute_dtype, replace_arg
 from adaptgrad_jax._typing import Bounds, GradFn
 from adaptgrad_jax._wrapping import resolve_stochastic, split_key_args
 from adaptgrad_jax._wrapping import validate_argnums, validate_callable, validate_count, validate_number
@@ -235,6 +235,7 @@ def expected_gradients(
     _, args = split_key_args(call_args, False, argnums, name)
     x = _single_array(args[argnums], name)
     dtype = compute_dtype(x.dtype)
+    check_scale_in_dtype(stdevs, "stdevs", dtype, hint="Captum's default is 0 (no input noise).")
     _draw_baseline(baselines, key, x)  # checks the shapes at trace time, outside the vmap
     like, inner_used = [], []
 
@@ -275,6 +276,40 @@ def expected_gradients(
 # Blur IG.
 
 
+MAX_BLUR_SIGMA = 10_000.0
+"""The largest blur accepted, in pixels: the kernel has ``8 sigma + 1`` taps, and a blur this wide is flat
+over any image (a larger one would only cost memory, or abort the process)."""
+
+
+def _check_blur_sigma(value: float, name: str) -> None:
+  if value > MAX_BLUR_SIGMA:
+    raise ValueError(
+        f"{name}={value!r} is more blur than this library evaluates"
+        f" ({MAX_BLUR_SIGMA:,.0f} pixels, MAX_BLUR_SIGMA): the kernel has 8 {name} + 1"
+        " taps, and an image is flat long before; PAIR's Blur IG uses 50."
+    )
+
+
+def _check_grad_step(grad_step: float, max_sigma: float, dtype) -> None:
+  """Raises if ``sigma + grad_step - sigma`` loses the step to rounding in ``dtype`` along the path.
+
+  The finite difference divides by ``grad_step``; at the end of the path the
+  blur sigma is about ``max_sigma``, whose spacing in float32 is
+  ``max_sigma * 1.2e-7``. A step under 64 such spacings is represented to
+  worse than 1% (and a step under one spacing is lost: a zero map).
+  """
+  dtype = np.dtype(compute_dtype(dtype))
+  spacing = float(np.spacing(dtype.type(max_sigma + grad_step)))
+  if grad_step < 64 * spacing:
+    raise ValueError(
+        f"grad_step={grad_step!r} is too small for {dtype} at max_sigma={max_sigma!r}:"
+        f" the spacing of {dtype} near {max_sigma:g} is {spacing:.2g}, so rounding"
+        " changes sigma + grad_step - sigma by more than 1% of the step (or"
+        " loses it), and dx/dsigma would be wrong or 0; pass"
+        f" grad_step >= {64 * spacing:.2g} (PAIR: 0.01), or a float64 input."
+    )
+
+
 def _blur_matrix(size: int, sigma, max_radius: int, dtype) -> jax.Array:
   """The ``(size, size)`` matrix of SciPy's ``gaussian_filter1d(mode="constant")`` (truncate 4)."""
   radius = jnp.floor(4.0 * sigma + 0.5)
@@ -305,6 +340,7 @@ def gaussian_blur(x: jax.Array, sigma, axes: tuple[int, int] = (0, 1), *,
   dtype = compute_dtype(x.dtype)
   out = x.astype(dtype)
   bound = float(sigma) if max_sigma is None else float(max_sigma)
+  _check_blur_sigma(bound, "sigma" if max_sigma is None else "max_sigma")
   for axis in axes:
     radius = max(x.shape[axis], int(4.0 * bound + 0.5))
     m = _blur_matrix(x.shape[axis], jnp.asarray(sigma, dtype), radius, dtype)
@@ -374,6 +410,7 @@ def blur_integrated_gradients(
   grad_step = validate_number(grad_step, "grad_step", "it is the finite-difference step in sigma (PAIR: 0.01).")
   if not (np.isfinite(max_sigma) and max_sigma > 0):
     raise ValueError(f"max_sigma={max_sigma!r} must be a finite number > 0 (PAIR's default is 50).")
+  _check_blur_sigma(max_sigma, "max_sigma")
   if not (np.isfinite(grad_step) and grad_step > 0):
     raise ValueError(f"grad_step={grad_step!r} must be a finite number > 0 (PAIR's default is 0.01).")
   if (not isinstance(axes, tuple) or len(axes) != 2 or not all(isinstance(a, int) for a in axes)
@@ -390,6 +427,7 @@ def blur_integrated_gradients(
     if x.ndim < 2 or not all(-x.ndim <= a < x.ndim for a in axes):
       raise ValueError(f"{name}: axes={axes} are not two axes of the input of shape {x.shape}.")
     dtype = compute_dtype(x.dtype)
+    _check_grad_step(grad_step, max_sigma, dtype)
     sigma_table = jnp.asarray(sigmas, dtype)
 
     with_err = []

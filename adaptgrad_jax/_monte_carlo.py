@@ -81,6 +81,15 @@ def relative_error(estimate: Estimate) -> jax.Array:
     >>> bool(ag.relative_error(est) < 0.1)  # about 3.5%
     True
   """
+  if not isinstance(estimate, Estimate):
+    raise TypeError(
+        f"relative_error(estimate) takes an Estimate (value, stderr,"
+        f" num_samples), not {type(estimate).__name__}"
+        f"{' of shape ' + str(jnp.shape(estimate)) if hasattr(estimate, 'shape') else ''}:"
+        " build the transform with return_stderr=True (or rtol=...), e.g."
+        " ag.adapt_smooth(g, 0.95, 50, bounds=b, return_stderr=True), and pass"
+        " what it returns."
+    )
   norm = lambda tree: jnp.sqrt(sum(jnp.sum(jnp.square(jnp.asarray(v, jnp.float32))) for v in jax.tree.leaves(tree)))
   err, size = norm(estimate.stderr), norm(estimate.value)
   return jnp.where(size > 0, err / jnp.where(size > 0, size, 1.0), jnp.where(err > 0, jnp.inf, 0.0))
@@ -266,6 +275,17 @@ def _chunk_moments(values, acc_dtypes, valid, names):
 _PRODUCTS = {"q11": ("m1", "m1"), "q22": ("m2", "m2"), "q12": ("m1", "m2")}
 
 
+def check_values(values: Any) -> None:
+  """Raises unless one sample's values (what the gradient function returned) hold at least one array."""
+  if not jax.tree.leaves(values):
+    raise ValueError(
+        f"the gradient function returned {jax.tree.structure(values)}, which"
+        " holds no arrays, so there is nothing to average; it must return the"
+        " gradient, e.g. jax.grad(f) (a function that ends without `return`"
+        " returns None)."
+    )
+
+
 def values_count(values) -> int:
   return jax.tree.leaves(values)[0].shape[0]
 
@@ -320,6 +340,7 @@ def sample_sums(
   units = inputs.shape[0]
   spec = jax.ShapeDtypeStruct(inputs.shape[1:], inputs.dtype)
   closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(spec)
+  check_values(out_shape[0])
   names = tuple(names()) if callable(names) else names
   out_tree = jax.tree.structure(out_shape)
   like = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape[1:], v.dtype), out_shape[0])

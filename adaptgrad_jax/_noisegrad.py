@@ -20,7 +20,7 @@ import numpy as np
 from adaptgrad_jax import _memory
 from adaptgrad_jax import _monte_carlo
 from adaptgrad_jax import cpu
-from adaptgrad_jax._pytree import compute_dtype, replace_arg
+from adaptgrad_jax._pytree import check_scale_in_dtype, compute_dtype, replace_arg, short_repr
 from adaptgrad_jax._typing import GradFn, PyTree
 from adaptgrad_jax._wrapping import resolve_stochastic, split_key_args, validate_argnums
 from adaptgrad_jax._wrapping import validate_choice, validate_count, validate_number, validate_stderr_option, wrap
@@ -160,6 +160,7 @@ def perturb_params(key, params: PyTree, sigma, selected: list[bool]) -> PyTree:
   if not chosen:
     return params
   dtype = jnp.result_type(*[compute_dtype(leaf.dtype) for leaf in chosen])
+  check_scale_in_dtype(sigma, "sigma", dtype, hint="NoiseGrad's default is 0.2; 0 gives the plain gradient.")
   sizes = [leaf.size for leaf in chosen]
   z = jax.random.normal(key, (sum(sizes),), dtype)
   offsets = np.cumsum([0] + sizes)
@@ -292,6 +293,15 @@ def noise_grad(
     _, args = split_key_args((key,) + args, True, argnums, name)
     params = args[argnums]
     selected = select_leaves(params, mask)
+    if not any(selected):
+      raise ValueError(
+          f"{name}: no parameter gets noise: the parameters (positional argument"
+          f" argnums={argnums}) are {short_repr(params) if not jax.tree.leaves(params) else 'a pytree'}"
+          f" with {len(selected)} leaves, none of them a floating-point array"
+          f"{' selected by mask' if mask is not None else ''}, so NoiseGrad would"
+          " return the plain gradient; pass the model's parameters (argnums names"
+          " them) or a mask that selects some."
+      )
 
     inner_used = []
 

@@ -13,6 +13,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.special
 from jax.scipy import special
 
 from adaptgrad_jax._bounds import broadcast_bounds, distance_to_bounds, require_bounds, validate_bounds
@@ -35,6 +36,56 @@ def validate_confidence(c, name: str = "c") -> float:
         " uses 0.95 (0.99, 0.995 and 0.999 give less noise per sample)."
     )
   return value
+
+
+def check_confidence_in_dtype(c, rule: str, dtype, lower=None, upper=None, name: str = "c") -> None:
+  """Raises if a concrete ``c`` rounds to 0 or 1, or makes sigma overflow, in the compute dtype ``dtype``.
+
+  ``c`` is validated in float64 when the transform is built, but sigma is
+  computed in the input's compute dtype (float32 for float32 inputs), which
+  the trace reveals: there ``c = 1 - 1e-9`` is 1 (erfinv(1) = inf, so sigma =
+  0 everywhere: the plain gradient, silently), and ``c = 1e-39`` is 0 or
+  subnormal (sigma = d / 0: NaN maps). With concrete bounds, the largest
+  sigma, about ``(x_max - x_min) / (sqrt(2) erfinv(c))``, must also stay
+  below ``finfo.max / 64`` so that the noise is finite. Traced values pass.
+  """
+  if isinstance(c, jax.core.Tracer):
+    return
+  dtype = np.dtype(compute_dtype(dtype))
+  info = np.finfo(dtype)
+  c_dt = np.asarray(c, dtype)
+  level = c_dt if rule != "eq13" else (dtype.type(1) + c_dt) / dtype.type(2)
+  largest = float(np.nextafter(dtype.type(1), dtype.type(0))) if rule != "eq13" else 1.0 - float(info.eps)
+  fix = (f"pass c in [{2 * float(info.tiny):.3g}, {largest:.9g}] for a {dtype} computation, or a"
+         " float64 input (jax_enable_x64); the paper uses 0.95")
+  if not level < 1:
+    raise ValueError(
+        f"{name}={c!r} is 1 in {dtype}, the dtype sigma is computed in for this"
+        f" input{' (as (1 + c) / 2, sigma_rule=' + repr(rule) + ')' if rule == 'eq13' else ''}:"
+        f" sigma would be 0 everywhere, the plain gradient; {fix}."
+    )
+  if not c_dt >= 2 * info.tiny:
+    raise ValueError(
+        f"{name}={c!r} vanishes in {dtype}, the dtype sigma is computed in for"
+        f" this input (below twice its smallest normal number): sigma = d /"
+        f" erfinv(c) would divide by 0; {fix}."
+    )
+  if lower is None or upper is None or isinstance(lower, jax.core.Tracer) or isinstance(upper, jax.core.Tracer):
+    return
+  try:
+    span = float(np.max(np.asarray(upper, np.float64) - np.asarray(lower, np.float64)))
+  except (TypeError, ValueError):
+    return
+  k = float(np.sqrt(2.0) * scipy.special.erfinv(np.float64(level)))  # NumPy, not traced
+  limit = float(info.max) / 64
+  if k > 0 and span / k > limit:
+    raise ValueError(
+        f"{name}={c!r} makes sigma overflow {dtype}, the dtype sigma is computed"
+        f" in for this input: sigma reaches (x_max - x_min) / (sqrt(2) erfinv(c))"
+        f" = {span / k:.3g}, above {limit:.3g} (finfo.max / 64), and the noise"
+        f" would be infinite; use a larger c (the paper uses 0.95) or a float64"
+        " input."
+    )
 
 
 def validate_rule(rule) -> str:
@@ -100,6 +151,7 @@ def _leaf_adaptive_sigma(x, lower, upper, c, rule):
   x = jnp.asarray(x)
   dtype = compute_dtype(x.dtype)
   xc = x.astype(dtype)
+  check_confidence_in_dtype(c, rule, dtype, lower, upper)
   lower = jnp.broadcast_to(jnp.asarray(lower, dtype), xc.shape)
   upper = jnp.broadcast_to(jnp.asarray(upper, dtype), xc.shape)
   c = jnp.asarray(c, dtype)
@@ -161,7 +213,10 @@ def adaptive_sigma(
     least float32).
 
   Raises:
-    ValueError: if c is not in (0, 1), the rule is unknown or lower >= upper.
+    ValueError: if c is not in (0, 1), the rule is unknown or lower >= upper;
+      if c rounds to 0 or 1 in the compute dtype (float32 holds no c closer
+      to 1 than 1 - 6e-8), or makes sigma overflow it; if a bound does not
+      broadcast to ``x`` (e.g. per-channel bounds for a channels-first input).
 
   Example:
     >>> import adaptgrad_jax as ag

@@ -17,9 +17,9 @@ from adaptgrad_jax import _memory
 from adaptgrad_jax import _monte_carlo
 from adaptgrad_jax import _sigma
 from adaptgrad_jax import cpu
-from adaptgrad_jax._bounds import require_bounds
+from adaptgrad_jax._bounds import check_broadcasts, require_bounds
 from adaptgrad_jax._noise import NOISE_SCHEMES, add_noise, group_size, unit_noise
-from adaptgrad_jax._pytree import broadcast_like, replace_arg
+from adaptgrad_jax._pytree import broadcast_like, check_has_arrays, check_scale_in_dtype, replace_arg
 from adaptgrad_jax._typing import Bounds, GradFn, PyTree
 from adaptgrad_jax._wrapping import split_key_args, validate_argnums, validate_choice
 from adaptgrad_jax._wrapping import validate_count, validate_flag, wrap
@@ -27,19 +27,17 @@ from adaptgrad_jax._wrapping import validate_count, validate_flag, wrap
 Aggregate = Literal["mean", "mean_sq", "var"]
 
 
-def check_noise_scale(sigma: PyTree, x: PyTree) -> None:
-  """Raises unless every leaf of ``sigma`` broadcasts to its leaf of ``x`` without growing it."""
+def check_noise_scale(sigma: PyTree, x: PyTree, *, label: Optional[str] = None) -> None:
+  """Raises unless every leaf of ``sigma`` broadcasts to its leaf of ``x`` without growing it.
+
+  A concrete leaf (a number or array known when the function is traced, as
+  ``smooth_grad``'s) must also stay finite, and nonzero where it is nonzero,
+  in the dtype the noise is drawn in (:func:`check_scale_in_dtype`; ``label``
+  names the scale in its message, e.g. how it was computed).
+  """
   for s, leaf in zip(jax.tree.leaves(broadcast_like(sigma, x, "sigma")), jax.tree.leaves(x)):
-    try:
-      shape = jnp.broadcast_shapes(jnp.shape(s), jnp.shape(leaf))
-    except ValueError:
-      shape = None
-    if shape != jnp.shape(leaf):
-      raise ValueError(
-          f"sigma has shape {jnp.shape(s)}, which does not broadcast to the"
-          f" input's shape {jnp.shape(leaf)} without changing it; pass a"
-          " scalar, a per-channel array or an array shaped like the input."
-      )
+    check_broadcasts(jnp.shape(s), jnp.shape(leaf), "sigma")
+    check_scale_in_dtype(s, "sigma", jnp.result_type(leaf), label=label)
 
 
 def split_aux(out: Any, has_aux: bool, name: str) -> tuple[Any, Any]:
@@ -158,8 +156,9 @@ def gaussian_smooth(
   def smoothed(key, *args, **kwargs):
     _, args = split_key_args((key,) + args, True, argnums, name)
     x = args[argnums]
+    check_has_arrays(x, name, argnums)
     sigma = sigma_fn(x)
-    check_noise_scale(sigma, x)
+    check_noise_scale(sigma, x, label=getattr(sigma_fn, "scale_label", None))
 
     def at_unit(unit_key):
       def at_noise(eps):
@@ -249,6 +248,9 @@ def adapt_smooth(
     ValueError, TypeError: at build time, for missing bounds, c outside (0,
       1), n < 1, batch_size < 1, lower >= upper, argnums out of range, an
       unknown rule or aggregate, or a non-callable grad_fn.
+    ValueError: when traced, for a c that rounds to 0 or 1 in the input's
+      compute dtype (see :func:`adaptive_sigma`), bounds that do not broadcast
+      to the input, an input without arrays, or a grad_fn that returns none.
 
   Example:
     >>> import adaptgrad_jax as ag
@@ -321,8 +323,10 @@ def smooth_grad(
     Smilkov et al., "SmoothGrad: removing noise by adding noise", 2017;
     Zhou et al. (AdaptGrad), NeurIPS 2025, Eqs. 2 and 6.
   """
+  label = None
   if sigma is None:
     fixed = _sigma.smoothgrad_sigma(alpha, bounds=require_bounds(bounds, "smooth_grad", sigma_ok=True))
+    label = f"alpha={alpha!r} (sigma = alpha * (x_max - x_min))"
   elif bounds is not None:
     raise ValueError(
         "smooth_grad takes either bounds= (sigma = alpha * (x_max - x_min)) or"
@@ -330,7 +334,9 @@ def smooth_grad(
     )
   else:
     fixed = _sigma.validate_sigma(sigma)
-  return gaussian_smooth(grad_fn, _named(lambda x: fixed, "smooth_grad"),
+  sigma_fn = _named(lambda x: fixed, "smooth_grad")
+  sigma_fn.scale_label = label
+  return gaussian_smooth(grad_fn, sigma_fn,
       n, batch_size=batch_size, argnums=argnums, has_aux=has_aux,
       aggregate=aggregate, include_clean=include_clean, noise=noise, return_stderr=return_stderr,
       rtol=rtol, cpu_rewrite=cpu_rewrite)

@@ -253,3 +253,22 @@ def test_missing_input_argument():
   ig = ag.integrated_gradients(ag.smooth_grad(jax.grad(smooth_f), 0.1, 2, bounds=(0.0, 1.0)), 4)
   with pytest.raises(TypeError, match="fn\\(key, x"):
     ig(jax.random.key(0))
+
+
+def test_baseline_that_overflows_the_input_dtype_or_misses_its_layout_is_named():
+  g = jax.grad(lambda x: jnp.sum(x ** 2))
+  x = jnp.full((3, 4, 4), 0.5, jnp.float32)  # CHW
+  with pytest.raises(ValueError, match=r"baseline holds values that overflow the input's float32 \(e\.g\. 1e\+39\)"):
+    ag.integrated_gradients(g, 4, baseline=1e39)(x)
+  with pytest.raises(ValueError, match=r"bounds: the lower bound has shape \(3,\).*channels last.*\(3, 1, 1\)"):
+    ag.integrated_gradients(g, 4, baseline="black", bounds=(jnp.zeros(3), jnp.ones(3)))(x)
+  # The shape the message suggests works, and equals IG from the explicit black image (closed form: x^2 - b^2).
+  ig = ag.integrated_gradients(g, 4, baseline="black", bounds=(jnp.full((3, 1, 1), 0.25), jnp.ones((3, 1, 1))))(x)
+  np.testing.assert_allclose(ig, jnp.full(x.shape, 0.5 ** 2 - 0.25 ** 2), rtol=1e-5)
+
+
+def test_empty_input_is_named():
+  for make, name in [(lambda: ag.integrated_gradients(lambda x: x, 4), "integrated_gradients"),
+                     (lambda: ag.gradient_x_input(lambda x: x), "gradient_x_input")]:
+    with pytest.raises(ValueError, match=rf"{name}: the input \(positional argument argnums=0\) is \{{\}}, which holds no"):
+      make()({})

@@ -236,3 +236,21 @@ def test_bad_baselines_are_named():
     ag.idgi(g, None, 4)
   with pytest.raises(TypeError, match="one array input"):
     ag.idgi(g, lambda x: 0.0, 4)({"a": x})
+
+
+def test_scales_that_overflow_or_vanish_in_float32_are_refused(x64):
+  # Validated in float64 at build time, used in the input's dtype: checked when the dtype is known (the trace).
+  g = jax.grad(lambda x: jnp.sum(x ** 2))
+  x = jnp.full((4, 4, 1), 0.5, jnp.float32)
+  eg = ag.expected_gradients(g, 2, baselines=jnp.zeros((1, 4, 4, 1)), stdevs=1e39)
+  with pytest.raises(ValueError, match=r"stdevs=1e\+39 overflows float32"):
+    eg(jax.random.key(0), x)
+  assert np.all(np.isfinite(eg(jax.random.key(0), x.astype(jnp.float64))))  # fine in float64
+  with pytest.raises(ValueError, match=r"grad_step=1e-09 is too small for float32 at max_sigma=50\.0.*grad_step >= 0\.00024"):
+    ag.blur_integrated_gradients(g, 4, grad_step=1e-9)(x)
+  blur64 = ag.blur_integrated_gradients(g, 4, grad_step=1e-9)(x.astype(jnp.float64))
+  assert np.all(np.isfinite(blur64)) and np.any(blur64 != 0)
+  with pytest.raises(ValueError, match=r"max_sigma=1e\+39 is more blur than this library evaluates \(10,000 pixels"):
+    ag.blur_integrated_gradients(g, 4, max_sigma=1e39)
+  with pytest.raises(ValueError, match=r"sigma=1000000000000\.0 is more blur"):
+    ag.gaussian_blur(x, 1e12)

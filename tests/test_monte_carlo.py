@@ -213,3 +213,10 @@ def test_var_aggregate_does_not_cancel_at_a_large_mean(noise, batch_size, clean)
                       include_clean=clean)
   value, samples = jax.jit(fn)(jax.random.key(2), x)
   np.testing.assert_allclose(value, np.asarray(samples, np.float64).var(0), rtol=1e-3)
+
+
+def test_sample_sums_names_a_function_that_returns_no_arrays():
+  for values in (None, {}, [None]):
+    with pytest.raises(ValueError, match=r"returned PyTreeDef\(.*\), which holds no arrays.*jax\.grad\(f\)"):
+      _monte_carlo.sample_sums(lambda u, v=values: (v, None), jnp.arange(4), batch_size=None, names=("m1",),
+                               cpu_rewrite=False)

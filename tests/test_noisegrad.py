@@ -138,3 +138,20 @@ def test_bad_arguments():
     ag.noise_grad(g, sigma="0.2")
   with pytest.raises(TypeError, match="called with 1"):
     ag.noise_grad(g)(jax.random.key(0), X)
+
+
+def test_sigma_that_overflows_or_vanishes_in_float32_is_refused():
+  params = make_params(jax.random.key(0))
+  x = jnp.array([0.2, -0.1, 0.4])
+  grad_fn = jax.grad(model)
+  with pytest.raises(ValueError, match=r"sigma=1e\+39 overflows float32.*NoiseGrad's default is 0\.2"):
+    ag.noise_grad(grad_fn, 2, sigma=1e39, argnums=1)(jax.random.key(0), x, params)
+  with pytest.raises(ValueError, match=r"sigma=1e-40 vanishes in float32"):
+    jax.jit(ag.noise_grad(grad_fn, 2, sigma=1e-40, argnums=1))(jax.random.key(0), x, params)
+  with pytest.raises(ValueError, match=r"gradient function returned PyTreeDef\(None\)"):
+    ag.noise_grad(lambda x, p: None, 2)(jax.random.key(0), x, params)
+  # Nothing to perturb would silently be the plain gradient.
+  with pytest.raises(ValueError, match=r"no parameter gets noise: the parameters \(positional argument argnums=1\) are \{\}"):
+    ag.noise_grad(grad_fn, 2)(jax.random.key(0), x, {})
+  with pytest.raises(ValueError, match=r"none of them a floating-point array selected by mask"):
+    ag.noise_grad(grad_fn, 2, mask={"dense": False, "head": False})(jax.random.key(0), x, params)

@@ -172,3 +172,38 @@ def test_adaptive_sigma_errors(kwargs, error, match):
 def test_smoothgrad_sigma_errors():
   with pytest.raises(ValueError, match="alpha=-0.1"):
     ag.smoothgrad_sigma(-0.1, bounds=(0.0, 1.0))
+
+
+# Parameters validated in float64 but used in the input's compute dtype (issue 26's audit).
+
+
+def test_confidence_is_checked_in_the_compute_dtype():
+  x = jnp.array([0.25, 0.5], jnp.float32)
+  largest = float(np.nextafter(np.float32(1), np.float32(0)))
+  for c, rule, fragment in [(1 - 1e-9, "two_sided", "is 1 in float32"), (1 - 1e-9, "exact", "is 1 in float32"),
+                            (largest, "eq13", r"is 1 in float32.*\(1 \+ c\) / 2"),
+                            (1e-39, "two_sided", "vanishes in float32")]:
+    with pytest.raises(ValueError, match=rf"c={c!r} {fragment}.*float64 input"):
+      ag.adaptive_sigma(x, c, bounds=(0.0, 1.0), rule=rule)
+  with pytest.raises(ValueError, match=r"c=1e-37 makes sigma overflow float32.*2\.03e\+39"):
+    ag.adaptive_sigma(x, 1e-37, bounds=(0.0, 255.0))  # 255 / (sqrt(2) erfinv(1e-37)) = 2.03e39
+  # The largest c that float32 holds below 1 gives the closed form d / (sqrt(2) erfinv(c)) (in float64: 0.0462 * d).
+  sigma = ag.adaptive_sigma(x, largest, bounds=(0.0, 1.0))
+  np.testing.assert_allclose(np.asarray(sigma), np.array([0.25, 0.5]) / (np.sqrt(2) * special.erfinv(largest)),
+                             rtol=1e-3)
+  with jax.enable_x64(True):  # in float64, c = 1 - 1e-9 is a confidence level like any other
+    sigma64 = ag.adaptive_sigma(jnp.array([0.25, 0.5], jnp.float64), 1 - 1e-9, bounds=(0.0, 1.0))
+    np.testing.assert_allclose(np.asarray(sigma64), np.array([0.25, 0.5]) / (np.sqrt(2) * special.erfinv(1 - 1e-9)),
+                               rtol=1e-9)
+
+
+def test_channels_first_bounds_say_the_layout_and_the_shape_that_fits():
+  x = jnp.linspace(0.1, 0.9, 3 * 4 * 4).reshape(3, 4, 4)  # CHW
+  lower, upper = jnp.array([0.0, -0.5, 0.0]), jnp.array([1.0, 1.0, 2.0])
+  for call in (lambda b: ag.adaptive_sigma(x, bounds=b), lambda b: ag.check_bounds(x, b)):
+    with pytest.raises(ValueError, match=r"shape \(3,\).*\(3, 4, 4\).*channels last \(NHWC.*shape \(3, 1, 1\)"):
+      call((lower, upper))
+  fitted = ag.adaptive_sigma(x, bounds=(lower.reshape(3, 1, 1), upper.reshape(3, 1, 1)))
+  full = ag.adaptive_sigma(x, bounds=(jnp.broadcast_to(lower[:, None, None], x.shape),
+                                      jnp.broadcast_to(upper[:, None, None], x.shape)))
+  np.testing.assert_array_equal(np.asarray(fitted), np.asarray(full))

@@ -240,3 +240,50 @@ def test_other_errors():
     smoothed(jax.random.key(0))
   with pytest.raises(TypeError, match="floating point"):
     ag.adapt_smooth(lambda x: x, 0.95, 2, bounds=(0.0, 1.0))(jax.random.key(0), jnp.arange(3))
+
+
+# Issue 26's audit: scales that overflow or vanish in the compute dtype, empty inputs, clear misuse errors.
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")  # alpha=1e300 as a float32 array
+def test_noise_scales_are_checked_in_the_compute_dtype(getkey):
+  g = jax.grad(sum_sin)
+  cases = [
+      (ag.smooth_grad(g, sigma=1e39, n=2), r"sigma=1e\+39 overflows float32.*at most 5\.3\de\+36"),
+      (ag.smooth_grad(g, 1e300, 2, bounds=(0.0, 1.0)), r"alpha=1e\+300 \(sigma = alpha \* \(x_max - x_min\)\) overflows"),
+      (ag.smooth_grad(g, sigma=1e-40, n=2), r"sigma=1e-40 vanishes in float32.*pass 0 for no noise"),
+      (ag.smooth_grad(g, sigma=jnp.array([0.1, 0.1, 1e-39, 0.1, 0.1]), n=2), r"array of shape \(5,\) vanishes"),
+  ]
+  for fn, message in cases:
+    with pytest.raises(ValueError, match=message):
+      jax.jit(fn)(getkey(), X)
+  # sigma = 0 is legal (the plain gradient), and so is a scale float32 holds.
+  np.testing.assert_allclose(ag.smooth_grad(g, sigma=0.0, n=2)(getkey(), X), jnp.cos(X), rtol=1e-6)
+  assert np.all(np.isfinite(ag.smooth_grad(g, sigma=1e30, n=2)(getkey(), X)))
+  with jax.enable_x64(True):  # 1e39 is an ordinary float64
+    out = ag.smooth_grad(lambda x: jnp.ones_like(x), sigma=1e39, n=2)(getkey(), X.astype(jnp.float64))
+    np.testing.assert_array_equal(out, np.ones(5))
+
+
+def test_empty_input_and_gradient_without_arrays_are_named(getkey):
+  with pytest.raises(ValueError, match=r"adapt_smooth: the input \(positional argument argnums=0\) is \{\}, which holds no"):
+    ag.adapt_smooth(lambda x: x, 0.95, 4, bounds=(0.0, 1.0))(getkey(), {})
+  for returned in (None, {}, ()):
+    with pytest.raises(ValueError, match=r"gradient function returned PyTreeDef\(.*\), which holds no arrays"):
+      ag.adapt_smooth(lambda x, r=returned: r, 0.95, 4, bounds=(0.0, 1.0))(getkey(), X)
+
+
+def test_relative_error_of_a_plain_map_says_to_ask_for_an_estimate(getkey):
+  with pytest.raises(TypeError, match=r"takes an Estimate.*not ArrayImpl of shape \(5,\).*return_stderr=True"):
+    ag.relative_error(ag.adapt_smooth(jax.grad(sum_sin), 0.95, 4, bounds=(0.0, 1.0))(getkey(), X))
+
+
+def test_per_channel_sigma_for_a_channels_first_input_names_the_layout(getkey):
+  g = jax.grad(lambda x: jnp.sum(x ** 2))
+  x = jnp.full((3, 4, 4), 0.5)  # CHW
+  with pytest.raises(ValueError, match=r"sigma has shape \(3,\).*channels last.*shape \(3, 1, 1\)"):
+    ag.smooth_grad(g, 0.2, 2, bounds=(jnp.zeros(3), jnp.ones(3)))(getkey(), x)
+  with pytest.raises(ValueError, match=r"bounds: the lower bound has shape \(3,\).*\(3, 1, 1\)"):
+    ag.adapt_smooth(g, 0.95, 2, bounds=(jnp.zeros(3), jnp.ones(3)))(getkey(), x)
+  ok = ag.adapt_smooth(g, 0.95, 2, bounds=(jnp.zeros((3, 1, 1)), jnp.ones((3, 1, 1))))(getkey(), x)
+  assert ok.shape == x.shape
