@@ -176,12 +176,16 @@ def _logits_call(
       if out.ndim != 2 or out.shape[0] != 1:
         raise ValueError(
           f"with batch_axis=True the model must return (1, num_classes) for a batch of one, got {out.shape}"
+          f" for an input of shape {jnp.shape(x)}. The function takes ONE example without a batch axis; for a"
+          " batch xs use jax.vmap(explainer)(jax.random.split(key, len(xs)), xs)"
         )
       out = out[0]
     elif out.ndim != 1:
       raise ValueError(
-        f"the model returned logits of shape {out.shape} for one example; the adapter expects (num_classes,). "
-        "A model written for batches needs batch_axis=True; other outputs need call=lambda model, x: logits"
+        f"the model returned logits of shape {out.shape} for an input of shape {jnp.shape(x)}; the adapter"
+        " expects (num_classes,) for ONE example. If x is a batch, jax.vmap the explainer instead:"
+        " jax.vmap(explainer)(jax.random.split(key, len(xs)), xs). A model written for batches needs"
+        " batch_axis=True; other outputs need call=lambda model, x: logits"
       )
     return out
 

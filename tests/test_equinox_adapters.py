@@ -105,6 +105,8 @@ def test_stateless_batched_models_and_errors(eqx):
   np.testing.assert_allclose(wrapped(x), batched_model(x[None])[0, 0], rtol=1e-6)
   with pytest.raises(ValueError, match="batch_axis=True"):
     equinox_adapters.eqx_target_fn(mlp, 0, call=lambda m, x: jax.vmap(m)(x[None]))(x)
+  with pytest.raises(ValueError, match=r"shape \(5, 3\) for an input of shape \(5, 4\).*ONE example.*jax\.vmap"):
+    equinox_adapters.eqx_target_fn(mlp, 0, call=lambda m, xs: jax.vmap(m)(xs))(jnp.ones((5, 4)))  # a batch
   with pytest.raises(ValueError, match="out of range for 3 classes"):
     equinox_adapters.eqx_target_fn(mlp, 3)(x)
   with pytest.raises(ValueError, match="resolve_targets"):
