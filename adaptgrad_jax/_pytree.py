@@ -40,7 +40,7 @@ def compute_dtype(dtype: Any) -> jnp.dtype:
 
 
 def check_scale_in_dtype(scale: Any, name: str, dtype: Any, *, hint: str = "",
-                         label: Optional[str] = None) -> None:
+                         label: Optional[str] = None, vanish: bool = True) -> None:
   """Raises if a concrete noise scale overflows, or vanishes, in the compute dtype of an input of ``dtype``.
 
   Checked at trace time, when the input's dtype is known (a Python-level
@@ -48,7 +48,8 @@ def check_scale_in_dtype(scale: Any, name: str, dtype: Any, *, hint: str = "",
   is finite in float64 but over ``finfo.max / 64`` in the compute dtype
   would make the noise, ``scale * z`` with ``|z|`` up to about 6, infinite
   and the map NaN; a nonzero scale that rounds to 0 there would silently
-  give the plain gradient. Traced scales pass.
+  give the plain gradient (checked with ``vanish``: not for scales computed
+  from the data, which may be tiny by design). Traced scales pass.
   """
   if isinstance(scale, jax.core.Tracer):
     return
@@ -70,7 +71,7 @@ def check_scale_in_dtype(scale: Any, name: str, dtype: Any, *, hint: str = "",
         f" infinite and the map NaN.{(' ' + hint) if hint else ''}"
     )
   small = value[(value > 0)]
-  if small.size and float(np.min(small)) < float(info.tiny):
+  if vanish and small.size and float(np.min(small)) < float(info.tiny):
     raise ValueError(
         f"{label or f'{name}={short_repr(scale)}'} vanishes in {dtype}, the dtype the"
         " noise is drawn in for this input:"

@@ -27,17 +27,19 @@ from adaptgrad_jax._wrapping import validate_count, validate_flag, wrap
 Aggregate = Literal["mean", "mean_sq", "var"]
 
 
-def check_noise_scale(sigma: PyTree, x: PyTree, *, label: Optional[str] = None) -> None:
+def check_noise_scale(sigma: PyTree, x: PyTree, *, label: Optional[str] = None, constant: bool = False) -> None:
   """Raises unless every leaf of ``sigma`` broadcasts to its leaf of ``x`` without growing it.
 
-  A concrete leaf (a number or array known when the function is traced, as
-  ``smooth_grad``'s) must also stay finite, and nonzero where it is nonzero,
-  in the dtype the noise is drawn in (:func:`check_scale_in_dtype`; ``label``
-  names the scale in its message, e.g. how it was computed).
+  A concrete leaf (known when the function is traced) must also not
+  overflow the dtype the noise is drawn in (:func:`check_scale_in_dtype`);
+  with ``constant`` (a scale that does not depend on ``x``, as
+  ``smooth_grad``'s) a nonzero leaf must not vanish there either. A
+  data-dependent scale may legitimately be tiny (AdaptGrad's next to a
+  bound). ``label`` names the scale in the messages.
   """
   for s, leaf in zip(jax.tree.leaves(broadcast_like(sigma, x, "sigma")), jax.tree.leaves(x)):
     check_broadcasts(jnp.shape(s), jnp.shape(leaf), "sigma")
-    check_scale_in_dtype(s, "sigma", jnp.result_type(leaf), label=label)
+    check_scale_in_dtype(s, "sigma", jnp.result_type(leaf), label=label, vanish=constant)
 
 
 def split_aux(out: Any, has_aux: bool, name: str) -> tuple[Any, Any]:
@@ -158,7 +160,8 @@ def gaussian_smooth(
     x = args[argnums]
     check_has_arrays(x, name, argnums)
     sigma = sigma_fn(x)
-    check_noise_scale(sigma, x, label=getattr(sigma_fn, "scale_label", None))
+    check_noise_scale(sigma, x, label=getattr(sigma_fn, "scale_label", None),
+                      constant=getattr(sigma_fn, "constant_scale", False))
 
     def at_unit(unit_key):
       def at_noise(eps):
@@ -336,6 +339,7 @@ def smooth_grad(
     fixed = _sigma.validate_sigma(sigma)
   sigma_fn = _named(lambda x: fixed, "smooth_grad")
   sigma_fn.scale_label = label
+  sigma_fn.constant_scale = True
   return gaussian_smooth(grad_fn, sigma_fn,
       n, batch_size=batch_size, argnums=argnums, has_aux=has_aux,
       aggregate=aggregate, include_clean=include_clean, noise=noise, return_stderr=return_stderr,

@@ -257,6 +257,11 @@ def test_noise_scales_are_checked_in_the_compute_dtype(getkey):
   for fn, message in cases:
     with pytest.raises(ValueError, match=message):
       jax.jit(fn)(getkey(), X)
+  # AdaptGrad's sigma is tiny next to a bound by design: no error, eager or traced (x is concrete eagerly).
+  near = jnp.array([1e-39, 0.5, 1e-30], jnp.float32)
+  adapt = ag.adapt_smooth(g, 0.95, 2, bounds=(0.0, 1.0))
+  key = getkey()
+  np.testing.assert_allclose(adapt(key, near), jax.jit(adapt)(key, near), rtol=1e-6)
   # sigma = 0 is legal (the plain gradient), and so is a scale float32 holds.
   np.testing.assert_allclose(ag.smooth_grad(g, sigma=0.0, n=2)(getkey(), X), jnp.cos(X), rtol=1e-6)
   assert np.all(np.isfinite(ag.smooth_grad(g, sigma=1e30, n=2)(getkey(), X)))
