@@ -9,18 +9,18 @@ box spanned by the embedding table (:func:`embedding_bounds`):
 
 >>> import adaptgrad_jax as ag
 >>> from adaptgrad_jax import text
->>> from flax import nnx
->>> config = text.TinyEncoderConfig(vocab_size=12, max_length=8, dim=8, num_layers=1, mlp_dim=16)
->>> model = text.TinyEncoder(config, rngs=nnx.Rngs(0))
->>> split = text.nnx_split(model, vocab_size=12, max_length=8)
+>>> table = jax.random.normal(jax.random.key(0), (12, 4))           # a model's embedding table
+>>> w = jax.random.normal(jax.random.key(1), (4, 3))
+>>> forward = lambda e, m: jnp.sum(jnp.tanh(e @ w) * m[:, None], 0)  # embeddings, mask -> logits
+>>> split = text.split_model(lambda ids: table[ids], forward, vocab_size=12)   # or text.nnx_split(model, ...)
 >>> ids, mask = text.pad_batch([[3, 4, 5, 6], [7, 8]], pad_id=0, vocab_size=12)
->>> x = split.embeddings(ids)                                   # (2, 4, 8)
->>> f = text.classifier_fn(split)                               # f(embeds, ids, mask, target)
->>> ag_fn = ag.adapt_smooth(jax.grad(f), 0.95, 4, bounds=text.embedding_bounds(model.token_embed.embedding[...]))
+>>> x = split.embeddings(ids)                                     # (2, 4, 4)
+>>> f = text.classifier_fn(split)                                 # f(embeds, ids, mask, target)
+>>> ag_fn = ag.adapt_smooth(jax.grad(f), 0.95, 4, bounds=text.embedding_bounds(table))
 >>> explain = jax.jit(lambda key, *args: text.explain_batch(ag_fn, key, *args))
 >>> maps = explain(jax.random.key(0), x, ids, mask, jnp.array([1, 2]))
->>> scores = text.token_scores(maps, x, mask)                   # (2, 4) grad x input per token
->>> scores.shape, scores[1, 2:].tolist()                        # padding scores exactly 0
+>>> scores = text.token_scores(maps, x, mask)                     # (2, 4) grad x input per token
+>>> scores.shape, scores[1, 2:].tolist()                          # padding scores exactly 0
 ((2, 4), [0.0, 0.0])
 
 Padded positions get no noise the model could see and score exactly 0 (see

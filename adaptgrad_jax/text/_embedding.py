@@ -209,7 +209,7 @@ def nnx_split(
     >>> from flax import nnx
     >>> model = text.TinyEncoder(text.TinyEncoderConfig(vocab_size=10, max_length=8, num_layers=1), rngs=nnx.Rngs(0))
     >>> split = text.nnx_split(model, vocab_size=10)
-    >>> jax.jit(split)(jnp.array([3, 4, 5])).shape  # logits of one sequence
+    >>> jax.eval_shape(split, jnp.array([3, 4, 5])).shape  # logits of one sequence
     (4,)
   """
   from flax import nnx  # pylint: disable=import-outside-toplevel

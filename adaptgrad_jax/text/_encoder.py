@@ -61,7 +61,7 @@ class TinyEncoder(nnx.Module):
     >>> from adaptgrad_jax import text
     >>> from flax import nnx
     >>> model = text.TinyEncoder(text.TinyEncoderConfig(vocab_size=10, max_length=8, num_layers=1), rngs=nnx.Rngs(0))
-    >>> nnx.jit(model)(jnp.array([[1, 2, 3, 0]]), attention_mask=jnp.array([[True, True, True, False]])).shape
+    >>> jax.eval_shape(lambda i, m: model(i, attention_mask=m), jnp.ones((1, 4), int), jnp.ones((1, 4), bool)).shape
     (1, 4)
   """
 
