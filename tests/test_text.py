@@ -339,3 +339,21 @@ def test_the_library_text_models_split_and_explain():
     assert np.all(m[t, t:] == 0) and np.any(m[t, :t] != 0)  # GPT-2 is causal; padding column 5 is 0
   assert np.all(np.asarray(smooth)[5] == 0.0)
   np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_expected_gradients_and_rtol_compose():
+  f = text.classifier_fn(SPLIT)
+  g = jax.grad(f)
+  random_ids = jax.random.randint(jax.random.key(12), (4, L), 1, V)
+  eg = ag.expected_gradients(g, 8, baselines=TABLE[random_ids])           # token sequences as baselines
+  sg = ag.smooth_grad(g, 0.2, 64, bounds=BOUNDS, batch_size=8, rtol=0.5)  # stops when precise enough
+
+  @jax.jit
+  def run(key):
+    return eg(key, X[1], IDS[1], MASK[1], 2), sg(key, X[1], IDS[1], MASK[1], 2)
+
+  eg_map, est = run(jax.random.key(0))
+  assert np.all(np.asarray(eg_map)[3:] == 0.0) and np.any(np.asarray(eg_map)[:3] != 0.0)
+  scores = text.token_scores(est, X[1], MASK[1])
+  assert 16 <= int(scores.num_samples) <= 64
+  assert np.all(np.asarray(scores.stderr)[3:] == 0.0) and np.all(np.asarray(scores.stderr)[:3] > 0.0)
