@@ -80,8 +80,8 @@ def run_markdown(summary: dict) -> str:
   """The recorded run of ``docs/cli.md``: what ran and how long it took."""
   mnist, photos = summary["mnist"], summary.get("photos")
   text = (f"The recorded run ([`docs/demo.json`](demo.json), seed {summary['seed']}) took"
-          f" {summary['seconds']:.0f} s in all on {summary.get('machine', 'this machine')}: the MNIST maps"
-          f" {mnist['seconds_maps']:.0f} s (after training or loading the MLP)")
+          f" {summary['seconds']:.0f} s in all: the MNIST maps {mnist['seconds_maps']:.0f} s (after training or"
+          " loading the MLP)")
   if photos:
     text += f", the photos {photos['seconds']:.0f} s including compilation"
   return text + ".\n"
@@ -125,7 +125,15 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--docs", type=pathlib.Path, default=DOCS, help="the docs folder to write (default: docs/)")
   parser.add_argument("--quick", action="store_true", help="the demo's --quick (MNIST only; for the tests)")
+  parser.add_argument("--render-only", action="store_true",
+                      help="only render the pages' blocks again from DOCS/demo.json (after a change to this script)")
   args = parser.parse_args(argv)
+  if args.render_only:
+    summary = json.loads((args.docs / "demo.json").read_text())
+    for page, (name, render) in BLOCKS.items():
+      path = args.docs / page
+      path.write_text(replace_block(path.read_text(), name, render(summary), page))
+    return 0
   from adaptgrad_jax.cli import main as cli  # pylint: disable=import-outside-toplevel
 
   with tempfile.TemporaryDirectory() as tmp:

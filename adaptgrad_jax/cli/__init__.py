@@ -29,7 +29,7 @@ PROG = "adaptgrad-jax"
 
 EPILOG = """\
 examples:
-  adaptgrad-jax demo                                  # offline, under 2 minutes on 2 CPU cores
+  adaptgrad-jax demo                                  # offline, a few minutes on 2 CPU cores
   adaptgrad-jax explain cat.jpg --method adaptgrad --out maps/
   adaptgrad-jax evaluate --mnist --methods sg,ag --out eval/
   adaptgrad-jax explain-text "w12 B w30 a" --method adaptgrad --out text_maps/
