@@ -74,6 +74,7 @@ class Workload(NamedTuple):
   state: Any
   x: jax.Array
   bounds: Any
+  model: Any = None  # (graphdef, target) of NNX models: the Lite0 split hybrid needs the blocks
 
 
 def _photo(name: str) -> np.ndarray:
@@ -90,7 +91,7 @@ def _from_model(name: str, description: str, model, x, bounds) -> Workload:
   logits = lambda x, state: nnx.merge(graphdef, state)(x[None])[0]  # noqa: E731
   target = int(jnp.argmax(jax.jit(logits)(x, state)))
   return Workload(name, f"{description}; target class {target}",
-                  lambda x, state: logits(x, state)[target], state, jnp.asarray(x), bounds)
+                  lambda x, state: logits(x, state)[target], state, jnp.asarray(x), bounds, (graphdef, target))
 
 
 def build(name: str, *, quick: bool = False) -> Workload:
@@ -242,7 +243,19 @@ def noise_sigma(method: str, x, bounds):
   return ALPHA * (jnp.asarray(hi) - jnp.asarray(lo)) * jnp.ones_like(x)
 
 
-def relu6_masks(work: Workload, x) -> list[jax.Array]:
+def target_fn(work: Workload) -> Callable[..., jax.Array]:
+  """``fo(x, state, onehot) = logits(x) . onehot``: the target as an argument, so one compile serves every photo."""
+  graphdef, _ = work.model
+  return lambda x, state, onehot: jnp.dot(nnx.merge(graphdef, state)(x[None])[0], onehot)
+
+
+def onehot_of(work: Workload) -> jax.Array:
+  graphdef, target = work.model
+  classes = jax.eval_shape(lambda x, s: nnx.merge(graphdef, s)(x[None]), work.x, work.state).shape[-1]
+  return jax.nn.one_hot(target, classes, dtype=work.x.dtype)
+
+
+def relu6_masks(fo, x, state, onehot) -> list[jax.Array]:
   """The derivative of every ReLU6 at input ``x`` (1 inside (0, 6)), in call order."""
   rec: list[jax.Array] = []
 
@@ -251,11 +264,11 @@ def relu6_masks(work: Workload, x) -> list[jax.Array]:
     return _relu6(v)
 
   with _Relu6Patch(r6):
-    work.f(x, work.state)
+    fo(x, state, onehot)
   return rec
 
 
-def _mixed_grad(work: Workload, x, means: list[jax.Array], exact: int):
+def _mixed_grad(fo, x, state, onehot, means: list[jax.Array], exact: int):
   """Gradient with expected masks ``means`` in the first len(means) - exact ReLU6 layers, exact masks after."""
   count = [0]
   cut = len(means) - exact
@@ -269,34 +282,111 @@ def _mixed_grad(work: Workload, x, means: list[jax.Array], exact: int):
     return y + means[i] * (v - jax.lax.stop_gradient(v))
 
   with _Relu6Patch(r6):
-    return jax.grad(work.f)(x, work.state)
+    return jax.grad(fo)(x, state, onehot)
+
+
+def _noisy(method, key, x, bounds, n, batch_size):
+  batches = max(1, n // batch_size)
+  bs = n // batches
+  z = jax.random.normal(key, (batches, bs) + x.shape, x.dtype)
+  return x + noise_sigma(method, x, bounds) * z, batches * bs
 
 
 def lite0_hybrid(work: Workload, method: str, n: int, exact: int, *, batch_size: int = 16):
-  """``explain(key) -> map``: n noisy forwards for the mean masks, then the hybrid backward (see above)."""
-  sigma = noise_sigma(method, work.x, work.bounds)
-  batches = max(1, n // batch_size)
-  bs = n // batches
+  """``explain(key, x, state, onehot)``: n noisy forwards for the mean masks, then the hybrid gradient.
 
-  def explain(key):
-    z = jax.random.normal(key, (batches, bs) + work.x.shape, work.x.dtype)
-    xs = work.x + sigma * z
+  Exact per-sample masks in the last ``exact`` ReLU6 layers (n backward
+  passes: the value of the hybrid, not its cheapest computation; see
+  `lite0_split_hybrid`), expected masks before them.
+  """
+  fo = target_fn(work)
+
+  def explain(key, x, state, onehot):
+    xs, total_n = _noisy(method, key, x, work.bounds, n, batch_size)
 
     def add(acc, xb):
-      ms = jax.vmap(lambda v: relu6_masks(work, v))(xb)
+      ms = jax.vmap(lambda v: relu6_masks(fo, v, state, onehot))(xb)
       return [a + m.sum(0) for a, m in zip(acc, ms)], None
 
-    zero = [jnp.zeros(m.shape, m.dtype) for m in jax.eval_shape(lambda v: relu6_masks(work, v), work.x)]
+    zero = [jnp.zeros(m.shape, m.dtype) for m in jax.eval_shape(lambda v: relu6_masks(fo, v, state, onehot), x)]
     sums, _ = jax.lax.scan(add, zero, xs)
-    means = [s / (batches * bs) for s in sums]
+    means = [m / total_n for m in sums]
     if exact == 0:
-      return _mixed_grad(work, work.x, means, 0)
+      return _mixed_grad(fo, x, state, onehot, means, 0)
 
     def gsum(acc, xb):
-      return acc + jax.vmap(lambda v: _mixed_grad(work, v, means, exact))(xb).sum(0), None
+      return acc + jax.vmap(lambda v: _mixed_grad(fo, v, state, onehot, means, exact))(xb).sum(0), None
 
-    total, _ = jax.lax.scan(gsum, jnp.zeros_like(work.x), xs)
-    return total / (batches * bs)
+    total, _ = jax.lax.scan(gsum, jnp.zeros_like(x), xs)
+    return total / total_n
+
+  return explain
+
+
+def lite0_split_hybrid(work: Workload, method: str, n: int, late_blocks: int, *, batch_size: int = 16):
+  """The hybrid at its real cost: exact masks in the last ``late_blocks`` MBConv blocks and the head.
+
+  Per noisy sample: one forward (recording the early ReLU6 masks) and the
+  backward of the late part only, ``v_s = d logit / d h`` at the cut; then ONE
+  backward through the early part with its expected masks: ``J_early(E[mask])^T
+  E_s[v_s]``. Equal to `lite0_hybrid` with ``exact = 2 * late_blocks + 1`` (the
+  same noise for the same key), at n forwards + n late backwards + 1 early
+  backward.
+  """
+  graphdef, _ = work.model
+
+  def parts(state, onehot):
+    model = nnx.merge(graphdef, state)
+    blocks = list(model._blocks)  # pylint: disable=protected-access
+    cut = len(blocks) - late_blocks
+
+    def early(x):
+      h = jax.nn.relu6(model._bn0(model._conv_stem(x[None])))  # pylint: disable=protected-access
+      for block in blocks[:cut]:
+        h = block(h)
+      return h
+
+    def late(h):
+      for block in blocks[cut:]:
+        h = block(h)
+      feats = jax.nn.relu6(model._bn1(model._conv_head(h)))  # pylint: disable=protected-access
+      return jnp.dot(model._fc(jnp.mean(feats, axis=(1, 2)))[0], onehot)  # pylint: disable=protected-access
+
+    return early, late
+
+  def explain(key, x, state, onehot):
+    early, late = parts(state, onehot)
+    xs, total_n = _noisy(method, key, x, work.bounds, n, batch_size)
+
+    def one(v):
+      rec: list[jax.Array] = []
+
+      def r6(u):
+        rec.append(((u > 0) & (u < 6)).astype(u.dtype))
+        return _relu6(u)
+
+      with _Relu6Patch(r6):
+        h = early(v)
+      return rec, jax.grad(late)(h)
+
+    def add(acc, xb):
+      ms, vs = jax.vmap(one)(xb)
+      return ([a + m.sum(0) for a, m in zip(acc[0], ms)], acc[1] + vs.sum(0)), None
+
+    shapes = jax.eval_shape(one, x)
+    zero = ([jnp.zeros(m.shape, m.dtype) for m in shapes[0]], jnp.zeros(shapes[1].shape, shapes[1].dtype))
+    (sums, vsum), _ = jax.lax.scan(add, zero, xs)
+    means = [m / total_n for m in sums]
+    count = [0]
+
+    def r6_expected(u):
+      i = count[0]
+      count[0] += 1
+      return jax.lax.stop_gradient(_relu6(u)) + means[i] * (u - jax.lax.stop_gradient(u))
+
+    with _Relu6Patch(r6_expected):
+      _, vjp = jax.vjp(early, x)
+    return vjp(vsum / total_n)[0]
 
   return explain
 
@@ -381,38 +471,42 @@ def _compile(fn, *args):
 
 def candidates(work: Workload, method: str, plan: dict[str, Any], log) -> list[Candidate]:
   """Compiles the estimators of ``plan`` (``{"mc_iid": [n...], "mc_antithetic": [...], "smooth_diff": [...],
-  "moment_smooth": True, "hybrid_last": [(n, k)...]}``) for ``work``."""
-  x, state, key = work.x, work.state, jax.random.key(0)
-  grad = jax.grad(work.f)
+  "moment_smooth": True, "hybrid_last": [(n, k)...], "hybrid_split": [(n, blocks)...]}``).
+
+  Every candidate is compiled once with the target as a one-hot argument: ``run(key, x, onehot)`` serves every
+  input of the same shape (the four Lite0 photos share one compile).
+  """
+  fo, state, key, oh = target_fn(work), work.state, jax.random.key(0), onehot_of(work)
+  grad = jax.grad(fo)
   bs = plan.get("batch_size", 32)
+  args = (key, work.x, state, oh)
   out = []
 
-  def add(name, n, fwd, bwd, fn, args, wrap):
+  def add(name, n, fwd, bwd, fn, keys=None):
     compiled, secs = _compile(fn, *args)
-    out.append(Candidate(name, n, fwd, bwd, wrap(compiled), secs))
+    out.append(Candidate(name, n, fwd, bwd, lambda k, x, o, c=compiled: c(k, x, state, o), secs, keys))
     log(f"  compiled {name} n={n} in {secs:.0f} s")
 
   for n in plan.get("mc_iid", []):
-    add("mc_iid", n, n, n, mc(method, grad, n, work.bounds, batch_size=min(n, bs)), (key, x, state),
-        lambda c: lambda k, c=c: c(k, x, state))
+    add("mc_iid", n, n, n, mc(method, grad, n, work.bounds, batch_size=min(n, bs)))
   for n in plan.get("mc_antithetic", []):
-    add("mc_antithetic", n, n, n, mc(method, grad, n, work.bounds, batch_size=min(n, bs), noise="antithetic"),
-        (key, x, state), lambda c: lambda k, c=c: c(k, x, state))
+    add("mc_antithetic", n, n, n, mc(method, grad, n, work.bounds, batch_size=min(n, bs), noise="antithetic"))
   for n in plan.get("smooth_diff", []):
-    fn = ag.smooth_diff(work.f, n, batch_size=min(n, bs), **sigma_kwargs(method, work.bounds))
-    add("smooth_diff", n, n, 1, fn, (key, x, state), lambda c: lambda k, c=c: c(k, x, state))
+    add("smooth_diff", n, n, 1, ag.smooth_diff(fo, n, batch_size=min(n, bs), **sigma_kwargs(method, work.bounds)))
   if plan.get("moment_smooth") and hasattr(ag, "moment_smooth"):
-    fn = ag.moment_smooth(work.f, **sigma_kwargs(method, work.bounds))  # pylint: disable=no-member
-    add("moment_smooth", 1, 1, 1, fn, (x, state), lambda c: lambda k, c=c: c(x, state))
+    ms = ag.moment_smooth(fo, **sigma_kwargs(method, work.bounds))  # pylint: disable=no-member
+    add("moment_smooth", 1, 1, 1, lambda key, x, s, o, ms=ms: ms(x, s, o))
   for n, k in plan.get("hybrid_last", []):
-    fn = lite0_hybrid(work, method, n, k, batch_size=min(n, 16))
-    add(f"hybrid_last{k}", n, n, n if k else 1, fn, (key,), lambda c: lambda kk, c=c: c(kk))
-  if "keys" in plan and plan.get("hybrid_last"):
-    out = [c._replace(keys=plan["keys"]) if c.estimator.startswith("hybrid") else c for c in out]
+    add(f"hybrid_last{k}", n, n, n if k else 1, lite0_hybrid(work, method, n, k, batch_size=min(n, 16)),
+        plan.get("hybrid_keys"))
+  for n, k in plan.get("hybrid_split", []):
+    add(f"hybrid_split{k}", n, n, 1, lite0_split_hybrid(work, method, n, k, batch_size=min(n, 16)),
+        plan.get("hybrid_keys"))
   return out
 
 
-def call_in_turns(cands: list[Candidate], *, keys: int, log, warmup: bool = True) -> list[dict[str, Any]]:
+def call_in_turns(cands: list[Candidate], x, onehot, *, keys: int, log, warmup: bool = True
+                  ) -> list[dict[str, Any]]:
   """Calls every candidate with ``keys`` keys, in turns (round r calls each once); returns maps and times.
 
   ``warmup=False`` (the expensive workloads) times the first call after compiling too.
@@ -420,14 +514,14 @@ def call_in_turns(cands: list[Candidate], *, keys: int, log, warmup: bool = True
   runs = [{"estimator": c.estimator, "n": c.n, "forwards": c.forwards, "backwards": c.backwards,
            "compile_s": c.compile_s, "times": [], "maps": []} for c in cands]
   for c in cands if warmup else []:
-    jax.block_until_ready(c.run(jax.random.key(7_777)))
+    jax.block_until_ready(c.run(jax.random.key(7_777), x, onehot))
   for r in range(keys):
     for i, c in enumerate(cands):
       if c.keys is not None and r >= c.keys:
         continue
       key = jax.random.fold_in(jax.random.key(5_000 + r), i)
       start = time.perf_counter()
-      m = np.asarray(jax.block_until_ready(c.run(key)), np.float32)
+      m = np.asarray(jax.block_until_ready(c.run(key, x, onehot)), np.float32)
       runs[i]["times"].append(time.perf_counter() - start)
       if not (c.estimator == "moment_smooth" and r):  # deterministic: timed every round, its map kept once
         runs[i]["maps"].append(m)
@@ -500,14 +594,16 @@ PLANS: dict[str, dict[str, Any]] = {
   # The MNIST MLP has one ReLU layer: smoothed differentiation is unbiased there (a check of the harness).
   "mlp": {"mc_iid": [16, 64, 256], "mc_antithetic": [64, 256], "smooth_diff": [16, 64, 256, 1024, 4096],
           "moment_smooth": True, "keys": 3, "batch_size": 256, "ref_n": 16_384},
-  "lite0": {"mc_iid": [64], "mc_antithetic": [64], "smooth_diff": [16, 64, 256], "moment_smooth": True,
-            "keys": 2, "batch_size": 16, "ref_n": 16_384, "warmup": False},
+  # Lite0 (ReLU6 only): hybrid_split<b> keeps exact masks in the last b of its 16 blocks and the head (the
+  # per-layer experiment: which layers' mask correlations make smooth_diff's bias).
+  "lite0": {"mc_iid": [64], "mc_antithetic": [64], "smooth_diff": [64, 256], "moment_smooth": True,
+            "hybrid_split": [(64, 1), (64, 4), (64, 8)], "keys": 2, "batch_size": 16, "ref_n": 16_384,
+            "warmup": False},
   "cnn": {"mc_iid": [64], "mc_antithetic": [64], "smooth_diff": [16, 64, 256], "moment_smooth": True,
           "keys": 2, "batch_size": 16, "ref_n": 16_384, "warmup": False},
 }
 QUICK_PLAN = {"mc_iid": [8], "smooth_diff": [16], "moment_smooth": True, "keys": 2, "batch_size": 8, "ref_n": 256}
-# The per-layer experiment on Lite0 (selection photos only): exact masks in the last k of its 33 ReLU6 layers.
-LAYER_PLAN = {"hybrid_last": [(128, 0), (128, 4), (128, 17)], "keys": 1}
+
 
 
 def plan_for(name: str, quick: bool) -> dict[str, Any]:
@@ -516,30 +612,38 @@ def plan_for(name: str, quick: bool) -> dict[str, Any]:
   return dict(PLANS["mlp" if name == "mlp" else "lite0" if name.startswith("lite0") else "cnn"])
 
 
-def run_workload(name: str, method: str, *, quick: bool, cache: pathlib.Path, ref_budget_s: float, log,
-                 layers: bool = False, plan: Optional[dict[str, Any]] = None, rescore: bool = False
-                 ) -> dict[str, Any]:
-  """Runs (or, with ``rescore``, reloads) the candidates' maps and scores them against the cached reference."""
-  plan = plan or plan_for(name, quick)
+def produce_maps(names: list[str], method: str, *, quick: bool, cache: pathlib.Path, ref_budget_s: float,
+                 log) -> None:
+  """Compiles the candidates once (``names`` share a model and an input shape) and caches each input's maps."""
+  works = [build(name, quick=quick) for name in names]
+  plan = plan_for(names[0], quick)
+  for work in works:
+    if ref_budget_s > 0:
+      extend_reference(work, method, plan["ref_n"], cache=cache, deadline=time.time() + ref_budget_s,
+                       batch_size=min(CHUNK, plan["batch_size"]), log=lambda m: None)
+  cands = candidates(works[0], method, plan, log)
+  for work in works:
+    log(f"[{work.name} {method}] {work.description}")
+    runs = call_in_turns(cands, work.x, onehot_of(work), keys=plan["keys"], log=log,
+                         warmup=plan.get("warmup", True))
+    for r in runs:
+      r["date_utc"] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+      r["load_average"] = list(os.getloadavg())
+    save_runs(cache, work.name, method, runs)
+
+
+def score_workload(name: str, method: str, *, quick: bool, cache: pathlib.Path, log) -> dict[str, Any]:
+  """Scores the cached maps of ``name`` against its cached reference as it is now."""
+  plan = plan_for(name, quick)
   work = build(name, quick=quick)
-  log(f"[{name} {method}] {work.description}")
-  if not rescore:
-    extend_reference(work, method, plan["ref_n"], cache=cache, deadline=time.time() + ref_budget_s,
-                     batch_size=min(CHUNK, plan["batch_size"]), log=lambda m: None)
   ref = load_reference(cache, name, method)
   if ref is None:
     raise RuntimeError(f"no reference for {name} {method}: run `python -m benchmarks.bench_estimators refs"
                        f" --workloads {name} --methods {method}` first (or give --ref-budget-s)")
-  log(f"[{name} {method}] reference: {ref.n} samples, rel. stderr {ref.rel_stderr:.4f}")
-  runs = load_runs(cache, name, method) if rescore else None
+  runs = load_runs(cache, name, method)
   if runs is None:
-    if rescore:
-      raise RuntimeError(f"no cached maps for {name} {method}: run without --rescore")
-    cands = candidates(work, method, plan, log)
-    if layers and name.startswith("lite0"):
-      cands += candidates(work, method, LAYER_PLAN, log)
-    runs = call_in_turns(cands, keys=plan["keys"], log=log, warmup=plan.get("warmup", True))
-    save_runs(cache, name, method, runs)
+    raise RuntimeError(f"no cached maps for {name} {method}: run without --rescore")
+  log(f"[{name} {method}] reference: {ref.n} samples, rel. stderr {ref.rel_stderr:.4f}")
   records = score(runs, ref, log)
   fresh_iid = [r for r in records if r["estimator"] == "mc_iid"]
   s_per_grad = fresh_iid[-1]["seconds"] / fresh_iid[-1]["n"]
@@ -551,8 +655,8 @@ def run_workload(name: str, method: str, *, quick: bool, cache: pathlib.Path, re
   half = ref.chunk_means.shape[0] // 2
   split = agreement(ref.chunk_means[:half].mean(0), ref.chunk_means[half:].mean(0))
   return {"workload": name, "method": method, "description": work.description, "input_shape": list(work.x.shape),
-          "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
-          "load_average": list(os.getloadavg()),
+          "date_utc": runs[0].get("date_utc", "?"), "load_average": runs[0].get("load_average", [float("nan")]),
+          "scored_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
           "reference": {"n": ref.n, "target_n": plan["ref_n"], "rel_stderr": ref.rel_stderr,
                         "compute_s": ref.seconds, "chunk": CHUNK, "seed": REF_SEED,
                         "split_half_agreement": split},
@@ -583,67 +687,101 @@ def refs_command(args) -> None:
 # Item 4: randomisation checks and sparseness on the MNIST MLP.
 
 
-def sanity(*, quick: bool, log) -> dict[str, Any]:
-  """MPRT (cascading, fc2 then fc1), eMPRT and sparseness of each estimator's maps on 8 MNIST test digits."""
-  from adaptgrad_jax import datasets, metrics  # pylint: disable=import-outside-toplevel
+LITE0_LAYERS = ("_fc", "_conv_head", "_blocks/15/_project_conv")
+"""Lite0's layers randomised (cascading, top-down) by the sanity checks: convolution and linear weights only
+(N(0, 1) batch-norm variances would be negative)."""
 
-  if quick:
-    model = models.mlp(rngs=nnx.Rngs(0))
-    description = "MLP 784-200-10, random weights (quick)"
+
+def _sanity_setup(name: str, quick: bool):
+  """(description, graphdef, params, xs, onehots, bounds, layers) of the sanity checks."""
+  from adaptgrad_jax import datasets  # pylint: disable=import-outside-toplevel
+
+  if name == "mlp":
+    if quick:
+      model, description = models.mlp(rngs=nnx.Rngs(0)), "MLP 784-200-10, random weights (quick)"
+    else:
+      from adaptgrad_jax.cli._mnist import demo_mlp  # pylint: disable=import-outside-toplevel
+
+      model, description = demo_mlp(progress=False)
+    count = 4 if quick else 8
+    xs = jnp.asarray(np.asarray(datasets.mnist_embedded().x_test[:count]).reshape(count, 28, 28, 1))
+    bounds, layers = (0.0, 1.0), ["fc2", "fc1"]
   else:
-    from adaptgrad_jax.cli._mnist import demo_mlp  # pylint: disable=import-outside-toplevel
-
-    model, description = demo_mlp(progress=False)
+    size = 32 if quick else 64
+    model = models.pretrained_efficientnet_lite0()
+    photos = SELECTION + HELD_OUT
+    xs = jnp.asarray(np.stack([models.preprocess_efficientnet_lite(_photo(p), size=size) for p in photos]))
+    description = f"EfficientNet-Lite0, ImageNet weights, {', '.join(photos)} at {size} x {size}"
+    bounds, layers = models.EFFICIENTNET_LITE_BOUNDS, list(LITE0_LAYERS[:2] if quick else LITE0_LAYERS[:3])
   model.eval()
   graphdef, params = nnx.split(model)
-  count = 4 if quick else 8
-  xs = jnp.asarray(np.asarray(datasets.mnist_embedded().x_test[:count]).reshape(count, 28, 28, 1))
-  logits = lambda x, p: nnx.merge(graphdef, p)(x[None])[0]  # noqa: E731
-  targets = jnp.argmax(jax.vmap(logits, (0, None))(xs, params), -1)
-  bounds = (0.0, 1.0)
-  n = 16 if quick else 64
-  f = lambda x, p, t: logits(x, p)[t]  # noqa: E731
-  grad = jax.grad(f)
-  explainers: dict[str, Callable[..., Any]] = {
-    "gradient": lambda key, x, p, t: grad(x, p, t),
-    "smooth_grad (MC)": ag.smooth_grad(grad, ALPHA, n, bounds=bounds),
-    "adapt_smooth (MC)": ag.adapt_smooth(grad, C, n, bounds=bounds),
-    "smooth_diff (SG sigma)": ag.smooth_diff(f, n, alpha=ALPHA, bounds=bounds),
-    "smooth_diff (AG sigma)": ag.smooth_diff(f, n, c=C, bounds=bounds),
-  }
-  if hasattr(ag, "moment_smooth"):
-    for label, kw in (("moment_smooth (SG sigma)", {"alpha": ALPHA}), ("moment_smooth (AG sigma)", {"c": C})):
-      ms = ag.moment_smooth(f, bounds=bounds, **kw)  # pylint: disable=no-member
-      explainers[label] = lambda key, x, p, t, ms=ms: ms(x, p, t)
-  out: dict[str, Any] = {"model": description, "examples": count, "n": n, "explainers": {}}
-  for label, fn in explainers.items():
-    start = time.perf_counter()
-    batch = jax.jit(lambda key, p, fn=fn: jax.vmap(lambda k, x, t: fn(k, x, p, t))(
-        jax.random.split(key, count), xs, targets))
-    mprt = metrics.model_parameter_randomisation(jax.random.key(1), lambda p, batch=batch: batch(jax.random.key(2), p), params,
-                                                 ["fc2", "fc1"], mode="cascading")
-    emprt = metrics.efficient_mprt(jax.random.key(3), fn, xs, params, targets)
-    maps = batch(jax.random.key(2), params)
-    sparse = jax.vmap(metrics.sparseness)(maps)
-    out["explainers"][label] = {"mprt_fc2": float(mprt["fc2"]), "mprt_fc2_fc1": float(mprt["fc1"]),
-                                "emprt": float(jnp.mean(emprt)), "sparseness": float(jnp.mean(sparse)),
-                                "seconds": time.perf_counter() - start}
-    log(f"[sanity] {label}: {out['explainers'][label]}")
+  logits = jax.vmap(lambda x, p: nnx.merge(graphdef, p)(x[None])[0], (0, None))(xs, params)
+  onehots = jax.nn.one_hot(jnp.argmax(logits, -1), logits.shape[-1], dtype=xs.dtype)
+  return description, graphdef, params, xs, onehots, bounds, layers
+
+
+def sanity(*, quick: bool, log) -> dict[str, Any]:
+  """MPRT (cascading), eMPRT and sparseness of each estimator's maps: the MNIST MLP and Lite0 at 64 px."""
+  from adaptgrad_jax import metrics  # pylint: disable=import-outside-toplevel
+
+  out: dict[str, Any] = {}
+  for setup in ("mlp", "lite0"):
+    description, graphdef, params, xs, onehots, bounds, layers = _sanity_setup(setup, quick)
+    n = 8 if quick else 32
+    f = lambda x, p, o, graphdef=graphdef: jnp.dot(nnx.merge(graphdef, p)(x[None])[0], o)  # noqa: E731
+    grad = jax.grad(f)
+    explainers: dict[str, Callable[..., Any]] = {
+      "gradient": lambda key, x, p, o, grad=grad: grad(x, p, o),
+      "smooth_grad (MC)": ag.smooth_grad(grad, ALPHA, n, bounds=bounds),
+      "adapt_smooth (MC)": ag.adapt_smooth(grad, C, n, bounds=bounds),
+      "smooth_diff (SG sigma)": ag.smooth_diff(f, n, alpha=ALPHA, bounds=bounds),
+      "smooth_diff (AG sigma)": ag.smooth_diff(f, n, c=C, bounds=bounds),
+    }
+    if hasattr(ag, "moment_smooth"):
+      for label, kw in (("moment_smooth (SG sigma)", {"alpha": ALPHA}), ("moment_smooth (AG sigma)", {"c": C})):
+        ms = ag.moment_smooth(f, bounds=bounds, **kw)  # pylint: disable=no-member
+        explainers[label] = lambda key, x, p, o, ms=ms: ms(x, p, o)
+    count = xs.shape[0]
+    rec: dict[str, Any] = {"model": description, "examples": count, "n": n, "layers": layers, "explainers": {}}
+    for label, fn in explainers.items():
+      start = time.perf_counter()
+      batch = jax.jit(lambda key, p, fn=fn, xs=xs, onehots=onehots, count=count: jax.vmap(
+          lambda kk, x, o: fn(kk, x, p, o))(jax.random.split(key, count), xs, onehots))
+      explain_params = lambda p, batch=batch: batch(jax.random.key(2), p)  # noqa: E731
+      mprt = metrics.model_parameter_randomisation(jax.random.key(1), explain_params, params, layers,
+                                                   mode="cascading")
+      classes = onehots.shape[-1]
+      by_class = lambda key, x, p, t, fn=fn, classes=classes: fn(key, x, p, jax.nn.one_hot(t, classes))  # noqa: E731
+      emprt = metrics.efficient_mprt(jax.random.key(3), by_class, xs, params, jnp.argmax(onehots, -1),
+                                     layers=layers)
+      maps = batch(jax.random.key(2), params)
+      sparse = jax.vmap(metrics.sparseness)(maps)
+      rec["explainers"][label] = {"mprt": {k: float(v) for k, v in mprt.items()},
+                                  "emprt": float(jnp.mean(emprt)), "sparseness": float(jnp.mean(sparse)),
+                                  "seconds": time.perf_counter() - start}
+      log(f"[sanity {setup}] {label}: {rec['explainers'][label]}")
+    out[setup] = rec
   return out
 
 
-def sanity_markdown(s: dict[str, Any]) -> list[str]:
+def sanity_markdown(sanity_results: dict[str, Any]) -> list[str]:
   lines = ["## Sanity: randomisation checks and sparseness (item 4)", "",
-           f"{s['model']}; {s['examples']} test digits (predicted classes); n = {s['n']} samples / forwards."
-           " MPRT: Spearman of the map after randomising fc2, then fc2 and fc1 (cascading, N(0, 1)), with the"
-           " trained model's map (lower = depends on the model); eMPRT: relative rise of the map's entropy on"
-           " the fully randomised model (higher = depends on the model); sparseness: Gini of |map| (higher ="
-           " sparser).", "",
-           "| explainer | MPRT fc2 | MPRT fc2+fc1 | eMPRT | sparseness |", "|---|---:|---:|---:|---:|"]
-  for label, e in s["explainers"].items():
-    lines.append(f"| {label} | {e['mprt_fc2']:.3f} | {e['mprt_fc2_fc1']:.3f} | {e['emprt']:.3f} |"
-                 f" {e['sparseness']:.3f} |")
-  return lines + [""]
+           "MPRT: Spearman rank correlation of the map after cascading randomisation (N(0, 1), top-down) with the"
+           " trained model's map, after the first layer and after all listed layers (lower = the map depends on"
+           " the model); eMPRT: relative rise of the map's histogram entropy on the randomised model (higher ="
+           " depends on the model); sparseness: Gini of the channel-summed |map| (higher = sparser).", ""]
+  for rec in sanity_results.values():
+    first, last = rec["layers"][0], rec["layers"][-1]
+    lines += [f"### {rec['model']}", "",
+              f"{rec['examples']} inputs (predicted classes), n = {rec['n']} samples (Monte Carlo) or forwards"
+              f" (smooth_diff); layers randomised: {', '.join(rec['layers'])}.", "",
+              f"| explainer | MPRT after {first} | MPRT after all | eMPRT | sparseness |",
+              "|---|---:|---:|---:|---:|"]
+    for label, e in rec["explainers"].items():
+      lines.append(f"| {label} | {e['mprt'][first]:.3f} | {e['mprt'][last]:.3f} | {e['emprt']:.3f} |"
+                   f" {e['sparseness']:.3f} |")
+    lines.append("")
+  return lines
 
 
 # ---------------------------------------------------------------------------
@@ -659,7 +797,7 @@ def captum_side_by_side(*, quick: bool, log) -> dict[str, Any]:
 
   name, size = ("convnet", 56) if quick else ("vgg16", 224)
   n = 8 if quick else 16
-  rounds = 2 if quick else 3
+  rounds = 2
   w = _harness.build_workload(name, size)
   ref = _harness._torch()  # pylint: disable=protected-access
   tm = ref.load_numpy_state_dict(_harness.MODELS[name].build_torch(size), w.state_dict()).eval()
@@ -814,7 +952,6 @@ def main(argv: Optional[list[str]] = None) -> Any:
                       help="comma-separated (default: mlp, lite0-<4 photos>-224, vgg16-112, resnet50-112)")
   parser.add_argument("--methods", default="adapt,smooth")
   parser.add_argument("--parts", default="estimators,sanity,captum")
-  parser.add_argument("--layers", action="store_true", help="the per-layer hybrid experiment on Lite0 selection photos")
   parser.add_argument("--ref-budget-s", type=float, default=600.0,
                       help="seconds per workload and method to extend its cached reference before scoring")
   parser.add_argument("--update", action="store_true", help="keep the other entries of an existing results file")
@@ -850,11 +987,16 @@ def main(argv: Optional[list[str]] = None) -> Any:
     results["environment"] = environment()
   methods = [m for m in args.methods.split(",") if m]
   if "estimators" in parts:
-    for name in names:
-      for method in methods:
+    for method in methods:
+      groups: dict[str, list[str]] = {}
+      for name in names:  # one compile per model and input shape
+        groups.setdefault(name.split("-")[0] + "-" + name.split("-")[-1], []).append(name)
+      if not args.rescore:
+        for group in groups.values():
+          produce_maps(group, method, quick=args.quick, cache=cache, ref_budget_s=args.ref_budget_s, log=log)
+      for name in names:
         try:
-          rec = run_workload(name, method, quick=args.quick, cache=cache, ref_budget_s=args.ref_budget_s, log=log,
-                             layers=args.layers and any(p in name for p in SELECTION), rescore=args.rescore)
+          rec = score_workload(name, method, quick=args.quick, cache=cache, log=log)
         except RuntimeError as e:
           log(f"[{name} {method}] skipped: {e}")
           continue
