@@ -71,8 +71,8 @@ def table_markdown(summary: dict) -> str:
   if photos:
     predictions = "; ".join(f"{name}: {p['name']} (p = {p['probability']:.2f})"
                             for name, p in photos["predictions"].items())
-    settings += (f". Photos: {photos.get('estimator_text', 'Monte Carlo')}, N = {photos['n']}, IG"
-                 f" {photos['ig_steps']} steps; EfficientNet-Lite0 predicts {predictions}")
+    settings += (f". Photos: SG and AG by {photos['estimator_text']}; IG {photos['ig_steps']} steps"
+                 f" ({photos['ig_n']} noise samples per step); EfficientNet-Lite0 predicts {predictions}")
   return "\n".join(lines) + f"\n\n{settings}. Seed {summary['seed']}.\n"
 
 
