@@ -23,6 +23,8 @@ Methods, per side, float32, one explanation (``(L, D)`` map) per call:
 * ``limit`` (JAX only): the bare jitted computation: ONE ``jax.random.normal``
   call for all n noise arrays (or the path points), ``jax.vmap(jax.grad(f))``,
   the mean (or weighted sum).
+* ``ours_all_positions`` (SmoothGrad, JAX only; ``--no-ablation`` skips it):
+  ours without ``logits_to_keep``, every position through the last block.
 
 Rounds are interleaved (each round times every method on every side once, the
 first side alternating); the table reports medians over rounds and the ratios
@@ -98,7 +100,8 @@ def build(config: dict[str, int], length: int, seed: int = 0):
   return hf, model, ids, baseline_ids, target, float(jax_logit)
 
 
-def prepare(hf, model, ids, baseline_ids, target, *, n: int, steps: int) -> tuple[list[Timed], dict[str, Any]]:
+def prepare(hf, model, ids, baseline_ids, target, *, n: int, steps: int,
+            ablation: bool = False) -> tuple[list[Timed], dict[str, Any]]:
   """The methods on every side, compiled and ready to time."""
   import captum.attr as ca  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
@@ -132,6 +135,12 @@ def prepare(hf, model, ids, baseline_ids, target, *, n: int, steps: int) -> tupl
 
   run, c = compiled(ag.smooth_grad(g, sigma=sigma, n=n), key, x, state)
   out.append(Timed("smoothgrad", "ours", f"smooth_grad(jax.grad(f), sigma, n={n})", run, c))
+  if ablation:
+    def f_all(e, state):  # every position through the last block, then the last one's logit
+      return nnx.merge(graphdef, state).forward_from_embeddings(e)[-1, target]
+
+    run, c = compiled(ag.smooth_grad(jax.grad(f_all), sigma=sigma, n=n), key, x, state)
+    out.append(Timed("smoothgrad", "ours_all_positions", "the same without logits_to_keep", run, c))
 
   def sg_limit(key, x, state):
     noisy = x + sigma * jax.random.normal(key, (n,) + x.shape, x.dtype)
@@ -202,12 +211,15 @@ def measure(timed: list[Timed], rounds: int, log: Callable[[str], None] = print)
     record = {
       "method": method,
       "labels": {side: t.label for side, t in row.items()},
-      "ms": {side: round(v, 1) for side, v in ms.items()},
-      "all_ms": {side: [round(1000 * v, 1) for v in times[(method, side)]] for side in row},
+      "ms": {side: round(v, 3) for side, v in ms.items()},
+      "all_ms": {side: [round(1000 * v, 3) for v in times[(method, side)]] for side in row},
       "captum_over_ours": round(ms["captum"] / ms["ours"], 2),
       "limit_over_ours": round(ms["limit"] / ms["ours"], 2),
       "captum_over_limit": round(ms["captum"] / ms["limit"], 2),
       "compile_s": {side: round(t.compile_s, 2) for side, t in row.items() if side != "captum"},
+      **({"all_positions_over_ours": round(ms["ours_all_positions"] / ms["ours"], 2),
+          "captum_over_ours_all_positions": round(ms["captum"] / ms["ours_all_positions"], 2)}
+         if "ours_all_positions" in ms else {}),
       "agreement_with_captum": _agreement(results[(method, "ours")], results[(method, "captum")],
                                           stochastic=method == "smoothgrad"),
       "agreement_ours_limit": _agreement(results[(method, "ours")], results[(method, "limit")],
@@ -269,6 +281,11 @@ def write(result: dict[str, Any], folder: pathlib.Path, stem: str) -> dict[str, 
     lines.append(f"| {r['method']} | {r['ms']['ours']:.1f} | {r['ms']['limit']:.1f} | {r['ms']['captum']:.1f} | "
                  f"{r['captum_over_ours']:.2f} | {r['limit_over_ours']:.2f} | {agreement} | "
                  f"{r['compile_s']['ours']:.1f}, {r['compile_s']['limit']:.1f} |")
+  for r in result["records"]:
+    if "all_positions_over_ours" in r:
+      lines += ["", f"Without `logits_to_keep=1` (every position through the last block, then the last one's logit), "
+                    f"{r['method']} takes {r['ms']['ours_all_positions']:.1f} ms: {r['all_positions_over_ours']:.2f}x "
+                    f"ours, Captum / that = {r['captum_over_ours_all_positions']:.2f}."]
   lines += ["", "Rows: " + "; ".join(f"{r['method']}: " + ", ".join(f"{k}: {v}" for k, v in r["labels"].items())
                                      for r in result["records"]) + "."]
   if result.get("notes"):
@@ -287,6 +304,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
   parser.add_argument("--threads", type=int, default=1,
                       help="CPU threads per side (default 1: torch.set_num_threads and XLA's intra-op threads, "
                            "set before JAX starts; fair on a shared machine); 0 leaves the libraries' defaults")
+  parser.add_argument("--no-ablation", action="store_true",
+                      help="skip the SmoothGrad row without logits_to_keep (what computing every position through "
+                           "the last block costs)")
   parser.add_argument("--out", default=None, help="results folder (default benchmarks/results; quick: none)")
   parser.add_argument("--stem", default="text_cpu")
   args = parser.parse_args(argv)
@@ -297,7 +317,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
   _set_threads(args.threads)
   env = environment()  # after the thread settings: it starts JAX's backend
   hf, model, ids, baseline_ids, target, _ = build(config, length)
-  timed, extra = prepare(hf, model, ids, baseline_ids, target, n=n, steps=steps)
+  timed, extra = prepare(hf, model, ids, baseline_ids, target, n=n, steps=steps, ablation=not (q or args.no_ablation))
   records = measure(timed, rounds)
   parameters = sum(p.numel() for p in hf.parameters())
   embedding = hf.transformer.wte.weight.numel() + hf.transformer.wpe.weight.numel()

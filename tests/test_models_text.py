@@ -119,9 +119,9 @@ def test_gpt2_default_positions_and_unbatched_input(gpt2_pair):
   # logits_to_keep: the last positions only, as in transformers (the last block computes less, same values)
   with jax.enable_x64(True):
     last = jax.jit(lambda i, m: model(i, m, logits_to_keep=3))(IDS, MASK)
+    with pytest.raises(ValueError, match=r"logits_to_keep=8 must be None or 0 \(every position\)"):
+      model(IDS, MASK, logits_to_keep=8)
   np.testing.assert_allclose(last, logits[:, -3:], rtol=0, atol=1e-13)
-  with pytest.raises(ValueError, match=r"logits_to_keep=8 must be None or 0 \(every position\) or an int in \[1, 7\]"):
-    model(IDS, MASK, logits_to_keep=8)
 
 
 def test_bert_logits_and_embedding_gradients_match_transformers(bert_pair):
@@ -219,4 +219,31 @@ def test_bench_text_quick_runs_and_agrees_with_captum():
   assert set(records) == {"ig", "smoothgrad"}
   assert records["ig"]["agreement_with_captum"]["relative_l2"] < 1e-4
   assert records["ig"]["agreement_ours_limit"]["relative_l2"] < 1e-4
-  assert all(v > 0 for r in records.values() for v in r["ms"].values())
+  assert set(records["smoothgrad"]["ms"]) == {"ours", "limit", "captum"}
+
+
+def test_ports_plug_into_the_text_api():
+  """`text.nnx_split` takes the ports as they are: a BERT logit and a GPT-2 continuation's log-probability."""
+  import adaptgrad_jax as ag  # pylint: disable=import-outside-toplevel
+  from adaptgrad_jax import text  # pylint: disable=import-outside-toplevel
+
+  bert = models.bert(models.BERT_TINY, rngs=nnx.Rngs(0))
+  split = text.nnx_split(bert, vocab_size=64, max_length=32)
+  ids, mask = text.pad_batch([[2, 7, 9, 3], [2, 5, 3]], pad_id=0, vocab_size=64)
+  x = split.embeddings(ids)
+  f = text.classifier_fn(split)
+  sg = ag.adapt_smooth(jax.grad(f), 0.95, 4, bounds=text.embedding_bounds(bert.embedding_table))
+  maps, logits = jax.jit(lambda key: (text.explain_batch(sg, key, x, ids, mask, jnp.array([1, 2])),
+                                      bert.forward_from_embeddings(x, mask)))(jax.random.key(0))
+  np.testing.assert_allclose(jax.jit(jax.vmap(f))(x, ids, mask, jnp.array([1, 2])), logits[jnp.arange(2), [1, 2]],
+                             rtol=1e-5)
+  assert np.all(np.asarray(text.token_scores(maps, x, mask))[1, 3:] == 0.0)
+
+  gpt2 = models.gpt2(models.GPT2_TINY, rngs=nnx.Rngs(0))
+  split = text.nnx_split(gpt2, vocab_size=64, max_length=32)
+  tf = text.teacher_forcing([5, 9, 11], [4, 7], split=split, length=7)
+  x = split.embeddings(tf.ids)
+  log_p, grad = jax.jit(jax.value_and_grad(text.continuation_fn(split)))(x, tf.ids, tf.mask, tf.start)
+  logp = jax.nn.log_softmax(gpt2.forward_from_embeddings(x[None], tf.mask[None])[0], axis=-1)
+  np.testing.assert_allclose(log_p, logp[2, 4] + logp[3, 7], rtol=1e-5)
+  assert np.all(np.asarray(grad)[5:] == 0.0)  # the padding after the continuation
