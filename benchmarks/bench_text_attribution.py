@@ -100,6 +100,19 @@ def out_of_box(key, table, ids, mask, n: int) -> dict:
   return out
 
 
+def sigma_by_token_kind(table) -> dict:
+  """AdaptGrad's sigma (c = 0.95) relative to SmoothGrad's (alpha = 0.2), per kind of demo token."""
+  from adaptgrad_jax.text import _demo  # pylint: disable=import-outside-toplevel
+  bounds = text.embedding_bounds(table)
+  ratio = np.asarray(ag.adaptive_sigma(table, 0.95, bounds=bounds)) / np.asarray(
+      ag.smoothgrad_sigma(0.2, bounds=bounds))
+  kinds = {"markers (deciding)": list(_demo.MARKERS), "decoys": list(_demo.DECOYS),
+           "distractors": list(range(10, len(_demo.VOCAB)))}
+  return {name: {"mean_sigma_ratio": float(ratio[ids].mean()), "share_on_a_face": float((ratio[ids] == 0).mean()),
+                 "mean_norm": float(np.linalg.norm(np.asarray(table)[ids], axis=1).mean())}
+          for name, ids in kinds.items()}
+
+
 def explainers(demo, n: int, steps: int, inner: int):
   f = text.classifier_fn(demo.split)
   g = jax.grad(f)
@@ -188,6 +201,19 @@ def _markdown(result: dict) -> str:
         continue
       lines.append(f"| {table} | {name} | {100 * v['per_element']:.2f}% | {100 * v['per_sequence']:.1f}% |"
                    f" {100 * v['expected_per_element']:.2f}% |")
+  lines += [
+      "",
+      "## AdaptGrad's noise per kind of token (demo table)",
+      "",
+      "AdaptGrad's sigma (c = 0.95) over SmoothGrad's (alpha = 0.2), averaged over each kind's embedding elements;"
+      " 'on a face': elements where the token holds the table's min or max of that dimension (AdaptGrad: no"
+      " noise).",
+      "",
+      "| tokens | mean sigma ratio AG / SG | elements on a face | mean embedding norm |",
+      "|---|---|---|---|",
+  ]
+  for name, v in result["sigma_by_token_kind"].items():
+    lines.append(f"| {name} | {v['mean_sigma_ratio']:.3f} | {100 * v['share_on_a_face']:.1f}% | {v['mean_norm']:.2f} |")
   acc = result["accuracy"]
   lines += [
       "",
@@ -244,6 +270,7 @@ def main(argv=None) -> dict:
               key, jnp.asarray(gpt2_table), jnp.asarray(gpt2_ids), jnp.ones(gpt2_ids.shape, bool),
               settings["gpt2_n"]),
       },
+      "sigma_by_token_kind": sigma_by_token_kind(demo.table),
       "accuracy": accuracy(key, demo, held_out, n=settings["n"], steps=settings["steps"], inner=settings["inner"],
                            batch_size=settings["batch_size"]),
   }

@@ -78,6 +78,8 @@ def test_benchmark_script_runs_at_a_tiny_size(cache, tmp_path):
   for rows in result["out_of_box"].values():
     assert rows["AG c=0.95"]["expected_per_element"] <= 0.05 + 1e-6
     assert rows["SG alpha=0.3"]["per_element"] > rows["AG c=0.95"]["per_element"]
+  for v in result["sigma_by_token_kind"].values():  # d / 1.96 <= (range / 2) / 1.96 = 1.28 x SmoothGrad's 0.2 range
+    assert 0.0 <= v["mean_sigma_ratio"] <= 0.5 / 1.959964 / 0.2 + 1e-6 and 0.0 <= v["share_on_a_face"] <= 1.0
   assert (tmp_path / "text_attribution.md").read_text().startswith("# Token attribution")
 
 
@@ -131,3 +133,11 @@ def test_token_scores_of_a_padded_batch_feed_the_heat_map():
   scores = jnp.array([[1.0, 0.5, -0.5], [2.0, 0.0, 0.0]])
   page = _viz.token_heatmap_html([_demo.VOCAB[i] for i in ids[1]], scores[1], mask=mask[1])
   assert page.count("<span") == 1
+
+
+def test_explain_text_help(capsys):
+  assert main(["explain-text", "--help"]) == 0
+  out = capsys.readouterr().out
+  assert "examples:" in out and "adaptgrad-jax explain-text " in out.split("examples:")[1] and "--out" in out
+  assert main(["--help"]) == 0
+  assert "explain-text" in capsys.readouterr().out
