@@ -231,6 +231,47 @@ def measure(timed: list[Timed], rounds: int, log: Callable[[str], None] = print)
   return records
 
 
+def profile(model, ids, target, *, n: int, calls: int = 3) -> dict[str, Any]:
+  """Where the jitted ``vmap(grad)`` of n samples spends its time: `jax.profiler` events grouped by kind."""
+  import collections  # pylint: disable=import-outside-toplevel
+  import gzip  # pylint: disable=import-outside-toplevel
+  import tempfile  # pylint: disable=import-outside-toplevel
+
+  import jax  # pylint: disable=import-outside-toplevel
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+
+  graphdef, state = nnx.split(model)
+  x = model.embed(ids)
+  xs = x + 0.04 * jax.random.normal(jax.random.key(0), (n,) + x.shape, x.dtype)
+  out = {}
+  for keep in (1, None):
+    def f(e, state, keep=keep):
+      logits = nnx.merge(graphdef, state).forward_from_embeddings(e, logits_to_keep=keep)
+      return logits[-1, target]
+
+    compiled = jax.jit(lambda xs, s, f=f: jax.vmap(jax.grad(f), (0, None))(xs, s)).lower(xs, state).compile()
+    jax.block_until_ready(compiled(xs, state))
+    with tempfile.TemporaryDirectory() as folder:
+      jax.profiler.start_trace(folder)
+      for _ in range(calls):
+        jax.block_until_ready(compiled(xs, state))
+      jax.profiler.stop_trace()
+      (trace,) = pathlib.Path(folder).rglob("*.trace.json.gz")
+      events = json.loads(gzip.decompress(trace.read_bytes()))["traceEvents"]
+    kinds: collections.Counter = collections.Counter()
+    for e in events:
+      name = e.get("name", "")
+      if e.get("ph") != "X" or name.startswith("$") or "Thunk" in name or "Slinky" in name or "Await" in name:
+        continue
+      kind = ("dots" if name.startswith(("ynn_fusion", "dot")) else
+              "transposes and copies" if ("transpose" in name or "copy" in name) else "elementwise and other fusions")
+      kinds[kind] += e["dur"] / 1000 / calls
+    total = sum(kinds.values())
+    out["logits_to_keep=1" if keep else "every position"] = {
+      "ms": round(total, 1), "share": {k: round(v / total, 3) for k, v in kinds.most_common()}}
+  return out
+
+
 def environment() -> dict[str, Any]:
   import captum  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
@@ -307,6 +348,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
   parser.add_argument("--no-ablation", action="store_true",
                       help="skip the SmoothGrad row without logits_to_keep (what computing every position through "
                            "the last block costs)")
+  parser.add_argument("--profile", type=int, default=0, metavar="N",
+                      help="instead of the comparison, profile the port's vmap(grad) of N samples (with and without "
+                           "logits_to_keep) and write <stem>_profile.{json,md}")
   parser.add_argument("--out", default=None, help="results folder (default benchmarks/results; quick: none)")
   parser.add_argument("--stem", default="text_cpu")
   args = parser.parse_args(argv)
@@ -317,6 +361,27 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
   _set_threads(args.threads)
   env = environment()  # after the thread settings: it starts JAX's backend
   hf, model, ids, baseline_ids, target, _ = build(config, length)
+  if args.profile:
+    result = {"environment": env, "settings": {"config": config, "length": length, "samples": args.profile},
+              "profile": profile(model, ids, target, n=args.profile)}
+    folder = pathlib.Path(args.out) if args.out else RESULTS
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{args.stem}_profile.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    lines = ["# Where the port's input gradient spends its time (CPU)", "",
+             f"Written by `nice -n 10 python -m benchmarks.bench_text{' --quick' if q else ''} --profile "
+             f"{args.profile}`: `jax.profiler` on "
+             f"the jitted `vmap(grad)` of {args.profile} noisy copies of one {length}-token sequence, the config of "
+             f"`text_cpu.md`; XLA:CPU's events grouped by kind. Load average at start "
+             f"{env['load_average_at_start']} ({env['date_utc']} UTC).", "",
+             "| target | ms per call | " + " | ".join(["dots", "elementwise and other fusions",
+                                                       "transposes and copies"]) + " |", "|---|---:|---:|---:|---:|"]
+    for name, r in result["profile"].items():
+      shares = " | ".join(f"{100 * r['share'].get(k, 0):.0f}%" for k in
+                          ("dots", "elementwise and other fusions", "transposes and copies"))
+      lines.append(f"| {name} | {r['ms']:.1f} | {shares} |")
+    (folder / f"{args.stem}_profile.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(json.dumps(result["profile"], indent=2))
+    return result
   timed, extra = prepare(hf, model, ids, baseline_ids, target, n=n, steps=steps, ablation=not (q or args.no_ablation))
   records = measure(timed, rounds)
   parameters = sum(p.numel() for p in hf.parameters())
