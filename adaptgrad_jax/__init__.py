@@ -27,6 +27,7 @@ from adaptgrad_jax._sigma import smoothgrad_sigma as smoothgrad_sigma
 from adaptgrad_jax._smoothing import adapt_smooth as adapt_smooth
 from adaptgrad_jax._smoothing import gaussian_smooth as gaussian_smooth
 from adaptgrad_jax._smoothing import smooth_grad as smooth_grad
+from adaptgrad_jax._smooth_diff import moment_smooth as moment_smooth
 from adaptgrad_jax._smooth_diff import smooth_diff as smooth_diff
 from adaptgrad_jax._wrapping import is_stochastic as is_stochastic
 from adaptgrad_jax._wrapping import stochastic as stochastic
@@ -54,6 +55,7 @@ __all__ = (
     "inherent_noise",
     "integrated_gradients",
     "is_stochastic",
+    "moment_smooth",
     "noise_grad",
     "out_of_range_rate",
     "relative_error",

@@ -118,7 +118,14 @@ _ELEMENTWISE_NONLINEAR = (
     P.integer_pow_p, P.pow_p, P.square_p, P.rem_p, P.nextafter_p,
 )
 _COMPARISONS = (P.eq_p, P.ne_p, P.gt_p, P.ge_p, P.lt_p, P.le_p, P.and_p, P.or_p, P.not_p, P.xor_p)
-_STRUCTURAL = (
+def _primitive_of(fn, *args):
+  """The primitive of ``fn``'s single equation (for primitives ``jax.extend`` does not export)."""
+  return jax.make_jaxpr(fn)(*args).jaxpr.eqns[0].primitive
+
+
+_SPLIT = _primitive_of(lambda v: lax.split(v, (1, 1)), jnp.zeros(2))
+
+_STRUCTURAL = (_SPLIT,
     P.reshape_p, P.broadcast_in_dim_p, P.transpose_p, P.squeeze_p, P.slice_p, P.concatenate_p, P.pad_p,
     P.rev_p, P.reduce_sum_p, P.cumsum_p, P.reduce_window_sum_p, P.sharding_constraint_p,
 )
@@ -393,8 +400,13 @@ def unit_statistic(unit: Unit, invals, outvals, tangent=None):
 
 
 def _sum_to(ct, shape):
-  """An elementwise operand's cotangent: ``ct`` itself, or its sum for a rank-0 operand (lax broadcasts those)."""
-  return ct if ct.shape == tuple(shape) else jnp.sum(ct).reshape(shape)
+  """An elementwise operand's cotangent: ``ct`` summed over the axes lax broadcast it along (rank 0 or size 1)."""
+  shape = tuple(shape)
+  if ct.shape == shape:
+    return ct
+  if shape == ():
+    return jnp.sum(ct)
+  return jnp.sum(ct, axis=tuple(i for i, (a, b) in enumerate(zip(shape, ct.shape)) if a != b), keepdims=True)
 
 
 def unit_backward(unit: Unit, stat, ct):

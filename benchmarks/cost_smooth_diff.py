@@ -1,0 +1,80 @@
+"""Cost of smooth_diff and moment_smooth against jitted forwards and one gradient (issue 28's budget).
+
+A small CNN (two 3 x 3 convolutions with ReLU, a 2 x 2 max-pool, global average
+pooling, a dense layer) on a 32 x 32 x 3 input, random weights, CPU. All
+functions are jitted and warmed up, then timed in turns (``--rounds`` rounds,
+median per function), so machine load affects them alike:
+
+* ``forward_n``: ``jax.vmap(f)`` over n noisy inputs (n jitted forward passes);
+* ``grad``: ``jax.grad(f)`` at one input;
+* ``smooth_diff``: ``ag.smooth_diff(f, n, c=0.95, bounds=(0, 1))``;
+* ``moment_smooth``: ``ag.moment_smooth(f, c=0.95, bounds=(0, 1))``;
+* ``adapt_smooth``: ``ag.adapt_smooth(jax.grad(f), 0.95, n, bounds=(0, 1))`` (n gradients).
+
+The budget: smooth_diff <= 1.2 x forward_n + grad, moment_smooth <= 4 x grad.
+Run: ``python benchmarks/cost_smooth_diff.py --n 64 --rounds 15``.
+"""
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import adaptgrad_jax as ag
+
+
+def small_cnn(key):
+  k = jax.random.split(key, 3)
+  w1 = jax.random.normal(k[0], (3, 3, 3, 16)) * 0.3
+  w2 = jax.random.normal(k[1], (3, 3, 16, 32)) * 0.1
+  w3 = jax.random.normal(k[2], (32, 10)) * 0.3
+  conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  def f(x):
+    h = jax.nn.relu(conv(x[None], w1) - 0.1)
+    h = jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    h = jax.nn.relu(conv(h, w2))
+    return (jnp.mean(h, axis=(1, 2)) @ w3)[0, 3]
+
+  return f
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--n", type=int, default=64)
+  parser.add_argument("--rounds", type=int, default=15)
+  args = parser.parse_args()
+  f = small_cnn(jax.random.key(0))
+  x = jnp.asarray(np.random.default_rng(0).uniform(size=(32, 32, 3)), jnp.float32)
+  xs = x[None] + 0.05 * jax.random.normal(jax.random.key(1), (args.n, 32, 32, 3))
+  key = jax.random.key(2)
+  fns = {
+      "forward_n": (jax.jit(jax.vmap(f)), (xs,)),
+      "grad": (jax.jit(jax.grad(f)), (x,)),
+      "smooth_diff": (jax.jit(ag.smooth_diff(f, args.n, c=0.95, bounds=(0.0, 1.0))), (key, x)),
+      "moment_smooth": (jax.jit(ag.moment_smooth(f, c=0.95, bounds=(0.0, 1.0))), (x,)),
+      "adapt_smooth": (jax.jit(ag.adapt_smooth(jax.grad(f), 0.95, args.n, bounds=(0.0, 1.0))), (key, x)),
+  }
+  times = {name: [] for name in fns}
+  for fn, call in fns.values():
+    jax.block_until_ready(fn(*call))
+  for _ in range(args.rounds):
+    for name, (fn, call) in fns.items():
+      start = time.perf_counter()
+      jax.block_until_ready(fn(*call))
+      times[name].append(time.perf_counter() - start)
+  med = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+  for name, t in med.items():
+    print(f"{name:14s} {t:9.2f} ms")
+  budget = 1.2 * med["forward_n"] + med["grad"]
+  print(f"smooth_diff / (forward_n + grad) = {med['smooth_diff'] / (med['forward_n'] + med['grad']):.2f}"
+        f"  (budget: <= {budget:.2f} ms, i.e. ratio to 1.2 forward_n + grad = {med['smooth_diff'] / budget:.2f})")
+  print(f"moment_smooth / grad = {med['moment_smooth'] / med['grad']:.2f}  (budget 4)")
+  print(f"adapt_smooth / smooth_diff = {med['adapt_smooth'] / med['smooth_diff']:.2f}")
+
+
+if __name__ == "__main__":
+  main()
