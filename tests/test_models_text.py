@@ -247,3 +247,23 @@ def test_ports_plug_into_the_text_api():
   logp = jax.nn.log_softmax(gpt2.forward_from_embeddings(x[None], tf.mask[None])[0], axis=-1)
   np.testing.assert_allclose(log_p, logp[2, 4] + logp[3, 7], rtol=1e-5)
   assert np.all(np.asarray(grad)[5:] == 0.0)  # the padding after the continuation
+
+
+def test_save_pretrained_folder_loads_without_torch(tmp_path):
+  """``save_pretrained``'s config.json and model.safetensors load through the config dicts and read_checkpoint."""
+  import json  # pylint: disable=import-outside-toplevel
+
+  config = transformers.GPT2Config(vocab_size=20, n_positions=8, n_embd=8, n_layer=1, n_head=2, bos_token_id=0,
+                                   eos_token_id=0)
+  bert_config = transformers.BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                        intermediate_size=8, max_position_embeddings=8, num_labels=3)
+  ids = np.array([[1, 5, 7, 2]])
+  for name, ref, build in (("gpt2", transformers.GPT2LMHeadModel(config).eval(), models.gpt2),
+                           ("bert", transformers.BertForSequenceClassification(bert_config).eval(), models.bert)):
+    ref.save_pretrained(tmp_path / name)
+    cfg_dict = json.loads((tmp_path / name / "config.json").read_text())
+    cfg = (models.GPT2Config if name == "gpt2" else models.BertConfig).from_transformers(cfg_dict)
+    ours = build(cfg, weights=tmp_path / name / "model.safetensors", rngs=nnx.Rngs(0))
+    with torch.no_grad():
+      expected = ref(input_ids=torch.from_numpy(ids)).logits.numpy()
+    np.testing.assert_allclose(jax.jit(lambda i, m=ours: m(i))(ids), expected, rtol=1e-4, atol=1e-5)
