@@ -193,7 +193,7 @@ def test_explain_methods_on_a_folder_match_single_files(method, digit_png, tmp_p
   capsys.readouterr()
 
 
-def test_explain_estimator_smooth_diff_is_the_library_s_and_reports_its_error(digit_png, tmp_path, capsys):
+def test_explain_estimators_are_the_library_s_and_report_their_error(digit_png, tmp_path, capsys):
   out = tmp_path / "sd"
   argv = ["explain", str(digit_png), "--model", "mlp", "--weights", "random", "--method", "a-gi", "--estimator",
           "smooth-diff", "--n", "8", "--target", "3", "--out", str(out)]
@@ -208,6 +208,13 @@ def test_explain_estimator_smooth_diff_is_the_library_s_and_reports_its_error(di
   assert record["run"]["options"]["estimator"] == "smooth-diff"
   assert abs(record["images"][0]["relative_error"] - float(ag.relative_error(expected))) < 1e-3
   capsys.readouterr()
+  # Moment propagation: no samples, no error to show ("deterministic").
+  assert main(argv[:7] + ["adaptgrad", "--estimator", "moments", "--target", "3", "--out", str(tmp_path / "mo")]) == 0
+  expected = ag.moment_smooth(f, c=0.95, bounds=(0.0, 1.0))(x, 3)
+  np.testing.assert_allclose(np.load(tmp_path / "mo" / "seven_adaptgrad.npy"), np.asarray(expected), rtol=1e-4,
+                             atol=1e-6)
+  assert "deterministic" in capsys.readouterr().out
+  assert json.loads((tmp_path / "mo" / "explain.json").read_text())["images"][0]["relative_error"] is None
 
 
 def test_sweeps_write_grids(digit_png, tmp_path, capsys):
