@@ -300,8 +300,10 @@ def test_the_docs_show_the_recorded_demo_run_with_the_demo_s_current_settings(ca
                             "estimator": _demo.PHOTO_ESTIMATOR, "seed": 0}
   assert summary["mnist"]["settings"] == settings and summary["mnist"]["n"] == _demo.MNIST_N
   assert (summary["photos"]["ig_steps"], summary["photos"]["ig_n"]) == (_demo.PHOTO_IG_STEPS, _demo.PHOTO_IG_N)
-  # The training the pages and --help state is the one the demo runs.
+  # The training the pages and --help state is the one the demo runs, and its accuracy the recorded one.
   assert f"`{settings}`" in (root / "cli.md").read_text()
+  accuracy = f"{summary['mnist']['test_accuracy']:.1%} test accuracy"
+  assert accuracy in " ".join((root / "evaluate.md").read_text().split())
   import inspect
 
   from adaptgrad_jax import training
