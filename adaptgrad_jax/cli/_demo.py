@@ -26,17 +26,20 @@ from adaptgrad_jax.cli._errors import CliError
 
 def _epilog() -> str:
   """The help's examples and the MLP's training, formatted from the settings it trains with."""
+  import textwrap  # pylint: disable=import-outside-toplevel
+
+  about = textwrap.fill(
+    f"The MLP is trained once ({_mnist.describe(_mnist.DEMO_SETTINGS)}) and cached in $ADAPTGRAD_JAX_CACHE"
+    " (default ~/.cache/adaptgrad_jax), keyed by a hash of its settings. Everything runs offline. Next to"
+    " every smoothed map the tables and figure captions give its relative error ||stderr|| / ||map||"
+    " (adaptgrad_jax.relative_error): the share of the map that is sampling noise, bias not included.", 78)
   return f"""\
 examples:
   adaptgrad-jax demo                      # writes adaptgrad_demo/mnist.png and photos.png
   adaptgrad-jax demo --out /tmp/demo --overwrite
   adaptgrad-jax demo --quick              # a smaller, faster run (used by the tests)
 
-The MLP is trained once ({_mnist.describe(_mnist.DEMO_SETTINGS)}) and cached
-in $ADAPTGRAD_JAX_CACHE (default ~/.cache/adaptgrad_jax), keyed by a hash of
-its settings. Everything runs offline. Next to every smoothed map the tables
-and figure captions give its Monte Carlo relative error ||stderr|| / ||map||
-(adaptgrad_jax.relative_error): the share of the map that is sampling noise.
+{about}
 """
 
 
