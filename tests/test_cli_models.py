@@ -72,6 +72,8 @@ def test_newer_port_loads_random_and_checkpoint_weights(name, tmp_path, monkeypa
     np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
   x = jnp.asarray(np.random.default_rng(1).uniform(-2.0, 2.0, (1, 32, 32, 3)), jnp.float32)  # no threefry to compile
   # Explaining works with the registry's bounds (per channel, ImageNet-normalised space).
-  explain_one, _ = _explain.make_explain_one("adaptgrad", loaded, _methods.Options(n=2), "predicted")
-  m = jax.jit(explain_one)(jax.random.key(0), x[0])
-  assert m.shape == (32, 32, 3) and bool(jnp.all(jnp.isfinite(m))) and float(jnp.abs(m).sum()) > 0
+  options = _methods.Options(n=2)
+  explain_one, _ = _explain.make_explain_one("adaptgrad", loaded, options, "predicted")
+  m, error = _explain.split_error("adaptgrad", options, jax.jit(explain_one)(jax.random.key(0), x[0]))
+  assert m.shape == (32, 32, 3) and bool(np.all(np.isfinite(m))) and float(np.abs(m).sum()) > 0
+  assert error is not None and np.isfinite(error) and error > 0  # the map's Monte Carlo error comes with it
