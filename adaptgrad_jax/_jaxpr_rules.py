@@ -380,7 +380,28 @@ def window_patches(x, params, pad_value):
   return jnp.stack(patches)
 
 
+def disjoint_windows(params) -> bool:
+  """Whether every element lies in at most one window (stride = window, no padding or dilation): 2 x 2 pools."""
+  return (tuple(params["window_strides"]) == tuple(params["window_dimensions"])
+          and all(lo == 0 and hi == 0 for lo, hi in params["padding"])
+          and all(d == 1 for d in params["window_dilation"]))
+
+
+def _upsample(y, params, shape):
+  """``y`` (one value per window) repeated over each disjoint window, zero past the last whole window."""
+  for axis, w in enumerate(params["window_dimensions"]):
+    if w > 1:
+      y = jnp.repeat(y, w, axis=axis)
+  return jnp.pad(y, [(0, n - m) for n, m in zip(shape, y.shape)])
+
+
 def _window_weights(eqn, x, y):
+  """Each element's share of its window's maximum: shaped like ``x`` for disjoint windows, else ``(K, *y)``."""
+  if disjoint_windows(eqn.params):
+    hit = (x == _upsample(y, eqn.params, x.shape)).astype(x.dtype)
+    counts = lax.reduce_window(hit, jnp.zeros((), x.dtype), lax.add, eqn.params["window_dimensions"],
+                               eqn.params["window_strides"], "VALID")
+    return hit / jnp.maximum(_upsample(counts, eqn.params, x.shape), 1)
   fill = -jnp.inf if eqn.primitive is P.reduce_window_max_p else jnp.inf
   hit = (window_patches(x, eqn.params, fill) == y[None]).astype(x.dtype)
   return hit / jnp.sum(hit, axis=0, keepdims=True)
@@ -426,6 +447,8 @@ def unit_backward(unit: Unit, stat, ct):
   x = avals[0]
   if unit.kind == "select":
     return ((jnp.expand_dims(ct, _reduced_axes(unit.eqn)) * stat.astype(ct.dtype)).astype(x.dtype),)
+  if disjoint_windows(unit.eqn.params):
+    return ((_upsample(ct, unit.eqn.params, x.shape) * stat.astype(ct.dtype)).astype(x.dtype),)
   patches = lambda v: window_patches(v, unit.eqn.params, 0.0)
   (back,) = jax.linear_transpose(patches, jax.ShapeDtypeStruct(x.shape, x.dtype))(ct[None] * stat.astype(ct.dtype))
   return (back,)
