@@ -237,15 +237,26 @@ def test_validation_of_n_batch_size_and_output():
 # CNN with max-pooling, batch norm and ReLU is smoothed; finite maps.
 
 
+def _random_model(make):
+  """The preset's graph with random weights (positive running variances), without its slow initialisation."""
+  abstract = nnx.eval_shape(make)
+  abstract.eval()
+  graphdef, params, stats = nnx.split(abstract, nnx.Param, nnx.BatchStat)
+  keys = iter(jax.random.split(jax.random.key(0), len(jax.tree.leaves(params)) + len(jax.tree.leaves(stats))))
+  normal = lambda a: 0.2 * jax.random.normal(next(keys), a.shape, a.dtype)
+  params = jax.tree.map(normal, params)
+  stats = jax.tree.map(lambda a: 0.5 + jnp.abs(normal(a)), stats)
+  return graphdef, (params, stats)
+
+
 @pytest.mark.parametrize("make, size", [
     (lambda: models.vit_micro(rngs=nnx.Rngs(0)), 32),
     (lambda: models.densenet_micro(rngs=nnx.Rngs(0)), 36),
 ], ids=["vit_micro", "densenet_micro"])
+@pytest.mark.usefixtures("unoptimized_xla")  # compiled once, run once: the module's last tests
 def test_model_ports_give_finite_maps(make, size):
-  model = make()
-  model.eval()
-  graphdef, state = nnx.split(model)
-  f = lambda x, state: nnx.merge(graphdef, state)(x[None])[0, 1]
+  graphdef, state = _random_model(make)
+  f = lambda x, state: nnx.merge(graphdef, *state)(x[None])[0, 1]
   x = jnp.asarray(np.random.default_rng(0).uniform(size=(size, size, 3)), jnp.float32)
   sd = jax.jit(ag.smooth_diff(f, 2, c=0.95, bounds=BOUNDS))(jax.random.key(0), x, state)
   ms = jax.jit(ag.moment_smooth(f, c=0.95, bounds=BOUNDS))(x, state)
