@@ -47,11 +47,20 @@ _FUNCTIONS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(_FUNCTIONS))
-@pytest.mark.parametrize("batch_size", [None, 3])
+def _while_grad(x):
+  return jax.lax.while_loop(lambda s: s[0] < 3, lambda s: (s[0] + 1, jnp.sin(s[1])), (0, x))[1]
+
+
+def _every_kind_grad(x):
+  """Every kind of equation above in one grad_fn (one compile instead of nine)."""
+  return jax.grad(lambda y: sum(f(y) for f in _FUNCTIONS.values() if f))(x) + _while_grad(x)
+
+
+# Each kind on its own at the top level; all kinds at once inside the chunk loop of batch_size=3 (the
+# rewrite descends into the loop's body the same way whatever the body holds).
+@pytest.mark.parametrize("name, batch_size", [(name, None) for name in sorted(_FUNCTIONS)] + [("every_kind", 3)])
 def test_rewrite_equals_no_rewrite(name, batch_size):
-  grad = jax.grad(_FUNCTIONS[name]) if _FUNCTIONS[name] else (
-      lambda x: jax.lax.while_loop(lambda s: s[0] < 3, lambda s: (s[0] + 1, jnp.sin(s[1])), (0, x))[1])
+  grad = {"every_kind": _every_kind_grad, "while_loop": _while_grad}.get(name) or jax.grad(_FUNCTIONS[name])
   key, x = jax.random.key(0), jnp.linspace(0.1, 0.9, 5)
   build = lambda r: jax.jit(ag.adapt_smooth(grad, 0.95, 8, bounds=B01, batch_size=batch_size, cpu_rewrite=r))
   np.testing.assert_allclose(build(True)(key, x), build(False)(key, x), rtol=1e-6, atol=1e-7)
