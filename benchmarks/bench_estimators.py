@@ -539,14 +539,18 @@ def save_runs(cache: pathlib.Path, name: str, method: str, runs: list[dict[str, 
 
 
 def load_runs(cache: pathlib.Path, name: str, method: str) -> Optional[list[dict[str, Any]]]:
+  """The cached runs of ``name``: ``<method>.json`` first, then any ``<method>_<extra>.json`` (later runs)."""
   d = cache / "maps" / name
   if not (d / f"{method}.json").exists():
     return None
-  runs = json.loads((d / f"{method}.json").read_text())
-  with np.load(d / f"{method}.npz") as z:
-    for i, r in enumerate(runs):
-      r["maps"] = [z[f"m{i}_{k}"] for k in range(len([key for key in z.files if key.startswith(f"m{i}_")]))]
-  return runs
+  out = []
+  for path in [d / f"{method}.json"] + sorted(d.glob(f"{method}_*.json")):
+    runs = json.loads(path.read_text())
+    with np.load(path.with_suffix(".npz")) as z:
+      for i, r in enumerate(runs):
+        r["maps"] = [z[f"m{i}_{k}"] for k in range(len([key for key in z.files if key.startswith(f"m{i}_")]))]
+    out += runs
+  return out
 
 
 def score(runs: list[dict[str, Any]], ref: Reference, log) -> list[dict[str, Any]]:
@@ -957,6 +961,8 @@ def main(argv: Optional[list[str]] = None) -> Any:
   parser.add_argument("--update", action="store_true", help="keep the other entries of an existing results file")
   parser.add_argument("--rescore", action="store_true",
                       help="score the cached maps against the references as they are now (no estimator calls)")
+  parser.add_argument("--merge", action="append", default=[],
+                      help="take the sanity / captum parts of another results file (runs split across processes)")
   parser.add_argument("--cache", default=None)
   parser.add_argument("--out", default=str(RESULTS))
   parser.add_argument("--tag", default=None)
@@ -986,6 +992,12 @@ def main(argv: Optional[list[str]] = None) -> Any:
     results = json.loads((out / f"{tag}.json").read_text())
     results["environment"] = environment()
   methods = [m for m in args.methods.split(",") if m]
+  for path in args.merge:
+    other = json.loads(pathlib.Path(path).read_text())
+    for part in ("sanity", "captum"):
+      if other.get(part):
+        results[part] = other[part]
+    write(results, out, tag)
   if "estimators" in parts:
     for method in methods:
       groups: dict[str, list[str]] = {}
