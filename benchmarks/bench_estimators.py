@@ -921,21 +921,23 @@ def plot(results: dict[str, Any], path: pathlib.Path) -> None:
     return
   fig, axes = plt.subplots(2, len(recs), figsize=(3.8 * len(recs), 6.6), squeeze=False)
   colours = {"mc_iid": "tab:blue", "mc_antithetic": "tab:orange", "smooth_diff": "tab:green",
-             "moment_smooth": "tab:red"}
+             "moment_smooth": "tab:red", "hybrid_split1": "tab:purple", "hybrid_split4": "tab:brown",
+             "hybrid_split8": "tab:pink"}
   for col, rec in enumerate(recs):
     for row, xkey in enumerate(("seconds", "evaluations")):
       ax = axes[row][col]
       names = sorted({r["estimator"] for r in rec["records"]})
       for name in names:
         pts = sorted((r[xkey], max(r["error_vs_truth"], 1e-3)) for r in rec["records"] if r["estimator"] == name)
-        ax.loglog(*zip(*pts), marker="o", ms=3, label=name, color=colours.get(name))
+        ax.loglog(*zip(*pts), marker="o", ms=3, label=name, color=colours.get(name, "tab:gray"))
       ax.axhline(0.10, color="grey", lw=0.6, ls=":")
       ax.set_xlabel("seconds per map" if xkey == "seconds" else "evaluations (forwards or gradients)")
       if row == 0:
         ax.set_title(f"{rec['workload']} ({rec['method']})", fontsize=9)
       if col == 0:
         ax.set_ylabel("relative L2 error vs truth")
-  axes[0][0].legend(fontsize=6)
+      if row == 0:
+        ax.legend(fontsize=5)
   fig.tight_layout()
   atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
   plt.close(fig)
@@ -959,6 +961,7 @@ def main(argv: Optional[list[str]] = None) -> Any:
   parser.add_argument("--ref-budget-s", type=float, default=600.0,
                       help="seconds per workload and method to extend its cached reference before scoring")
   parser.add_argument("--update", action="store_true", help="keep the other entries of an existing results file")
+  parser.add_argument("--plot-only", action="store_true", help="redraw <tag>.png from <tag>.json")
   parser.add_argument("--rescore", action="store_true",
                       help="score the cached maps against the references as they are now (no estimator calls)")
   parser.add_argument("--merge", action="append", default=[],
@@ -980,6 +983,8 @@ def main(argv: Optional[list[str]] = None) -> Any:
   log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
   out = pathlib.Path(args.out)
   tag = args.tag or ("estimators_quick" if args.quick else "estimators")
+  if args.plot_only:
+    return plot(json.loads((out / f"{tag}.json").read_text()), out / f"{tag}.png")
   cache = pathlib.Path(args.cache) if args.cache else (CACHE.parent / "estimators_quick" if args.quick else CACHE)
   if args.workloads is None:
     names = (["mlp"] if args.quick else
