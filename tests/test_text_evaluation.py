@@ -74,3 +74,58 @@ def test_evaluate_on_token_maps():
   assert maps.shape == (3, 5, 1) and np.all(maps[~np.asarray(MASK)] == 0.0)
   # GI of an additive model is its exact token contribution: its deletion AUC is the lowest possible ordering's.
   assert rows[("GI", "deletion")].mean <= rows[("A-GI", "deletion")].mean + 1e-6
+
+
+def _mprt_scores(ids, mask, targets):
+  """``scores_fn(params)``: grad x input token scores of a two-layer model whose weights are ``params``."""
+  def logit(e, m, p, t):
+    return (jnp.sum(jnp.tanh(e @ p["proj"]["w"]) * m[:, None], 0) @ p["head"]["w"])[t]
+
+  def scores_fn(p):
+    e = TABLE[ids]
+    grads = jax.vmap(jax.grad(logit), (0, 0, None, 0))(e, mask, p, targets)
+    return text.token_scores(grads, e, mask, reduction="grad_x_input")
+
+  return scores_fn
+
+
+def test_token_randomisation_ranks_real_tokens_only():
+  scipy_stats = pytest.importorskip("scipy.stats")
+  params = {"proj": {"w": jax.random.normal(jax.random.key(5), (D, 4))},
+            "head": {"w": jax.random.normal(jax.random.key(6), (4, K))}}
+  ids, mask = text.pad_batch([[1, 2, 3, 4, 5, 6], [6, 7, 8, 1], [2, 4, 5]], pad_id=0, vocab_size=V)
+  targets = jnp.array([0, 1, 0])
+  key = jax.random.key(7)
+  got = text.token_randomisation(key, _mprt_scores(ids, mask, targets), params, ["head", "proj"], mask)
+  # The reference: the same randomised weights (metrics.randomise_layer, cascading), scipy's Spearman per
+  # sequence over its real tokens, mean |rho|.
+  ref_scores = np.asarray(_mprt_scores(ids, mask, targets)(params))
+  current, expected = params, {}
+  for layer, k in zip(["head", "proj"], jax.random.split(key, 2)):
+    current = metrics.randomise_layer(k, current, layer)
+    rand = np.asarray(_mprt_scores(ids, mask, targets)(current))
+    m = np.asarray(mask)
+    expected[layer] = np.mean([abs(scipy_stats.spearmanr(a[r], b[r])[0]) for a, b, r in zip(ref_scores, rand, m)])
+  assert list(got) == ["head", "proj"]
+  np.testing.assert_allclose([got["head"], got["proj"]], [expected["head"], expected["proj"]], rtol=1e-9)
+  # Padding does not count: the same sequences padded to twice the length give the same scores.
+  ids2, mask2 = text.pad_batch([list(map(int, s[m])) + [0] * 6 for s, m in zip(np.asarray(ids), np.asarray(mask))],
+                               pad_id=0, vocab_size=V)
+  mask2 = mask2 & (ids2 != 0)
+  padded = text.token_randomisation(key, _mprt_scores(ids2, mask2, targets), params, ["head", "proj"], mask2)
+  np.testing.assert_allclose([padded["head"], padded["proj"]], [got["head"], got["proj"]], rtol=1e-9)
+  # Weights left as they are ("randomised" to themselves) keep every ranking: 1 for each layer.
+  same = text.token_randomisation(key, _mprt_scores(ids, mask, targets), params, ["head"], mask,
+                                  init=lambda k, x: x)
+  assert same == {"head": 1.0}
+
+
+def test_token_randomisation_errors():
+  params = {"proj": {"w": jnp.ones((D, 4))}, "head": {"w": jnp.ones((4, K))}}
+  scores_fn = _mprt_scores(IDS, MASK, TARGETS)
+  with pytest.raises(ValueError, match="matches no parameter"):
+    text.token_randomisation(jax.random.key(0), scores_fn, params, ["decoder"], MASK)
+  with pytest.raises(ValueError, match=r"mask has shape \(3, 4\)"):
+    text.token_randomisation(jax.random.key(0), scores_fn, params, ["head"], MASK[:, :4])
+  with pytest.raises(ValueError, match="mode='top-down'"):
+    text.token_randomisation(jax.random.key(0), scores_fn, params, ["head"], MASK, mode="top-down")

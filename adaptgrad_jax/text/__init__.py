@@ -41,6 +41,7 @@ from adaptgrad_jax.text._evaluation import token_deletion as token_deletion
 from adaptgrad_jax.text._evaluation import token_deletion_metric as token_deletion_metric
 from adaptgrad_jax.text._evaluation import token_insertion as token_insertion
 from adaptgrad_jax.text._evaluation import token_insertion_metric as token_insertion_metric
+from adaptgrad_jax.text._evaluation import token_randomisation as token_randomisation
 from adaptgrad_jax.text._evaluation import token_sparseness_metric as token_sparseness_metric
 from adaptgrad_jax.text._evaluation import unpack_tokens as unpack_tokens
 from adaptgrad_jax.text._embedding import EmbeddingSplit as EmbeddingSplit
@@ -92,6 +93,7 @@ __all__ = (
     "token_heatmap_png",
     "token_insertion",
     "token_insertion_metric",
+    "token_randomisation",
     "token_scores",
     "token_sparseness_metric",
     "unpack_tokens",
