@@ -123,7 +123,9 @@ def _primitive_of(fn, *args):
   return jax.make_jaxpr(fn)(*args).jaxpr.eqns[0].primitive
 
 
-_SPLIT = _primitive_of(lambda v: lax.split(v, (1, 1)), jnp.zeros(2))
+# An abstract argument: importing the package must not start the XLA backend (jax.distributed.initialize
+# must come before it in multi-host programs; tests/test_attribute.py::test_two_processes_on_localhost).
+_SPLIT = _primitive_of(lambda v: lax.split(v, (1, 1)), jax.ShapeDtypeStruct((2,), jnp.float32))
 
 _STRUCTURAL = (_SPLIT,
     P.reshape_p, P.broadcast_in_dim_p, P.transpose_p, P.squeeze_p, P.slice_p, P.concatenate_p, P.pad_p,
