@@ -24,25 +24,21 @@ import shutil
 import sys
 import tempfile
 
+from adaptgrad_jax.cli import _demo  # pylint: disable=protected-access
+
 DOCS = pathlib.Path(__file__).resolve().parent
 FIGURES = {"mnist.png": "demo_mnist.png", "photos.png": "demo.png"}
-LABELS = ("Grad", "SG", "AG", "GI", "S-GI", "A-GI", "IG(B)", "S-IG(B)", "A-IG(B)")
+LABELS = _demo.ROW_LABELS
 
 
 def _percent(value) -> str:
-  if value is None:
-    return "deterministic"
-  pct = 100.0 * float(value)
-  return f"{pct:.2g}%" if pct < 1 else f"{pct:.1f}%" if pct < 10 else f"{pct:.0f}%"
+  """The demo's caption format for a relative error; "deterministic" for a map without one."""
+  return "deterministic" if value is None else _demo._percent(float(value))
 
 
 def _rate(part: dict, label: str) -> str:
-  rates = part["out_of_range_per_element"]
-  if label in ("SG", "S-GI"):
-    return f"{rates['SG']:.1%}"
-  if label in ("AG", "A-GI"):
-    return f"{rates['AG']:.1%}"
-  return "-"
+  """The out-of-range column, as the demo's printed table has it."""
+  return _demo._rate(_demo.ROWS[LABELS.index(label)], part["out_of_range_per_element"])
 
 
 def table_markdown(summary: dict) -> str:
