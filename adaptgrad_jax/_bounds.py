@@ -147,20 +147,27 @@ def check_bounds(x: PyTree, bounds: Bounds) -> None:
     >>> ag.check_bounds(jnp.array([0.0, 0.5, 1.0]), (0.0, 1.0))
   """
   lower, upper = broadcast_bounds(x, require_bounds(bounds, "check_bounds"))
-  total = 0
+  total = nans = 0
   seen_lo, seen_hi = np.inf, -np.inf
   for leaf, lo, hi in zip(
       jax.tree.leaves(x), jax.tree.leaves(lower), jax.tree.leaves(upper)
   ):
     leaf = np.asarray(leaf, dtype=np.float64)
-    outside = (leaf < np.asarray(lo)) | (leaf > np.asarray(hi)) | np.isnan(leaf)
+    nan = np.isnan(leaf)
+    outside = (leaf < np.asarray(lo)) | (leaf > np.asarray(hi)) | nan
     total += int(np.sum(outside))
-    if leaf.size:
-      seen_lo, seen_hi = min(seen_lo, np.nanmin(leaf)), max(seen_hi, np.nanmax(leaf))
+    nans += int(np.sum(nan))
+    finite = leaf[~nan]
+    if finite.size:  # np.nanmin of an all-NaN leaf warns
+      seen_lo, seen_hi = min(seen_lo, finite.min()), max(seen_hi, finite.max())
   if total:
+    spans = (f"the input spans [{seen_lo:.4g}, {seen_hi:.4g}]" if seen_lo <= seen_hi
+             else "the input has no number")
+    if nans:
+      spans += f" and {nans} NaN(s)"
     raise ValueError(
         f"{total} input element(s) lie outside bounds=({bounds[0]!r},"
-        f" {bounds[1]!r}) (the input spans [{seen_lo:.4g}, {seen_hi:.4g}]);"
+        f" {bounds[1]!r}) ({spans});"
         " pass the bounds of the space the model sees (after normalisation), or"
         " clip the input."
     )

@@ -53,7 +53,7 @@ Parameters as an argument. :func:`eqx_param_fn` returns ``(f, params)`` with
 (``argnums=1``); ``params`` are the model's floating-point arrays
 (``eqx.filter(model, eqx.is_inexact_array)``).
 
-Equinox is optional (``pip install 'adaptgrad-jax[equinox]'``); it is
+Equinox is optional (the ``equinox`` extra); it is
 imported when a function of this module is called, so ``adaptgrad_jax``
 imports without it.
 """
@@ -66,6 +66,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adaptgrad_jax._extras import install_hint
 from adaptgrad_jax._typing import PyTree
 
 Output = Literal["logit", "log_softmax", "softmax"]
@@ -82,7 +83,7 @@ def _equinox():
   except ImportError as err:
     raise ImportError(
       "the Equinox adapters need equinox, which is not installed; install it with "
-      "pip install 'adaptgrad-jax[equinox]' (or: pip install equinox)"
+      + install_hint("equinox")
     ) from err
   return equinox
 

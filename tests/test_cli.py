@@ -331,5 +331,5 @@ def test_missing_plotting_extra_fails_before_any_work(digit_png, tmp_path, capsy
   monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
   assert main(["explain", str(digit_png), "--model", "mlp", "--weights", "random", "--out", str(tmp_path)]) == 1
   err = _error_line(capsys)
-  assert "matplotlib" in err and 'pip install "adaptgrad-jax[plot]"' in err
+  assert "matplotlib" in err and '"matplotlib>=3.7" "pillow>=9"' in err and 'pip install -e ".[plot]"' in err
   assert not list(tmp_path.iterdir())

@@ -85,3 +85,19 @@ def test_the_graph_sees_a_lazy_import():
 
 def test_no_import_circles():
   assert _circles(_import_graph()) == []
+
+
+def test_install_hints_name_the_extras_of_pyproject():
+  """Error messages name the packages of an extra (the package is not on PyPI yet): they must be pyproject's."""
+  import tomllib  # pylint: disable=import-outside-toplevel
+
+  from adaptgrad_jax._extras import EXTRAS, install_hint  # pylint: disable=import-outside-toplevel
+
+  extras = tomllib.loads((ROOT.parent / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+  for extra, packages in EXTRAS.items():
+    assert sorted(packages) == sorted(extras[extra]), extra
+    assert all(f'"{p}"' in install_hint(extra) for p in packages) and f'.[{extra}]' in install_hint(extra)
+  # No message may suggest the PyPI form while the package is not published.
+  offenders = [str(p) for p in ROOT.rglob("*.py")
+               if p.name != "_extras.py" and "adaptgrad-jax[" in p.read_text(encoding="utf-8")]
+  assert not offenders, offenders

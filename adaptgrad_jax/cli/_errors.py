@@ -14,6 +14,7 @@ import argparse
 import errno
 import math
 from typing import Callable
+from adaptgrad_jax._extras import install_hint
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -81,8 +82,8 @@ def require_plotting(command: str) -> None:
              if importlib.util.find_spec(module) is None]
   if missing:
     raise CliError(
-      f"{command} writes PNG figures and needs {' and '.join(missing)}; install the plotting extra with"
-      ' pip install "adaptgrad-jax[plot]"')
+      f"{command} writes PNG figures and needs {' and '.join(missing)}; install them with "
+      + install_hint("plot"))
 
 
 # ----------------------------------------------------------------------------

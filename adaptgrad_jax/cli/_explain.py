@@ -57,7 +57,7 @@ def add_model_options(parser: argparse.ArgumentParser, *, default_model: str = "
   group.add_argument(
     "--model", default=default_model, metavar="NAME",
     help=f"one of {', '.join(_models.model_names())} (default: {default_model}, ImageNet weights offline"
-         ' with the extra adaptgrad-jax[pretrained]; mlp: the demo\'s MNIST MLP)')
+         ' with the "pretrained" extra; mlp: the demo\'s MNIST MLP)')
   group.add_argument(
     "--weights", metavar="PATH|download|random",
     help="a checkpoint (.pth, .pt, .safetensors, .npz; for mlp also a training.save_model folder);"

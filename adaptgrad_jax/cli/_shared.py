@@ -44,6 +44,7 @@ import numpy as np
 import adaptgrad_jax as ag
 from adaptgrad_jax import _files
 from adaptgrad_jax.cli._errors import CliError, UsageError
+from adaptgrad_jax._extras import install_hint
 
 
 def sigma_input_smoother(
@@ -136,7 +137,7 @@ def _pil():
   try:
     from PIL import Image, ImageOps, UnidentifiedImageError  # pylint: disable=import-outside-toplevel
   except ImportError as err:
-    raise CliError('reading images needs Pillow: pip install "adaptgrad-jax[plot]"') from err
+    raise CliError("reading images needs Pillow: " + install_hint("plot")) from err
   return Image, ImageOps, UnidentifiedImageError
 
 

@@ -45,6 +45,7 @@ from adaptgrad_jax.metrics._robustness import max_sensitivity
 from adaptgrad_jax.metrics._robustness import relative_input_stability
 from adaptgrad_jax.metrics._robustness import relative_output_stability
 from adaptgrad_jax.metrics._sparseness import sparseness
+from adaptgrad_jax._extras import install_hint
 
 METRIC_KINDS = ("map", "model", "explainer")
 
@@ -480,7 +481,7 @@ class Evaluation:
       The matplotlib ``Figure``.
 
     Raises:
-      ImportError: matplotlib is missing (``pip install "adaptgrad-jax[plot]"``).
+      ImportError: matplotlib is missing (the ``plot`` extra).
     """
     try:
       import matplotlib  # pylint: disable=import-outside-toplevel
@@ -488,8 +489,7 @@ class Evaluation:
         matplotlib.use("Agg", force=False)
       import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
     except ImportError as e:
-      raise ImportError('Evaluation.plot needs matplotlib: pip install '
-                        '"adaptgrad-jax[plot]"') from e
+      raise ImportError("Evaluation.plot needs matplotlib: " + install_hint("plot")) from e
     k = len(self.metrics)
     fig, axes = plt.subplots(1, k, figsize=(max(4.0, 0.5 * len(self.explainers) + 2) * k, 4),
                              squeeze=False)

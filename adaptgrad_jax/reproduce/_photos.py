@@ -27,6 +27,8 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from adaptgrad_jax._extras import install_hint
+
 __all__ = ("TABLE2_PHOTOS", "Photo", "load_table2_photo")
 
 
@@ -102,7 +104,7 @@ def _matplotlib_loader(file: str) -> Callable[[], np.ndarray]:
     except ImportError as e:
       raise ImportError(
           f"the photo {file!r} is loaded from matplotlib's sample data: "
-          'pip install matplotlib pillow (or "adaptgrad-jax[plot]")') from e
+          + install_hint("plot")) from e
     with cbook.get_sample_data(file) as f:
       return np.asarray(Image.open(f).convert("RGB"))
   return load

@@ -2,7 +2,7 @@
 
 The scalings (`reduce_channels`, `normalize_abs`, `normalize_diverging`) are
 pure NumPy. The rendering functions need the optional plotting extra,
-`pip install "adaptgrad-jax[plot]"` (matplotlib and Pillow), imported only when
+``plot`` (matplotlib and Pillow: `pip install -e ".[plot]"` in a clone), imported only when
 called.
 """
 

@@ -2,7 +2,7 @@
 
 matplotlib (colour maps, grids) and Pillow (PNG files) are optional: they are
 imported only when a function needs them, and a missing one raises an
-ImportError that names the extra to install, `pip install "adaptgrad-jax[plot]"`.
+ImportError that names the packages and the extra (``plot``) to install.
 Figures are built with `matplotlib.figure.Figure` and the Agg canvas, never
 through `pyplot`: nothing opens a window, and the user's backend is untouched.
 
@@ -23,6 +23,7 @@ import numpy as np
 
 from adaptgrad_jax import _files
 from adaptgrad_jax.viz import _scaling
+from adaptgrad_jax._extras import install_hint
 
 if TYPE_CHECKING:  # pragma: no cover
   from matplotlib.figure import Figure
@@ -32,7 +33,7 @@ __all__ = ["to_rgb", "overlay", "save_png", "plot_grid"]
 SCALINGS = ("abs", "diverging")
 _DEFAULT_CMAP = {"abs": "gray", "diverging": "bwr"}
 _DEFAULT_OVERLAY_CMAP = {"abs": "jet", "diverging": "bwr"}
-_INSTALL_HINT = 'install the plotting extra: pip install "adaptgrad-jax[plot]"'
+_INSTALL_HINT = "install it with " + install_hint("plot")
 
 
 def _import_matplotlib(what: str):
