@@ -37,7 +37,8 @@ The units are:
 * ``reduce_max`` / ``reduce_min`` and ``reduce_window_max`` /
   ``reduce_window_min`` (max-pooling): the Jacobian selects the maximum, so
   ``E[J]`` holds each element's probability of being selected in each
-  window (ties split as ``jax.grad`` splits them).
+  window (ties split as ``jax.grad`` splits them: equally for ``reduce_max``, to the first for
+  max-pooling).
 
 Everything else that sees the input must be linear in it (add, reshape,
 convolution or matmul with a constant operand, sums, average pooling, pads,
@@ -361,11 +362,29 @@ def _reduced_axes(eqn):
   return tuple(eqn.params["axes"])
 
 
+def _first_extreme(values, axis: int, minimum: bool):
+  """One-hot (along ``axis``) of the first maximum (minimum) of ``values``: one reduction reads each value once."""
+  axis %= values.ndim
+  pick = jnp.argmin(values, axis=axis) if minimum else jnp.argmax(values, axis=axis)
+  positions = lax.broadcasted_iota(jnp.int32, values.shape, axis)
+  return (positions == jnp.expand_dims(pick, axis)).astype(values.dtype)
+
+
 def _select_weights(eqn, x, y):
-  """Each element's share of ``reduce_max``'s (``reduce_min``'s) derivative: 1 / ties where selected."""
+  """Each element's share of ``reduce_max``'s (``reduce_min``'s) derivative: 1 / ties where selected.
+
+  Ties are found by comparing ``x`` with the output ``y``. XLA may compute the two from copies of ``x``'s
+  producer fused into different kernels and round them differently (XLA:CPU without its optimisation
+  passes lost a quarter of the selections so), so where no element equals ``y`` the first extreme gets it all.
+  """
   axes = _reduced_axes(eqn)
   hit = (x == jnp.expand_dims(y, axes)).astype(x.dtype)
-  return hit / jnp.sum(hit, axis=axes, keepdims=True)
+  count = jnp.sum(hit, axis=axes, keepdims=True)
+  moved = jnp.moveaxis(x, axes, tuple(range(x.ndim - len(axes), x.ndim)))
+  flat = moved.reshape(*moved.shape[:x.ndim - len(axes)], -1)
+  first = _first_extreme(flat, -1, eqn.primitive is P.reduce_min_p).reshape(moved.shape)
+  first = jnp.moveaxis(first, tuple(range(x.ndim - len(axes), x.ndim)), axes)
+  return jnp.where(count > 0, hit / jnp.maximum(count, 1), first)
 
 
 def window_patches(x, params, pad_value):
@@ -397,16 +416,22 @@ def _upsample(y, params, shape):
   return jnp.pad(y, [(0, n - m) for n, m in zip(shape, y.shape)])
 
 
-def _window_weights(eqn, x, y):
-  """Each element's share of its window's maximum: shaped like ``x`` for disjoint windows, else ``(K, *y)``."""
+def _window_weights(eqn, x):
+  """Each element's share of its window's maximum (minimum): shaped like ``x`` for disjoint windows, else ``(K, *y)``.
+
+  As ``jax.grad`` of max-pooling, a tie goes to the window's first extreme. The selection is read from one
+  ``argmax`` over the window's elements, never by comparing ``x`` with the pooled output: XLA may compute
+  those from copies of ``x``'s producer fused into different kernels and round them differently (XLA:CPU
+  without its optimisation passes lost a quarter of the selections so).
+  """
+  minimum = eqn.primitive is P.reduce_window_min_p
+  patches = window_patches(x, eqn.params, jnp.inf if minimum else -jnp.inf)
+  weights = _first_extreme(patches, 0, minimum)
   if disjoint_windows(eqn.params):
-    hit = (x == _upsample(y, eqn.params, x.shape)).astype(x.dtype)
-    counts = lax.reduce_window(hit, jnp.zeros((), x.dtype), lax.add, eqn.params["window_dimensions"],
-                               eqn.params["window_strides"], "VALID")
-    return hit / jnp.maximum(_upsample(counts, eqn.params, x.shape), 1)
-  fill = -jnp.inf if eqn.primitive is P.reduce_window_max_p else jnp.inf
-  hit = (window_patches(x, eqn.params, fill) == y[None]).astype(x.dtype)
-  return hit / jnp.sum(hit, axis=0, keepdims=True)
+    scatter = jax.linear_transpose(lambda v: window_patches(v, eqn.params, 0.0),
+                                   jax.ShapeDtypeStruct(x.shape, x.dtype))
+    (weights,) = scatter(weights)
+  return weights
 
 
 def unit_statistic(unit: Unit, invals, outvals, tangent=None):
@@ -419,7 +444,7 @@ def unit_statistic(unit: Unit, invals, outvals, tangent=None):
     return tuple(invals[i] for i in unit.operands)
   if unit.kind == "select":
     return _select_weights(unit.eqn, invals[0], outvals[0])
-  return _window_weights(unit.eqn, invals[0], outvals[0])
+  return _window_weights(unit.eqn, invals[0])
 
 
 def _sum_to(ct, shape):

