@@ -66,22 +66,20 @@ def rng():
   return np.random.default_rng(0)
 
 
-@pytest.fixture(scope="module")
-def unoptimized_xla():
-  """Compiles the module's programs without XLA:CPU's backend optimisations.
+OPTIMISATIONS_ENV = "JAX_DISABLE_MOST_OPTIMIZATIONS"
 
-  For modules whose programs run once or twice on tiny inputs, where compiling
-  costs more than running (the CLI's MNIST tests: 50.5 s of CPU, 37.9 s
-  without the passes). The values are the same; only how hard XLA optimises
-  changes. The environment variable carries it to child processes (CLI runs,
-  attribution workers), so every side of a comparison compiles alike. Not
-  suite-wide: it slows tests whose programs do real work (full-width
-  convolutions). Use it with ``pytestmark = pytest.mark.usefixtures("unoptimized_xla")``.
+
+def pytest_configure(config):
+  """Compiles the suite's programs without most of XLA's optimisation passes, unless the environment says otherwise.
+
+  The suite is compile-bound: its programs are tiny and run once or twice. On
+  2 cores (``-n 2``) the tests took 1,911 s with the passes and 1,421 s
+  without them. The values are the same up to rounding. The environment
+  variable carries the choice to child processes (CLI runs, attribution
+  workers), so every side of a comparison compiles alike.
+  ``JAX_DISABLE_MOST_OPTIMIZATIONS=0`` tests the optimised programs users run
+  (``.ci/run`` does so for the numerical core's modules).
   """
-  name = "jax_disable_most_optimizations"
-  previous = jax.config.values.get(name, False)
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
-    jax.config.update(name, True)
-    yield
-    jax.config.update(name, previous)
+  del config
+  os.environ.setdefault(OPTIMISATIONS_ENV, "1")
+  jax.config.update("jax_disable_most_optimizations", os.environ[OPTIMISATIONS_ENV].lower() in ("1", "true"))

@@ -23,9 +23,6 @@ ATOL = 1e-6  # Batched vs unbatched matmuls round differently (~1e-7).
 N = 21
 
 
-pytestmark = pytest.mark.usefixtures("unoptimized_xla")
-
-
 def reference(explain_fn, key, xs):
   """Independent reference: one explanation per example, key fold_in(key, i)."""
   one = jax.jit(lambda i, x: explain_fn(jax.random.fold_in(key, i), x))

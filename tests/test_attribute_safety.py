@@ -28,9 +28,6 @@ KEY = jax.random.key(3)
 BOUNDS = (0.0, 1.0)
 
 
-pytestmark = pytest.mark.usefixtures("unoptimized_xla")
-
-
 @pytest.fixture(scope="module")
 def xs():
   return worker.toy_data(N)

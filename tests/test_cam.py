@@ -19,9 +19,6 @@ CONFIG = [4, "M", 6, "M", 8, 8, "M"]  # a tiny VGG-11-like stack: features.0 .. 
 SIZE = 16
 
 
-pytestmark = pytest.mark.usefixtures("unoptimized_xla")
-
-
 @pytest.fixture
 def x64():
   jax.config.update("jax_enable_x64", True)

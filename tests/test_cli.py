@@ -19,9 +19,6 @@ from adaptgrad_jax.cli import main
 COMMANDS = ("demo", "explain", "evaluate", "convergence", "confidence")
 
 
-pytestmark = pytest.mark.usefixtures("unoptimized_xla")
-
-
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
   """A private cache so no test reads or writes ~/.cache."""

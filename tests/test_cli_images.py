@@ -23,9 +23,6 @@ from PIL import Image  # pylint: disable=wrong-import-position
 MLP = ["--model", "mlp", "--weights", "random"]
 
 
-pytestmark = pytest.mark.usefixtures("unoptimized_xla")
-
-
 def _ramp16():
   """64 grey levels spread over the 16-bit range, 28x28 (the MLP's input size: no resampling)."""
   levels = np.arange(64, dtype=np.uint16) * 1040  # 0 .. 65520

@@ -29,9 +29,6 @@ def _tiny_vgg(rngs, **kwargs):
   return models.VGG([4, "M", 8, "M"], num_classes=5, hidden=8, rngs=rngs)
 
 
-pytestmark = pytest.mark.usefixtures("unoptimized_xla")
-
-
 @pytest.fixture(autouse=True)
 def no_cpu_rewrite(monkeypatch):
   """The CPU rewrite only costs trace time on these tiny programs (it is tested in test_cpu_*); off here."""

@@ -11,9 +11,6 @@ from adaptgrad_jax.cli import _mnist
 TINY = dict(_mnist.QUICK_SETTINGS, train_size=300, epochs=1)
 
 
-pytestmark = pytest.mark.usefixtures("unoptimized_xla")
-
-
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
   monkeypatch.setenv("ADAPTGRAD_JAX_CACHE", str(tmp_path / "cache"))

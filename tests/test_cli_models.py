@@ -14,9 +14,6 @@ NEWER = {"vit_b_16": "vit_micro", "convnext_tiny": "convnext_micro", "mobilenet_
          "densenet121": "densenet_micro"}
 
 
-pytestmark = pytest.mark.usefixtures("unoptimized_xla")
-
-
 def test_every_method_family_is_reachable():
   labels = {_methods.label(m) for m in _methods.METHODS}
   # The paper's families, and every other base method with its SmoothGrad (S-) and AdaptGrad (A-) variants.

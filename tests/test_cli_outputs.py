@@ -30,9 +30,6 @@ MLP = ["--model", "mlp", "--weights", "random"]
 LOCK = ".adaptgrad-jax.lock"
 
 
-pytestmark = pytest.mark.usefixtures("unoptimized_xla")
-
-
 def _digit(path, seed):
   """A 28x28 grey PNG, different per seed."""
   path.parent.mkdir(parents=True, exist_ok=True)

@@ -42,14 +42,10 @@ def _blocks():
 
 
 @pytest.fixture
-def docs_env(tmp_path, monkeypatch, unoptimized_xla):
+def docs_env(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   monkeypatch.setenv("ADAPTGRAD_JAX_CACHE", str(tmp_path / "cache"))
   monkeypatch.setenv("MPLBACKEND", "Agg")
-  # The blocks compile programs once and run them on tiny inputs, so XLA:CPU's optimisation passes cost far
-  # more than they save (the 15-method block of transforms.md: 40 s of compilation at load 12, 10 s
-  # without). The programs compute the same values; only how hard XLA optimises them changes.
-  del unoptimized_xla
   return tmp_path
 
 

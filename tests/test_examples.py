@@ -13,9 +13,6 @@ import pytest
 EXAMPLES = sorted((pathlib.Path(__file__).resolve().parents[1] / "examples").glob("*.py"))
 
 
-pytestmark = pytest.mark.usefixtures("unoptimized_xla")
-
-
 def test_examples_are_found():
   names = {p.name for p in EXAMPLES}
   assert {"quickstart.py", "flax_resnet.py", "batch_attribution.py", "adversarial.py", "mnist_checks.py"} <= names

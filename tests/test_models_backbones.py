@@ -21,9 +21,6 @@ from adaptgrad_jax.models import _convnext
 from adaptgrad_jax.models import _mobilenetv3
 
 
-pytestmark = pytest.mark.usefixtures("unoptimized_xla")
-
-
 @pytest.fixture(scope="module")
 def tb():
   """The torch reference module (skips without torch)."""

@@ -20,7 +20,6 @@ from adaptgrad_jax import models
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-pytestmark = pytest.mark.usefixtures("unoptimized_xla")  # tiny programs: compiling costs more than running
 
 TOL = 1e-10  # max abs difference, float64; the values are O(1)
 

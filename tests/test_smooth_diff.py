@@ -266,7 +266,6 @@ def _random_model(make):
     (lambda: models.vit_micro(rngs=nnx.Rngs(0)), 32),
     (lambda: models.densenet_micro(rngs=nnx.Rngs(0)), 36),
 ], ids=["vit_micro", "densenet_micro"])
-@pytest.mark.usefixtures("unoptimized_xla")  # compiled once, run once: the module's last tests
 def test_model_ports_give_finite_maps(make, size):
   graphdef, state = _random_model(make)
   f = lambda x, state: nnx.merge(graphdef, *state)(x[None])[0, 1]

@@ -8,7 +8,6 @@ import pytest
 import adaptgrad_jax as ag
 from adaptgrad_jax import text
 
-pytestmark = pytest.mark.usefixtures("unoptimized_xla")  # tiny programs: compiling costs more than running
 
 V, D, L, K = 11, 4, 6, 3
 TABLE = jax.random.normal(jax.random.key(1), (V, D))

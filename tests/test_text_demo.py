@@ -11,8 +11,6 @@ from adaptgrad_jax import text
 from adaptgrad_jax.cli import main
 from adaptgrad_jax.text import _demo, _viz
 
-pytestmark = pytest.mark.usefixtures("unoptimized_xla")
-
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):

@@ -9,7 +9,6 @@ import adaptgrad_jax as ag
 from adaptgrad_jax import metrics
 from adaptgrad_jax import text
 
-pytestmark = pytest.mark.usefixtures("unoptimized_xla")
 
 V, D, K = 9, 3, 2
 TABLE = jax.random.normal(jax.random.key(0), (V, D))
