@@ -273,7 +273,7 @@ def load_state_dict(
 
   for path, variable in named.values():
     if path in updates:
-      variable.set_value(jnp.asarray(updates[path]))
+      variable.set_value(jax.device_put(np.ascontiguousarray(updates[path])))  # no per-shape convert program
   return LoadResult(missing, unexpected)
 
 
