@@ -45,25 +45,36 @@ def _forward(model, x):
   return nnx.jit(lambda m, x: m(x))(model, x)
 
 
-def test_inception_v3_matches_torch_at_smallest_size(rng):
+@pytest.fixture(scope="module")
+def inception_pair():
+  """(reference with an aux head, its state dict as NumPy, our port built from it), shared by the module.
+
+  Building the port traces Inception v3 with `nnx.eval_shape` (4-5 s on 2 cores); one build serves the
+  comparison with torch and the aux-weight checks. The reference's forward pass ignores its aux head (eval).
+  """
   ref_lib = _ref()
-  ref = ref_lib.randomize(ref_lib.TorchInception3(num_classes=10, transform_input=True), seed=0)
-  model = inception_v3(num_classes=10, transform_input=True, weights=ref.state_dict(), rngs=nnx.Rngs(0))
+  ref = ref_lib.randomize(ref_lib.TorchInception3(num_classes=10, aux_logits=True, transform_input=True), seed=0)
+  state = ref_lib.numpy_state_dict(ref)  # copies, as the reference is cast to float64 in place below
+  model = inception_v3(num_classes=10, transform_input=True, weights=state, rngs=nnx.Rngs(0))  # aux entries dropped
+  return ref, state, model
+
+
+def test_inception_v3_matches_torch_at_smallest_size(inception_pair, rng):
+  ref, _, model = inception_pair
   x = rng.normal(size=(2, 75, 75, 3)).astype(np.float32)
   # Logits only (float32): a float64 gradient of the whole network costs ~10 s of compilation.
   # The models have no custom gradients, so equal functions have equal gradients away from kinks;
   # float64 gradients of the same layers are checked in the aux head below and for VGG / ResNet.
-  ref_lib.assert_matches_torch(model, ref, x, grad_rel=None)
+  _ref().assert_matches_torch(model, ref, x, grad_rel=None)
 
 
-def test_inception_v3_drops_aux_weights_and_rejects_small_inputs():
-  state = _ref().TorchInception3(num_classes=5, aux_logits=True).state_dict()
+def test_inception_v3_drops_aux_weights_and_rejects_small_inputs(inception_pair):
+  _, state, model = inception_pair
   assert any(k.startswith("AuxLogits.") for k in state)
-  model = inception_v3(num_classes=5, weights=state, rngs=nnx.Rngs(0))  # aux entries dropped
   assert not hasattr(model, "AuxLogits")
   with pytest.raises(ValueError, match="AuxLogits"):
     load_state_dict(model, state)
-  np.testing.assert_array_equal(np.asarray(model.fc.bias[...]), state["fc.bias"].numpy())
+  np.testing.assert_array_equal(np.asarray(model.fc.bias[...]), state["fc.bias"])
   with pytest.raises(ValueError, match="at least 75 x 75"):
     model(jnp.zeros((1, 74, 80, 3)))
   with pytest.raises(ValueError, match=r'pretrained\("inception_v3"\)'):
