@@ -9,6 +9,7 @@ them with a jitted ``lax.scan`` over each epoch's mini-batches.
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 import time
@@ -265,20 +266,23 @@ def train_shifted_classifier(
                        bounds=(float(lo) + shift, float(hi) + shift))
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _num_correct(graphdef, state, xb, yb):
+  """Correct top-1 predictions in a batch; one compile per architecture and batch shape."""
+  return jnp.sum(jnp.argmax(nnx.merge(graphdef, state)(xb), -1) == yb)
+
+
 def evaluate(
     model: nnx.Module, x: ArrayLike, y: ArrayLike, *, batch_size: int = 1000
 ) -> float:
   """Top-1 accuracy of ``model`` on (x, y), in [0, 1], evaluated in batches."""
   x, y = _check_data(x, y)
+  # The parameters are an argument, not constants of the program: models of one
+  # architecture (Table 1's three MLPs) share the compiled function.
   graphdef, state = nnx.split(model)
-
-  @jax.jit
-  def correct(xb, yb):
-    return jnp.sum(jnp.argmax(nnx.merge(graphdef, state)(xb), -1) == yb)
-
   total = 0
   for i in range(0, x.shape[0], batch_size):
-    total += int(correct(x[i:i + batch_size], y[i:i + batch_size]))
+    total += int(_num_correct(graphdef, state, x[i:i + batch_size], y[i:i + batch_size]))
   return total / x.shape[0]
 
 
@@ -320,6 +324,33 @@ def save_model(path: str | os.PathLike, model: nnx.Module, *, overwrite: bool = 
   return path
 
 
+def _leaf_shapes(tree) -> dict[tuple, tuple]:
+  """``{path as names: (shape, dtype name)}`` of a pytree's leaves (``.value`` and ``['value']`` alike)."""
+  def name(k):
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        return str(getattr(k, attr))
+    return str(k)
+  return {tuple(name(k) for k in p): (tuple(v.shape), str(v.dtype))
+          for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _structure_differences(checkpointer, path, abstract, limit: int = 5) -> list[str]:
+  """How the checkpoint's saved leaves differ from ``abstract``'s (empty if its metadata cannot be read)."""
+  try:
+    metadata = checkpointer.metadata(path)
+    saved = getattr(metadata, "item_metadata", metadata)
+    saved = _leaf_shapes(getattr(saved, "tree", saved))
+  except Exception:  # pylint: disable=broad-exception-caught  # an older layout: restore() decides
+    return []
+  want = _leaf_shapes(abstract)
+  out = [f"{'/'.join(k)}: saved {saved[k][0]} {saved[k][1]}, template {want[k][0]} {want[k][1]}"
+         for k in sorted(saved.keys() & want.keys()) if saved[k] != want[k]]
+  out += [f"{'/'.join(k)}: in the template, not in the checkpoint" for k in sorted(want.keys() - saved.keys())]
+  out += [f"{'/'.join(k)}: in the checkpoint, not in the template" for k in sorted(saved.keys() - want.keys())]
+  return out[:limit] + ([f"and {len(out) - limit} more"] if len(out) > limit else [])
+
+
 def load_model(path: str | os.PathLike, model_template: nnx.Module) -> nnx.Module:
   """Restores a checkpoint written by :func:`save_model` into a new module.
 
@@ -345,6 +376,9 @@ def load_model(path: str | os.PathLike, model_template: nnx.Module) -> nnx.Modul
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
   checkpointer = ocp.StandardCheckpointer()
   try:
+    differences = _structure_differences(checkpointer, path, abstract)
+    if differences:  # refused before any read (a failed restore leaves orbax's reads unawaited)
+      raise ValueError("; ".join(differences))
     restored = checkpointer.restore(path, abstract)
   except (ValueError, KeyError, TypeError) as e:
     raise ValueError(
