@@ -75,7 +75,8 @@ def test_vgg_matches_torch(name, batch_norm, size, rng):
 def test_resnet18_matches_torch(rng):
   ref = ref_lib.randomize(ref_lib.torch_resnet("resnet18", num_classes=10))
   model = models.resnet18(weights=_state_dict(ref), num_classes=10, rngs=nnx.Rngs(0))
-  # 33 x 33: odd maps into every strided layer (17, 9, 9, 5, 3 -> 2), at a third of 57 x 57's float64 work.
+  # 33 x 33: every strided layer gets an odd map (33, 17, 9, 5, 3; then 2 x 2 at layer4), at a third of
+  # 57 x 57's float64 work.
   ref_lib.assert_matches_torch(model, ref, rng.uniform(size=(2, 33, 33, 3)).astype(np.float32))
 
 
