@@ -51,8 +51,8 @@ def test_antithetic_is_exact_for_a_linear_gradient():
   a = jnp.linspace(-2.0, 2.0, 16)
   quadratic = lambda x: 0.5 * jnp.sum(a * x * x)  # gradient a x: odd in the noise
   key = jax.random.key(0)
-  iid = ag.smooth_grad(jax.grad(quadratic), n=16, sigma=0.3, return_stderr=True)(key, X)
-  anti = ag.smooth_grad(jax.grad(quadratic), n=16, sigma=0.3, noise="antithetic", return_stderr=True)(key, X)
+  iid = jax.jit(ag.smooth_grad(jax.grad(quadratic), n=16, sigma=0.3, return_stderr=True))(key, X)
+  anti = jax.jit(ag.smooth_grad(jax.grad(quadratic), n=16, sigma=0.3, noise="antithetic", return_stderr=True))(key, X)
   np.testing.assert_allclose(anti.value, a * X, atol=1e-6)
   assert float(jnp.max(anti.stderr)) < 1e-6
   # i.i.d.: Var = a^2 sigma^2 / n, so stderr ~ |a| 0.3 / 4.
@@ -99,11 +99,12 @@ def test_schemes_keep_batch_size_invariance_and_key_determinism(noise):
   build = lambda b: jax.jit(ag.adapt_smooth(jax.grad(sum_sin), 0.95, 32, bounds=B01, noise=noise,
                                             batch_size=b, return_stderr=True))
   key = jax.random.key(3)
-  full, chunked = build(None)(key, X), build(8)(key, X)
+  full_fn = build(None)
+  full, chunked = full_fn(key, X), build(8)(key, X)
   np.testing.assert_allclose(chunked.value, full.value, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(chunked.stderr, full.stderr, rtol=1e-3, atol=1e-6)
-  np.testing.assert_array_equal(build(None)(key, X).value, full.value)
-  assert not np.allclose(build(None)(jax.random.key(4), X).value, full.value)
+  np.testing.assert_array_equal(build(None)(key, X).value, full.value)  # a new build: no hidden state
+  assert not np.allclose(full_fn(jax.random.key(4), X).value, full.value)
 
 
 @pytest.mark.parametrize("noise", SCHEMES)
@@ -116,21 +117,21 @@ def test_schemes_compose_with_grad(noise):
 
 def test_iid_default_is_unchanged_and_stderr_adds_nothing_to_the_map():
   key = jax.random.key(0)
-  plain = ag.adapt_smooth(jax.grad(sum_sin), 0.95, 20, bounds=B01)(key, X)
-  est = ag.adapt_smooth(jax.grad(sum_sin), 0.95, 20, bounds=B01, return_stderr=True)(key, X)
+  plain = jax.jit(ag.adapt_smooth(jax.grad(sum_sin), 0.95, 20, bounds=B01))(key, X)
+  est = jax.jit(ag.adapt_smooth(jax.grad(sum_sin), 0.95, 20, bounds=B01, return_stderr=True))(key, X)
   np.testing.assert_allclose(est.value, plain, rtol=1e-6, atol=1e-7)
   assert int(est.num_samples) == 20
   # Sample j is drawn from split(key, n)[j], as before.
   keys = jax.random.split(key, 20)
   sigma = ag.adaptive_sigma(X, 0.95, bounds=B01)
-  manual = jnp.mean(jax.vmap(lambda k: jax.grad(sum_sin)(X + sigma * jax.random.normal(k, X.shape)))(keys), 0)
+  manual = jnp.mean(jax.jit(jax.vmap(lambda k: jax.grad(sum_sin)(X + sigma * jax.random.normal(k, X.shape))))(keys), 0)
   np.testing.assert_allclose(plain, manual, rtol=1e-5, atol=1e-6)
 
 
 def test_include_clean_scales_the_stderr():
   key = jax.random.key(0)
   fn = lambda clean: ag.smooth_grad(jax.grad(sum_sin), n=20, sigma=0.3, include_clean=clean, return_stderr=True)
-  without, with_clean = fn(False)(key, X), fn(True)(key, X)
+  without, with_clean = jax.jit(fn(False))(key, X), jax.jit(fn(True))(key, X)
   np.testing.assert_allclose(with_clean.stderr, without.stderr * 20 / 21, rtol=1e-5)
   np.testing.assert_allclose(with_clean.value, (20 * without.value + jax.grad(sum_sin)(X)) / 21, rtol=1e-5, atol=1e-6)
   assert int(with_clean.num_samples) == 21
@@ -145,10 +146,10 @@ def test_rtol_stops_when_precise_enough_and_not_later():
   assert chunk * 2 <= used < 4096 and used % chunk == 0
   assert float(ag.relative_error(est)) <= 0.02
   # One chunk fewer was not precise enough: the rule costs at most the chunk it stopped on.
-  fewer = ag.adapt_smooth(jax.grad(sum_sin), 0.95, used - chunk, bounds=B01, return_stderr=True)(key, X)
+  fewer = jax.jit(ag.adapt_smooth(jax.grad(sum_sin), 0.95, used - chunk, bounds=B01, return_stderr=True))(key, X)
   assert used - chunk < 2 * chunk or float(ag.relative_error(fewer)) > 0.02
   np.testing.assert_allclose(
-      est.value, ag.adapt_smooth(jax.grad(sum_sin), 0.95, used, bounds=B01)(key, X), rtol=1e-5, atol=1e-6)
+      est.value, jax.jit(ag.adapt_smooth(jax.grad(sum_sin), 0.95, used, bounds=B01))(key, X), rtol=1e-5, atol=1e-6)
 
 
 def test_rtol_under_vmap_each_example_stops_on_its_own():
