@@ -143,10 +143,12 @@ def test_explain_writes_maps_equal_to_the_library_and_refuses_to_overwrite(digit
   model, f = _mlp_f()
   from PIL import Image
   x = np.asarray(Image.open(digit_png), np.float32)[..., None] / 255.0
-  expected = ag.adapt_smooth(jax.grad(f), 0.95, 8, bounds=(0.0, 1.0))(jax.random.fold_in(jax.random.key(5), 0), x, 3)
+  # Jitted, as the CLI runs it: eager calls dispatch op by op (seconds more than a compile).
+  expected = jax.jit(ag.adapt_smooth(jax.grad(f), 0.95, 8, bounds=(0.0, 1.0)))(
+    jax.random.fold_in(jax.random.key(5), 0), x, 3)
   np.testing.assert_allclose(np.load(npy), np.asarray(expected), rtol=1e-5, atol=1e-7)
   # Its relative error, free from return_stderr=True, is recorded and printed next to it.
-  estimate = ag.adapt_smooth(jax.grad(f), 0.95, 8, bounds=(0.0, 1.0), return_stderr=True)(
+  estimate = jax.jit(ag.adapt_smooth(jax.grad(f), 0.95, 8, bounds=(0.0, 1.0), return_stderr=True))(
     jax.random.fold_in(jax.random.key(5), 0), x, 3)
   error = float(ag.relative_error(estimate))
   assert abs(summary["images"][0]["relative_error"] - error) < 1e-4 * error
@@ -198,7 +200,8 @@ def test_explain_estimators_are_the_library_s_and_report_their_error(digit_png, 
   model, f = _mlp_f()
   from PIL import Image
   x = np.asarray(Image.open(digit_png), np.float32)[..., None] / 255.0
-  explain = ag.gradient_x_input(ag.smooth_diff(f, 8, c=0.95, bounds=(0.0, 1.0), return_stderr=True))
+  # Jitted, as the CLI runs it: eager calls dispatch op by op (seconds more than a compile).
+  explain = jax.jit(ag.gradient_x_input(ag.smooth_diff(f, 8, c=0.95, bounds=(0.0, 1.0), return_stderr=True)))
   expected = explain(jax.random.fold_in(jax.random.key(0), 0), x, 3)
   np.testing.assert_allclose(np.load(out / "seven_a-gi.npy"), np.asarray(expected.value), rtol=1e-4, atol=1e-6)
   record = json.loads((out / "explain.json").read_text())
@@ -207,7 +210,7 @@ def test_explain_estimators_are_the_library_s_and_report_their_error(digit_png, 
   capsys.readouterr()
   # Moment propagation: no samples, no error to show ("deterministic").
   assert main(argv[:7] + ["adaptgrad", "--estimator", "moments", "--target", "3", "--out", str(tmp_path / "mo")]) == 0
-  expected = ag.moment_smooth(f, c=0.95, bounds=(0.0, 1.0))(x, 3)
+  expected = jax.jit(ag.moment_smooth(f, c=0.95, bounds=(0.0, 1.0)))(x, 3)
   np.testing.assert_allclose(np.load(tmp_path / "mo" / "seven_adaptgrad.npy"), np.asarray(expected), rtol=1e-4,
                              atol=1e-6)
   assert "deterministic" in capsys.readouterr().out
@@ -226,7 +229,7 @@ def test_sweeps_write_grids(digit_png, tmp_path, capsys):
   # N = 1 of the running mean is one noisy gradient; AG at c -> 1 approaches the plain gradient.
   model, f = _mlp_f()
   x = conf["image"]
-  grad = np.asarray(jax.grad(f)(x, 7))
+  grad = np.asarray(jax.jit(jax.grad(f))(x, 7))
   errors = [np.linalg.norm(m - grad) for m in conf["ag"]]
   assert errors[2] < errors[0]
   from PIL import Image

@@ -116,13 +116,13 @@ def test_a_busy_out_is_refused(command, tmp_path, capsys, monkeypatch):
   out = tmp_path / "maps"
   out.mkdir()
   argv = [command, "--quick", "--out", str(out)] if command == "demo" else [
-    command, str(image), *MLP, "--n", "2", "--ns", "1,2", "--cs", "0.9", "--out", str(out)]
+    command, str(image), *MLP, "--n", "2", "--ns", "3", "--cs", "0.9", "--out", str(out)]
   if command == "explain":
-    argv = [a for a in argv if a not in ("--ns", "1,2", "--cs", "0.9")]
-  elif command == "convergence":
+    argv = [a for a in argv if a not in ("--ns", "3", "--cs", "0.9")]
+  elif command == "convergence":  # one N: the run after the lock is freed compiles 3 programs, not 5
     argv = [a for a in argv if a not in ("--cs", "0.9")]
   elif command == "confidence":
-    argv = [a for a in argv if a not in ("--ns", "1,2")]
+    argv = [a for a in argv if a not in ("--ns", "3")]
   with _files.exclusive_lock(out / LOCK):  # a concurrent run holds the folder
     assert main(argv) == 1
   err = _error_line(capsys)
@@ -265,7 +265,8 @@ def test_outputs_of_an_unrecorded_or_unreadable_run_are_not_replaced(tmp_path, c
 def test_sweeps_continue_do_nothing_when_done_and_refuse_other_settings(kind, tmp_path, capsys, monkeypatch):
   image = _digit(tmp_path / "a.png", 0)
   out = tmp_path / "fig"
-  extra = ["--cs", "0.5,0.9"] if kind == "confidence" else ["--ns", "1,3"]
+  # Two levels / one N: continuing is the point here, not the grid (each N is 2 more compiles).
+  extra = ["--cs", "0.5,0.9"] if kind == "confidence" else ["--ns", "3"]
   argv = [kind, str(image), *MLP, "--n", "3", "--target", "1", *extra, "--out", str(out)]
   png, npz = out / f"a_{kind}.png", out / f"a_{kind}.npz"
   # Interrupted after the .npz (written first): the rerun continues without --overwrite.

@@ -235,7 +235,8 @@ def inherent_noise_experiment(
 
   Example:
     >>> from adaptgrad_jax import reproduce
-    >>> cfg = reproduce.InherentNoiseConfig(n=4, crops_per_photo=0, photos=("coffee",))
+    >>> cfg = reproduce.InherentNoiseConfig(n=4, crops_per_photo=0, photos=("coffee",),
+    ...                                     released_bounds=False)
     >>> res = reproduce.inherent_noise_experiment(cfg, log=None)
     >>> res.per_channel[0][2]  # SmoothGrad: every noisy image leaves the domain
     1.0

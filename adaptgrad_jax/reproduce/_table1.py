@@ -358,9 +358,11 @@ def table1(
   Example:
     >>> from adaptgrad_jax import reproduce, datasets
     >>> cfg = reproduce.Table1Config(epochs=1, train_size=2000, num_examples=8,
-    ...                              n=4, m=2, learning_rate=0.1)
+    ...                              n=4, methods=("Grad", "AG"), learning_rate=0.1)
     >>> res = reproduce.table1(cfg, mnist=datasets.mnist_embedded(), progress=False, log=None)
-    >>> sorted(res.consistency) == sorted(reproduce.METHODS)
+    >>> sorted(res.consistency), sorted(res.invariance)
+    (['AG', 'Grad'], ['AG', 'Grad'])
+    >>> all(0.0 <= v <= 1.0 for v in res.consistency.values())
     True
 
   References:
