@@ -228,8 +228,15 @@ def test_ports_plug_into_the_text_api():
   import adaptgrad_jax as ag  # pylint: disable=import-outside-toplevel
   from adaptgrad_jax import text  # pylint: disable=import-outside-toplevel
 
-  # One block each (the tiny presets have two): the same code paths at half the compile time.
-  bert = models.bert(dataclasses.replace(models.BERT_TINY, num_hidden_layers=1), rngs=nnx.Rngs(0))
+  # One block each (the tiny presets have two): the same code paths at half the compile time. The graphs
+  # come from nnx.eval_shape and the weights from NumPy: eager initialisation compiled a program per shape.
+  rng = np.random.default_rng(0)
+
+  def build(make):
+    graphdef, state = nnx.split(nnx.eval_shape(make))
+    return nnx.merge(graphdef, jax.tree.map(lambda a: jnp.asarray(0.3 * rng.standard_normal(a.shape), a.dtype), state))
+
+  bert = build(lambda: models.bert(dataclasses.replace(models.BERT_TINY, num_hidden_layers=1), rngs=nnx.Rngs(0)))
   split = text.nnx_split(bert, vocab_size=64, max_length=32)
   ids, mask = text.pad_batch([[2, 7, 9, 3], [2, 5, 3]], pad_id=0, vocab_size=64)
   x = split.embeddings(ids)
@@ -241,7 +248,7 @@ def test_ports_plug_into_the_text_api():
                              rtol=1e-5)
   assert np.all(np.asarray(text.token_scores(maps, x, mask))[1, 3:] == 0.0)
 
-  gpt2 = models.gpt2(dataclasses.replace(models.GPT2_TINY, n_layer=1), rngs=nnx.Rngs(0))
+  gpt2 = build(lambda: models.gpt2(dataclasses.replace(models.GPT2_TINY, n_layer=1), rngs=nnx.Rngs(0)))
   split = text.nnx_split(gpt2, vocab_size=64, max_length=32)
   tf = text.teacher_forcing([5, 9, 11], [4, 7], split=split, length=7)
   x = split.embeddings(tf.ids)

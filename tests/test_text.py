@@ -312,9 +312,16 @@ def test_bad_input_errors_name_the_argument_and_the_fix():
 def test_the_library_text_models_split_and_explain():
   from flax import nnx
   from adaptgrad_jax import models
-  # One block each (the tiny presets have two): the same code paths at half the compile time.
-  bert = models.bert(dataclasses.replace(models.BERT_TINY, num_hidden_layers=1), rngs=nnx.Rngs(0))
-  gpt = models.gpt2(dataclasses.replace(models.GPT2_TINY, n_layer=1), rngs=nnx.Rngs(1))
+  # One block each (the tiny presets have two): the same code paths at half the compile time. The graphs
+  # come from nnx.eval_shape and the weights from NumPy: eager initialisation compiled a program per shape.
+  rng = np.random.default_rng(0)
+
+  def build(make):
+    graphdef, state = nnx.split(nnx.eval_shape(make))
+    return nnx.merge(graphdef, jax.tree.map(lambda a: jnp.asarray(0.3 * rng.standard_normal(a.shape), a.dtype), state))
+
+  bert = build(lambda: models.bert(dataclasses.replace(models.BERT_TINY, num_hidden_layers=1), rngs=nnx.Rngs(0)))
+  gpt = build(lambda: models.gpt2(dataclasses.replace(models.GPT2_TINY, n_layer=1), rngs=nnx.Rngs(1)))
   b_split = text.nnx_split(bert, vocab_size=64, max_length=32)
   g_split = text.nnx_split(gpt, vocab_size=64, max_length=32)
   ids, mask = text.pad_batch([[5, 6, 7, 8], [9, 10]], pad_id=0, vocab_size=64)
