@@ -41,7 +41,7 @@ def test_demo_trains_caches_and_explains(cache, tmp_path, capsys):
   again = text.demo_classifier(quick=True)  # loaded from the cache
   assert again.accuracy == demo.accuracy
   ids = text.synthetic_task(5, 4).ids
-  np.testing.assert_array_equal(jax.vmap(again.split)(ids), jax.vmap(demo.split)(ids))
+  np.testing.assert_array_equal(jax.jit(jax.vmap(again.split))(ids), jax.jit(jax.vmap(demo.split))(ids))
   assert len(list(cache.glob("demo/text-*/params.npz"))) == 1
 
   out = tmp_path / "maps"
