@@ -1,5 +1,7 @@
 """Tests of smooth_diff and moment_smooth against closed forms, quadrature and Monte Carlo."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,6 +39,7 @@ def relu_closed_form(x, sigma):
   return W1.T @ (W2 * norm.cdf(mu / tau))
 
 
+@functools.partial(jax.jit, static_argnums=0)  # one program per activation, not one per eager operation
 def expected_derivative(activation, mean, std):
   """``E[g'(u)]``, u ~ N(mean, std^2), by a fine trapezoid grid (independent of the library's rules)."""
   z = jnp.linspace(-9.0, 9.0, 36001)
