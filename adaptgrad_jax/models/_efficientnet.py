@@ -263,10 +263,11 @@ def pretrained_efficientnet_lite0() -> EfficientNetLite:
 
   Example:
     >>> import jax
+    >>> from flax import nnx
     >>> from adaptgrad_jax import models
     >>> model = models.pretrained_efficientnet_lite0()
     >>> x = models.preprocess_efficientnet_lite(models.load_photo("chelsea"))
-    >>> probs = jax.nn.softmax(model(x[None]))[0]
+    >>> probs = nnx.jit(lambda model, xs: jax.nn.softmax(model(xs)))(model, x[None])[0]
     >>> int(probs.argmax()), models.imagenet_classes()[int(probs.argmax())], round(float(probs[285]), 3)
     (285, 'Egyptian cat', 0.791)
   """
