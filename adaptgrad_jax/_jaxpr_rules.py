@@ -416,6 +416,34 @@ def _upsample(y, params, shape):
   return jnp.pad(y, [(0, n - m) for n, m in zip(shape, y.shape)])
 
 
+def _disjoint_patches(x, params):
+  """``(*out, K)``: the K elements of every disjoint window, by reshaping (no copies per window offset).
+
+  The K elements come in :func:`window_patches`' order (row-major over the window's offsets); elements past
+  the last whole window are dropped.
+  """
+  dims = params["window_dimensions"]
+  out = [n // w for n, w in zip(x.shape, dims)]
+  x = x[tuple(slice(0, o * w) for o, w in zip(out, dims))]
+  x = x.reshape([v for o, w in zip(out, dims) for v in (o, w)])
+  x = jnp.transpose(x, [2 * i for i in range(len(dims))] + [2 * i + 1 for i in range(len(dims))])
+  return x.reshape(*out, -1)
+
+
+def disjoint_to_input(weights, params, shape):
+  """Per-window values ``(K, *out)`` (:func:`window_patches`' layout) at the input's elements, zero past the last whole window.
+
+  For disjoint windows (:func:`disjoint_windows`) every element lies in at most one window, so this is a
+  reshape: the layout of a max-pool's selection statistic, shaped like the pooled input.
+  """
+  dims = params["window_dimensions"]
+  out = weights.shape[1:]
+  w = jnp.moveaxis(weights, 0, -1).reshape(*out, *dims)
+  w = jnp.transpose(w, [i for pair in zip(range(len(dims)), range(len(dims), 2 * len(dims))) for i in pair])
+  w = w.reshape([o * d for o, d in zip(out, dims)])
+  return jnp.pad(w, [(0, n - m) for n, m in zip(shape, w.shape)])
+
+
 def _window_weights(eqn, x):
   """Each element's share of its window's maximum (minimum): shaped like ``x`` for disjoint windows, else ``(K, *y)``.
 
@@ -425,13 +453,11 @@ def _window_weights(eqn, x):
   without its optimisation passes lost a quarter of the selections so).
   """
   minimum = eqn.primitive is P.reduce_window_min_p
-  patches = window_patches(x, eqn.params, jnp.inf if minimum else -jnp.inf)
-  weights = _first_extreme(patches, 0, minimum)
   if disjoint_windows(eqn.params):
-    scatter = jax.linear_transpose(lambda v: window_patches(v, eqn.params, 0.0),
-                                   jax.ShapeDtypeStruct(x.shape, x.dtype))
-    (weights,) = scatter(weights)
-  return weights
+    weights = _first_extreme(_disjoint_patches(x, eqn.params), -1, minimum)
+    return disjoint_to_input(jnp.moveaxis(weights, -1, 0), eqn.params, x.shape)
+  patches = window_patches(x, eqn.params, jnp.inf if minimum else -jnp.inf)
+  return _first_extreme(patches, 0, minimum)
 
 
 def unit_statistic(unit: Unit, invals, outvals, tangent=None):

@@ -187,8 +187,7 @@ def _window_select(eqn, ins):
   variances = R.window_patches(x.var, eqn.params, 0.0)
   mean, var, w = _max_over(means, variances, minimum)
   if R.disjoint_windows(eqn.params):  # the layout of smooth_diff's statistic: shaped like the input
-    patches = lambda v: R.window_patches(v, eqn.params, 0.0)
-    (w,) = jax.linear_transpose(patches, jax.ShapeDtypeStruct(x.mean.shape, x.mean.dtype))(w)
+    w = R.disjoint_to_input(w, eqn.params, x.mean.shape)
   return [Gauss(mean, var)], w
 
 
