@@ -133,6 +133,15 @@ def test_max_ties_go_where_jax_grad_sends_them():
                  - jnp.min(x[:3]))
   np.testing.assert_allclose(jax.jit(ag.smooth_diff(h, 4, sigma=1e-30))(jax.random.key(0), t), jax.grad(h)(t),
                              rtol=1e-6)
+  # Disjoint 2 x 2 windows (read by reshaping, not by patches) over an odd-sized map: ties to the first,
+  # nothing to the last row and column, which no window covers; a min-pool likewise.
+  u = jnp.round(jax.random.normal(jax.random.key(1), (1, 5, 7, 2))) + 4  # no zeros: sigma 1e-30 would split those
+  pool = lambda x, op, init: jax.lax.reduce_window(x, init, op, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+  g = lambda x: jnp.sum(pool(x, jax.lax.max, -jnp.inf) * jnp.arange(1.0, 25.0).reshape(1, 2, 3, 4)[..., :2]
+                        ) - jnp.sum(pool(x, jax.lax.min, jnp.inf))
+  want = jax.grad(g)(u)
+  assert float(jnp.sum(want[:, 4]) + jnp.sum(want[:, :, 6])) == 0 and float(jnp.sum(want != 0)) > 12
+  np.testing.assert_allclose(jax.jit(ag.smooth_diff(g, 4, sigma=1e-30))(jax.random.key(0), u), want, rtol=1e-6)
 
 
 def test_deeper_net_is_close_to_monte_carlo():
