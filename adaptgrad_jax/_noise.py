@@ -25,9 +25,15 @@ def check_key(key: KeyArray, name: str = "key") -> None:
   dtype = getattr(key, "dtype", None)
   if dtype is not None and jnp.dtype(dtype) == jnp.uint32 and shape == (2,):
     return
+  if dtype is not None and shape:  # an array: most likely the input, passed where the key goes
+    raise TypeError(
+        f"{name} is not a PRNG key but a {jnp.dtype(dtype).name} array of shape {shape}: a stochastic"
+        " transform is called as fn(key, x, ...), the key first; pass jax.random.key(0) (or a key from"
+        " jax.random.split) before the input."
+    )
   raise TypeError(
       f"{name}={key!r} is not a PRNG key; pass jax.random.key(0) (or a key"
-      " from jax.random.split), not an int."
+      f" from jax.random.split), not {'an int' if isinstance(key, int) else type(key).__name__}."
   )
 
 

@@ -255,6 +255,15 @@ def test_validation_of_n_batch_size_and_output():
     ag.moment_smooth(lambda x: jax.nn.relu(x), sigma=0.1)(X)
   with pytest.raises(TypeError, match="not a PRNG key"):
     ag.smooth_diff(relu_net, 4, sigma=0.1)(0, X)
+  # The input where the key goes (a forgotten key) and a key given to the deterministic transform: each
+  # message says how to call it, and describes an array by dtype and shape, not by its values.
+  with pytest.raises(TypeError, match=r"not a PRNG key but a float32 array of shape \(6,\).*fn\(key, x, \.\.\.\)") as err:
+    ag.smooth_diff(relu_net, 4, sigma=0.1)(X)
+  assert str(float(X[0]))[:4] not in str(err.value)
+  with pytest.raises(TypeError, match="deterministic and takes no key"):
+    ag.moment_smooth(relu_net, sigma=0.1)(jax.random.key(0), X)
+  with pytest.raises(TypeError, match="deterministic and takes no key"):
+    ag.gradient_x_input(jax.grad(relu_net))(jax.random.key(0), X)
 
 
 # ----------------------------------------------------------------------------
