@@ -176,7 +176,7 @@ def _refusal(eqn, name: str, why: str = "") -> Unsupported:
       " treating an unknown nonlinear primitive as linear would give a wrong map"
   )
   return Unsupported(
-      f"{name} cannot smooth the primitive '{eqn.primitive.name}' (at {where}):"
+      f"{name} cannot smooth the primitive '{eqn.primitive.name}'{f' (at {where})' if where.strip() else ''}:"
       f" {reason}. Use adapt_smooth / smooth_grad (Monte Carlo over"
       " jax.grad(f)), which work for any differentiable function."
   )
