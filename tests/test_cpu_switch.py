@@ -66,6 +66,23 @@ def test_rewrite_equals_no_rewrite(name, batch_size):
   np.testing.assert_allclose(build(True)(key, x), build(False)(key, x), rtol=1e-6, atol=1e-7)
 
 
+def test_large_leading_sums_become_a_product_with_ones():
+  # The transforms' sums over a chunk of samples: a float sum over the leading axis of a large array is
+  # a dot with ones (XLA:CPU runs it as a matrix-vector kernel, not a strided reduction). Other sums
+  # (small, integer, other axes) are bound as written; values equal up to rounding. jnp sums bfloat16 in
+  # float32, so that one is a dot too.
+  x = jax.random.normal(jax.random.key(0), (16, 64, 80, 3))
+  sums = lambda v: (jnp.sum(v, axis=0), jnp.sum(v[:, :2], axis=0), jnp.sum(v, axis=1),
+                    jnp.sum(v.astype(jnp.int32), axis=0), jnp.sum(v.astype(jnp.bfloat16), axis=0))
+  jaxpr = jax.make_jaxpr(cpu.rewrite(sums))(x).jaxpr
+  reduced = [e.invars[0].aval for e in jaxpr.eqns if e.primitive.name == "reduce_sum"]
+  assert [e.primitive.name for e in jaxpr.eqns].count("dot_general") == 2
+  assert sorted((a.shape, str(a.dtype)) for a in reduced) == sorted([
+      ((16, 2, 80, 3), "float32"), ((16, 64, 80, 3), "float32"), ((16, 64, 80, 3), "int32")])
+  for got, want in zip(jax.jit(cpu.rewrite(sums))(x), sums(x)):
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=1e-5, atol=1e-4)
+
+
 def test_named_scopes_survive_the_rewrite():
   def f(x):
     with jax.named_scope("my_layer"):

@@ -24,10 +24,14 @@ and line numbers survive), except that:
    smaller than the kernel patches and a dot, strided input gradients whose
    cotangent is smaller than the kernel with the dilation written out, and
    (inside loop bodies) every other kernel in the (spatial..., in, out) layout;
-2. Threefry ``random_split`` and, for draws whose minor dimension is at least
+2. a float32 or float64 sum over the leading axis of a large array (the
+   transforms' sums over a chunk of samples) becomes a product with a vector
+   of ones, which XLA:CPU runs as a matrix-vector kernel: smooth_diff on
+   EfficientNet-Lite0 at 224 px, n = 16, 1.75 s -> 0.63 s;
+3. Threefry ``random_split`` and, for draws whose minor dimension is at least
    8, ``random_bits`` are computed with the hash rounds unrolled: bit for bit
    JAX's values, without XLA:CPU's rolled loop;
-3. an inner ``jax.jit`` with no shardings, layouts, donation or compiler
+4. an inner ``jax.jit`` with no shardings, layouts, donation or compiler
    options stays a jit of the same name whose body gets the same rewrites; one
    with any of those is kept exactly as it is (and its body is not rewritten).
 
