@@ -431,10 +431,11 @@ def _disjoint_patches(x, params):
 
 
 def disjoint_to_input(weights, params, shape):
-  """Per-window values ``(K, *out)`` (:func:`window_patches`' layout) at the input's elements, zero past the last whole window.
+  """Per-window values ``(K, *out)`` (:func:`window_patches`' layout) at the input's elements.
 
-  For disjoint windows (:func:`disjoint_windows`) every element lies in at most one window, so this is a
-  reshape: the layout of a max-pool's selection statistic, shaped like the pooled input.
+  Zero past the last whole window. For disjoint windows (:func:`disjoint_windows`) every element lies
+  in at most one window, so this is a reshape: the layout of a max-pool's selection statistic, shaped
+  like the pooled input.
   """
   dims = params["window_dimensions"]
   out = weights.shape[1:]
