@@ -408,12 +408,17 @@ def disjoint_windows(params) -> bool:
           and all(d == 1 for d in params["window_dilation"]))
 
 
+def _zero_pad_to(y, shape):
+  """``y`` padded with zeros at the end of each axis to ``shape``: the elements no disjoint window covers."""
+  return jnp.pad(y, [(0, n - m) for n, m in zip(shape, y.shape)])
+
+
 def _upsample(y, params, shape):
   """``y`` (one value per window) repeated over each disjoint window, zero past the last whole window."""
   for axis, w in enumerate(params["window_dimensions"]):
     if w > 1:
       y = jnp.repeat(y, w, axis=axis)
-  return jnp.pad(y, [(0, n - m) for n, m in zip(shape, y.shape)])
+  return _zero_pad_to(y, shape)
 
 
 def _disjoint_patches(x, params):
@@ -441,8 +446,7 @@ def disjoint_to_input(weights, params, shape):
   out = weights.shape[1:]
   w = jnp.moveaxis(weights, 0, -1).reshape(*out, *dims)
   w = jnp.transpose(w, [i for pair in zip(range(len(dims)), range(len(dims), 2 * len(dims))) for i in pair])
-  w = w.reshape([o * d for o, d in zip(out, dims)])
-  return jnp.pad(w, [(0, n - m) for n, m in zip(shape, w.shape)])
+  return _zero_pad_to(w.reshape([o * d for o, d in zip(out, dims)]), shape)
 
 
 def _window_weights(eqn, x):

@@ -12,9 +12,14 @@ from adaptgrad_jax._pytree import broadcast_like, compute_dtype
 from adaptgrad_jax._typing import KeyArray, PyTree
 
 
+def is_typed_key(value) -> bool:
+  """Whether ``value`` is an array of typed PRNG keys (``jax.random.key``), of any shape."""
+  return isinstance(value, jax.Array) and jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key)
+
+
 def check_key(key: KeyArray, name: str = "key") -> None:
   """Raises unless ``key`` is one PRNG key: typed (``jax.random.key``) or raw (``jax.random.PRNGKey``)."""
-  if isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+  if is_typed_key(key):
     if key.shape == ():
       return
     raise TypeError(

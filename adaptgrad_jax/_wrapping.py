@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional
 import jax
 import numpy as np
 
-from adaptgrad_jax._noise import check_key
+from adaptgrad_jax._noise import check_key, is_typed_key
 
 MARK = "__adaptgrad_stochastic__"
 """The attribute that says whether a function takes a leading PRNG key."""
@@ -140,10 +140,6 @@ def wrap(wrapper: Callable[..., Any], wrapped: Callable[..., Any], name: str, *,
   return wrapper
 
 
-def _is_key(value) -> bool:
-  return isinstance(value, jax.Array) and jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key)
-
-
 def split_key_args(call_args: tuple, has_key: bool, argnums: int, name: str) -> tuple[Any, tuple]:
   """``(key, args)`` from a call, with a clear error if the key is not a key or the input is missing."""
   key, args = (call_args[0], call_args[1:]) if has_key and call_args else (None, call_args)
@@ -151,7 +147,7 @@ def split_key_args(call_args: tuple, has_key: bool, argnums: int, name: str) -> 
     raise TypeError(f"{name} is stochastic: call it as fn(key, x, ...).")
   if has_key:
     check_key(key)
-  elif len(args) > argnums and _is_key(args[argnums]):  # the input's place holds a key: one passed too many
+  elif len(args) > argnums and is_typed_key(args[argnums]):  # the input's place holds a key: one passed too many
     raise TypeError(
         f"{name} is deterministic and takes no key: call it as fn(x, ...) with the arguments of the"
         f" function it explains; its input (positional argument argnums={argnums}) here is a PRNG key."
