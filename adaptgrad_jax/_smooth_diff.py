@@ -307,7 +307,10 @@ def moment_smooth(
       return _backward(plan, x, {}, cpu_rewrite)
     variances = jax.tree.map(lambda leaf, s: jnp.broadcast_to(jnp.square(jnp.asarray(s, jnp.result_type(leaf))),
                                                               jnp.shape(leaf)), x, broadcast_like(scale, x, "sigma"))
-    stats = _moments.statistics(plan, jax.tree.leaves(x), jax.tree.leaves(variances))
+    stats_fn = lambda means, variances: _moments.statistics(plan, means, variances)
+    if cpu.applies(cpu_rewrite, x, variances):  # XLA:CPU's depthwise and small convolutions: 2.8x on Lite0
+      stats_fn = cpu.rewrite(stats_fn, canonical_kernels=False)
+    stats = stats_fn(jax.tree.leaves(x), jax.tree.leaves(variances))
     return _backward(plan, x, stats, cpu_rewrite)
 
   return wrap(explain, f, name, is_stochastic_result=False, adds_key=False)

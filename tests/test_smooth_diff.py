@@ -312,3 +312,27 @@ def test_mobilenet_v3_traces():
   x = jax.ShapeDtypeStruct((36, 36, 3), jnp.float32)
   assert jax.eval_shape(ag.smooth_diff(f, 2, sigma=0.1), jax.random.key(0), x, state).shape == x.shape
   assert jax.eval_shape(ag.moment_smooth(f, sigma=0.1), x, state).shape == x.shape
+
+
+def test_cpu_rewrite_keeps_both_estimators_values():
+  # Depthwise and pointwise convolutions with ReLU6 (EfficientNet-Lite's block), which the CPU rewrite
+  # computes another way, in the forward passes of smooth_diff and the moment propagation of moment_smooth.
+  k = jax.random.split(jax.random.key(5), 3)
+  dw = 0.5 * jax.random.normal(k[0], (3, 3, 1, 4))
+  pw = 0.5 * jax.random.normal(k[1], (1, 1, 4, 6))
+  head = jax.random.normal(k[2], (6,))
+  conv = functools.partial(jax.lax.conv_general_dilated, window_strides=(1, 1), padding="SAME",
+                           dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  def f(x):
+    h = jax.nn.relu6(conv(x[None], dw, feature_group_count=4) * 3.0)
+    h = jax.nn.relu6(conv(h, pw) * 2.0 + 0.5)
+    return jnp.mean(h, axis=(1, 2))[0] @ head
+
+  x = jnp.asarray(np.random.default_rng(3).uniform(size=(8, 8, 4)), jnp.float32)
+  for make, call in ((lambda r: ag.moment_smooth(f, c=0.95, bounds=BOUNDS, cpu_rewrite=r), lambda e: e(x)),
+                     (lambda r: ag.smooth_diff(f, 8, c=0.95, bounds=BOUNDS, cpu_rewrite=r),
+                      lambda e: e(jax.random.key(1), x))):
+    on, off = (np.asarray(call(jax.jit(make(r)))) for r in (True, False))
+    assert np.abs(off).max() > 0
+    np.testing.assert_allclose(on, off, rtol=1e-4, atol=1e-6 * np.abs(off).max())
