@@ -792,14 +792,18 @@ def sanity_markdown(sanity_results: dict[str, Any]) -> list[str]:
 # Performance: VGG16 at 224 px on CPU against Captum's NoiseTunnel(Saliency).
 
 
-def captum_side_by_side(*, quick: bool, log) -> dict[str, Any]:
-  """Median seconds per map, calls in turns: Captum NoiseTunnel(Saliency) vs ours (same weights, same n, SG sigma)."""
+def captum_side_by_side(*, quick: bool, log, size: int = 224) -> dict[str, Any]:
+  """Median seconds per map, calls in turns: Captum NoiseTunnel(Saliency) vs ours (same weights, same n, SG sigma).
+
+  The cost of a call does not depend on sigma or on the image, so at a size with a truth (``vgg16-<size>``,
+  AdaptGrad) :func:`captum_equal_error` turns these seconds into seconds at equal error.
+  """
   import captum.attr as ca  # pylint: disable=import-outside-toplevel
   import torch  # pylint: disable=import-outside-toplevel
 
   from benchmarks import _harness  # pylint: disable=import-outside-toplevel
 
-  name, size = ("convnet", 56) if quick else ("vgg16", 224)
+  name, size = ("convnet", 56) if quick else ("vgg16", size)
   n = 8 if quick else 16
   rounds = 2
   w = _harness.build_workload(name, size)
@@ -836,10 +840,37 @@ def captum_side_by_side(*, quick: bool, log) -> dict[str, Any]:
       times[label].append(time.perf_counter() - start)
       log(f"[captum] {label}: {times[label][-1]:.2f} s")
   captum_s = float(np.median(times["captum NoiseTunnel(Saliency)"]))
-  return {"model": f"{name}, random weights, {size} x {size} px, make_input", "n": n, "rounds": rounds,
+  return {"model": f"{name}, random weights, {size} x {size} px, make_input", "size": size, "n": n, "rounds": rounds,
           "torch_threads": torch.get_num_threads(),
           "methods": {k: {"median_s": float(np.median(v)), "times_s": v, "compile_s": compile_s.get(k),
                           "speedup_vs_captum": captum_s / float(np.median(v))} for k, v in times.items()}}
+
+
+def captum_equal_error(c: dict[str, Any], workloads: list[dict[str, Any]]) -> Optional[dict[str, Any]]:
+  """Captum's seconds to reach each estimator's error vs the truth of ``vgg16-<size>`` (AdaptGrad), and ours.
+
+  Captum's ``NoiseTunnel(Saliency)`` is i.i.d. Monte Carlo: its error after n samples is the reference's
+  per-sample spread over sqrt(n) (``iid_n_same_error`` of the estimator's record), each sample costing its
+  measured seconds per map / n. Our seconds are the same estimator's, timed in turns with Captum's.
+  """
+  size = c.get("size", 224)
+  rec = next((w for w in workloads if w["workload"] == f"vgg16-{size}" and w["method"] == "adapt"), None)
+  if rec is None:
+    return None
+  per_sample = c["methods"]["captum NoiseTunnel(Saliency)"]["median_s"] / c["n"]
+  timed = {"smooth_diff": ("smooth_diff (SG sigma)", c["n"]), "moment_smooth": ("moment_smooth (SG sigma)", 1)}
+  rows = []
+  for r in rec["records"]:
+    label, n = timed.get(r["estimator"], (None, None))
+    if label not in c["methods"] or r["n"] != n or not r.get("iid_n_same_error"):
+      continue
+    captum_s = per_sample * r["iid_n_same_error"]
+    ours = c["methods"][label]["median_s"]
+    rows.append({"estimator": r["estimator"], "n": r["n"], "error_vs_truth": r["error_vs_truth"],
+                 "iid_samples": r["iid_n_same_error"], "captum_s": captum_s, "ours_s": ours,
+                 "speedup": captum_s / ours})
+  return {"workload": rec["workload"], "reference_n": rec["reference"]["n"],
+          "reference_rel_stderr": rec["reference"]["rel_stderr"], "captum_s_per_sample": per_sample, "rows": rows}
 
 
 def _block_any(v):
@@ -856,6 +887,15 @@ def captum_markdown(c: dict[str, Any]) -> list[str]:
     cs = m["compile_s"]
     lines.append(f"| {label} | {m['median_s']:.3g} | {m['speedup_vs_captum']:.2f} |"
                  f" {'' if cs is None else f'{cs:.0f}'} |")
+  eq = c.get("equal_error")
+  if eq:
+    lines += ["", f"At equal error to the AdaptGrad truth of `{eq['workload']}` ({eq['reference_n']:,} samples, own"
+              f" error {eq['reference_rel_stderr']:.1%}): Captum's seconds are {eq['captum_s_per_sample']:.3g} s"
+              " per sample (from the row above) times the i.i.d. samples that reach the estimator's error.", "",
+              "| estimator | n | error vs truth | i.i.d. samples for it | Captum s | ours s | x Captum |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['estimator']} | {r['n']} | {r['error_vs_truth']:.3f} | {r['iid_samples']:,.0f} |"
+              f" {r['captum_s']:,.1f} | {r['ours_s']:.3g} | {r['speedup']:,.0f} |" for r in eq["rows"]]
   return lines + [""]
 
 
@@ -905,8 +945,8 @@ def markdown(results: dict[str, Any]) -> str:
     lines.append("")
   if results.get("sanity"):
     lines += sanity_markdown(results["sanity"])
-  if results.get("captum"):
-    lines += captum_markdown(results["captum"])
+  for key in sorted(k for k in results if k.startswith("captum") and results[k]):
+    lines += captum_markdown(results[key])
   return "\n".join(lines) + "\n"
 
 
@@ -966,6 +1006,8 @@ def main(argv: Optional[list[str]] = None) -> Any:
                       help="score the cached maps against the references as they are now (no estimator calls)")
   parser.add_argument("--merge", action="append", default=[],
                       help="take the sanity / captum parts of another results file (runs split across processes)")
+  parser.add_argument("--captum-size", type=int, default=224,
+                      help="VGG16's input size for --parts captum (at 112 a truth gives seconds at equal error)")
   parser.add_argument("--cache", default=None)
   parser.add_argument("--out", default=str(RESULTS))
   parser.add_argument("--tag", default=None)
@@ -999,7 +1041,7 @@ def main(argv: Optional[list[str]] = None) -> Any:
   methods = [m for m in args.methods.split(",") if m]
   for path in args.merge:
     other = json.loads(pathlib.Path(path).read_text())
-    for part in ("sanity", "captum"):
+    for part in [p for p in other if p == "sanity" or p.startswith("captum")]:
       if other.get(part):
         results[part] = other[part]
     write(results, out, tag)
@@ -1024,8 +1066,12 @@ def main(argv: Optional[list[str]] = None) -> Any:
     results["sanity"] = sanity(quick=args.quick, log=log)
     write(results, out, tag)
   if "captum" in parts:
-    results["captum"] = captum_side_by_side(quick=args.quick, log=log)
+    part = "captum" if args.captum_size == 224 else f"captum_{args.captum_size}"
+    results[part] = captum_side_by_side(quick=args.quick, log=log, size=args.captum_size)
     write(results, out, tag)
+  for part in [p for p in results if p.startswith("captum") and results[p]]:
+    results[part]["equal_error"] = captum_equal_error(results[part], results["workloads"])
+  write(results, out, tag)
   return results
 
 

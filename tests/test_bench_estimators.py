@@ -48,3 +48,18 @@ def test_quick_command_writes_results_and_smooth_diff_is_close_on_a_one_relu_mlp
            "--cache", str(tmp_path / "cache"), "--rescore"])
   again = json.loads((tmp_path / "estimators_quick.json").read_text())["workloads"][0]
   assert [r["errors"] for r in again["records"]] == [r["errors"] for r in rec["records"]]
+
+
+def test_captum_at_equal_error_is_its_seconds_per_sample_times_the_iid_samples_for_that_error():
+  captum = {"size": 112, "n": 16, "methods": {"captum NoiseTunnel(Saliency)": {"median_s": 3.2},
+                                              "moment_smooth (SG sigma)": {"median_s": 0.5},
+                                              "smooth_diff (SG sigma)": {"median_s": 1.0}}}
+  record = lambda est, n, e: {"estimator": est, "n": n, "error_vs_truth": e, "iid_n_same_error": 4.0 / e**2}
+  work = {"workload": "vgg16-112", "method": "adapt", "reference": {"n": 16_384, "rel_stderr": 0.1},
+          "records": [record("moment_smooth", 1, 0.5), record("smooth_diff", 16, 0.4), record("smooth_diff", 64, 0.3)]}
+  eq = be.captum_equal_error(captum, [work])
+  rows = {(r["estimator"], r["n"]): r for r in eq["rows"]}
+  assert set(rows) == {("moment_smooth", 1), ("smooth_diff", 16)}  # n = 64 was not timed beside Captum
+  assert abs(rows[("moment_smooth", 1)]["captum_s"] - 0.2 * 16.0) < 1e-12  # 0.2 s a sample, 16 samples for 0.5
+  assert abs(rows[("smooth_diff", 16)]["speedup"] - 0.2 * 25.0 / 1.0) < 1e-12
+  assert be.captum_equal_error(dict(captum, size=224), [work]) is None  # no truth at that size
