@@ -878,7 +878,7 @@ def _block_any(v):
 
 
 def captum_markdown(c: dict[str, Any]) -> list[str]:
-  lines = ["## Speed: against Captum's NoiseTunnel(Saliency) on CPU", "",
+  lines = [f"## Speed: against Captum's NoiseTunnel(Saliency) on CPU, {c.get('size', 224)} px", "",
            f"{c['model']}; n = {c['n']} (samples for Monte Carlo, forwards for smooth_diff); median of"
            f" {c['rounds']} calls in turns (torch {c['torch_threads']} threads). Equal n, not equal error: see the"
            " error tables above for what each n buys.", "",
