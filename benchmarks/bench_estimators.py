@@ -26,7 +26,8 @@ Three parts, one command (``python -m benchmarks.bench_estimators``):
   channel-summed ``|map|`` with the reference's.
 * **Sanity and speed** (item 4, Performance). MPRT / eMPRT and sparseness on
   the new estimators' maps beside SmoothGrad / AdaptGrad (MNIST MLP), and
-  VGG16 at 224 px on CPU against Captum's ``NoiseTunnel(Saliency)``.
+  VGG16 at 224 px on CPU against Captum's ``NoiseTunnel(Saliency)`` (``--captum-size 112``: at the size
+  of the VGG16 truth, which also gives Captum's seconds at each estimator's error).
 
 Timings come from a 2-core machine shared with other work: they are noisy;
 ratios are measured with calls in turns.

@@ -115,8 +115,7 @@ def main():
   parser.add_argument("--n", type=int, default=64)
   parser.add_argument("--rounds", type=int, default=15)
   parser.add_argument("--calls", type=int, default=2,
-                      help="calls per function and turn; the last is timed (the first after another function's"
-                      " large buffers pays the memory's first touch again)")
+                      help="calls per function and turn; the last is timed (a warm call, as in a loop over inputs)")
   parser.add_argument("--bias", action="store_true")
   parser.add_argument("--lite0", type=int, default=0, metavar="SIZE",
                       help="time EfficientNet-Lite0 (real weights, chelsea) at SIZE px instead of the small CNN")
