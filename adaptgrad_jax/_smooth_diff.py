@@ -68,15 +68,20 @@ def _program(f, args, kwargs, argnums, x, name):
   return _jaxpr_rules.build_plan(_jaxpr_rules.trace_flat(fn, x, name), name)
 
 
+def _on_cpu(fn, cpu_rewrite, *args):
+  """``fn(*args)``, through the CPU rewrite where it applies (XLA:CPU's depthwise and small convolutions)."""
+  if cpu.applies(cpu_rewrite, *args):
+    fn = cpu.rewrite(fn, canonical_kernels=False)
+  return fn(*args)
+
+
 def _backward(plan, x, stats, cpu_rewrite):
   """The one VJP at the clean input ``x`` with the units' Jacobians replaced by ``stats``."""
   def grad_fn(xx, st):
     value = lambda v: _jaxpr_rules.surrogate(plan, jax.tree.leaves(v), st)[0]
     return jax.grad(value)(xx)
 
-  if cpu.applies(cpu_rewrite, x, stats):
-    grad_fn = cpu.rewrite(grad_fn, canonical_kernels=False)
-  return grad_fn(x, stats)
+  return _on_cpu(grad_fn, cpu_rewrite, x, stats)
 
 
 def smooth_diff(
@@ -307,10 +312,9 @@ def moment_smooth(
       return _backward(plan, x, {}, cpu_rewrite)
     variances = jax.tree.map(lambda leaf, s: jnp.broadcast_to(jnp.square(jnp.asarray(s, jnp.result_type(leaf))),
                                                               jnp.shape(leaf)), x, broadcast_like(scale, x, "sigma"))
-    stats_fn = lambda means, variances: _moments.statistics(plan, means, variances)
-    if cpu.applies(cpu_rewrite, x, variances):  # XLA:CPU's depthwise and small convolutions: 2.8x on Lite0
-      stats_fn = cpu.rewrite(stats_fn, canonical_kernels=False)
-    stats = stats_fn(jax.tree.leaves(x), jax.tree.leaves(variances))
+    # Through the CPU rewrite: 2.8x faster on EfficientNet-Lite0 at 224 px (its depthwise convolutions).
+    stats = _on_cpu(functools.partial(_moments.statistics, plan), cpu_rewrite,
+                    jax.tree.leaves(x), jax.tree.leaves(variances))
     return _backward(plan, x, stats, cpu_rewrite)
 
   return wrap(explain, f, name, is_stochastic_result=False, adds_key=False)

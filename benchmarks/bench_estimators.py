@@ -1069,7 +1069,6 @@ def main(argv: Optional[list[str]] = None) -> Any:
   if "captum" in parts:
     part = "captum" if args.captum_size == 224 else f"captum_{args.captum_size}"
     results[part] = captum_side_by_side(quick=args.quick, log=log, size=args.captum_size)
-    write(results, out, tag)
   for part in [p for p in results if p.startswith("captum") and results[p]]:
     results[part]["equal_error"] = captum_equal_error(results[part], results["workloads"])
   write(results, out, tag)

@@ -44,7 +44,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-import adaptgrad_jax as ag
 from adaptgrad_jax import _jaxpr_rules
 from adaptgrad_jax import _smooth_diff
 from adaptgrad_jax._noise import add_noise, unit_noise
@@ -76,7 +75,7 @@ def measure(name: str, m: int, n_mean: int, seed: int = 7) -> dict[str, Any]:
   work = be.build(name)
   x = work.x
   f = lambda xx: work.f(xx, work.state)  # noqa: E731
-  scale = ag.adaptive_sigma(x, be.C, bounds=work.bounds)
+  scale = be.noise_sigma("adapt", x, work.bounds)
   plan = _smooth_diff._program(f, (x,), {}, 0, x, "control_variate")
 
   def noisy(k):
